@@ -1,0 +1,32 @@
+"""dots_jax: difficulty-targeted online data selection and rollout replay for GRPO, in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="dots_jax",
+    version="0.1.0",
+    description="RL fine-tuning of Qwen2.5 in JAX/Flax with DOTS, rollout replay and GRESO.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dots_jax", "dots_jax.*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "transformers>=4.50",
+        "tensorflow-datasets>=4.9.9",
+        "array_record>=0.7",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "math-verify>=0.8",
+        "safetensors>=0.4",
+        "tokenizers>=0.20",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # torch is pinned exactly: 2.13.0 CPU installs from a local file on the dev/CI machines,
+        # any other spec pulls a multi-GB CUDA build. Only the parity tests and benchmarks need it.
+        "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scipy>=1.11"],
+    },
+)
