@@ -1,0 +1,354 @@
+"""Qwen2 / Qwen2.5 decoder in Flax NNX.
+
+One model code path serves prefill, cached decode and training, so the sampler's log-probs and the
+trainer's recomputation agree to float32 rounding.
+
+Shapes: B batch, T query tokens, S key slots (== T without a cache), D model width, H head dim,
+N query heads, K key/value heads, G = N // K queries per KV head, V vocabulary, L layers.
+
+Masking contract (left padding, explicit positions):
+  * `positions_BxT` are the RoPE positions of the query tokens (callers use `positions_from_mask`).
+  * `kv_mask_BxS` says which key slots hold real tokens. Without a cache S == T and it is the token
+    mask of the input. With a cache it covers all S cache slots, including the T being written now.
+  * Causality is by slot index: query t (written at slot `cache_index + t`) sees slots <= its own.
+Pad queries produce finite garbage (masked scores use a large finite negative, never -inf) that callers
+mask out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax import struct
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+  """Architecture hyper-parameters (read from a checkpoint's `config.json`) plus runtime dtypes."""
+
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  num_key_value_heads: int
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 1_000_000.0
+  tie_word_embeddings: bool = False
+  max_position_embeddings: int = 32768
+  head_dim_override: int | None = None
+  bos_token_id: int | None = None
+  eos_token_id: int | tuple[int, ...] | None = None
+  # Runtime, not architecture: compute dtype (activations, matmul inputs) and storage dtype of params.
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False
+
+  @property
+  def head_dim(self) -> int:
+    return self.head_dim_override or self.hidden_size // self.num_attention_heads
+
+  @property
+  def eos_ids(self) -> tuple[int, ...]:
+    if self.eos_token_id is None:
+      return ()
+    if isinstance(self.eos_token_id, int):
+      return (self.eos_token_id,)
+    return tuple(self.eos_token_id)
+
+  def num_params(self) -> int:
+    d, f, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
+    kv = self.num_key_value_heads * self.head_dim
+    q = self.num_attention_heads * self.head_dim
+    attn = d * q + q + 2 * (d * kv + kv) + q * d
+    mlp = 3 * d * f
+    per_layer = attn + mlp + 2 * d
+    head = 0 if self.tie_word_embeddings else v * d
+    return v * d + l * per_layer + d + head
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **runtime: Any) -> "Qwen2Config":
+    """Builds a config from a Hugging Face `config.json` dict; `runtime` sets dtype/param_dtype/remat."""
+    eos = hf.get("eos_token_id")
+    if isinstance(eos, list):
+      eos = tuple(eos)
+    head_dim = hf.get("head_dim")
+    default_head_dim = hf["hidden_size"] // hf["num_attention_heads"]
+    return cls(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_hidden_layers=hf["num_hidden_layers"],
+        num_attention_heads=hf["num_attention_heads"],
+        num_key_value_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=_rope_theta(hf),
+        tie_word_embeddings=hf.get("tie_word_embeddings", False),
+        max_position_embeddings=hf.get("max_position_embeddings", 32768),
+        head_dim_override=head_dim if head_dim and head_dim != default_head_dim else None,
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=eos,
+        **runtime,
+    )
+
+  def to_hf(self) -> dict[str, Any]:
+    """The `config.json` dict `transformers` needs to rebuild this architecture."""
+    eos = self.eos_token_id
+    out = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size,
+        "num_hidden_layers": self.num_hidden_layers,
+        "num_attention_heads": self.num_attention_heads,
+        "num_key_value_heads": self.num_key_value_heads,
+        "head_dim": self.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": self.rms_norm_eps,
+        "rope_theta": self.rope_theta,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "max_position_embeddings": self.max_position_embeddings,
+        "max_window_layers": self.num_hidden_layers,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": self.param_dtype,
+        "bos_token_id": self.bos_token_id,
+        "eos_token_id": list(eos) if isinstance(eos, tuple) else eos,
+    }
+    return out
+
+
+def _rope_theta(hf: dict[str, Any]) -> float:
+  # transformers >= 5 moved rope_theta into `rope_parameters`; older configs keep it top-level.
+  if "rope_theta" in hf:
+    return float(hf["rope_theta"])
+  params = hf.get("rope_parameters") or {}
+  if params.get("rope_type", "default") != "default":
+    raise ValueError(f"Unsupported rope_type {params.get('rope_type')!r}: only default RoPE is implemented.")
+  return float(params.get("rope_theta", 1_000_000.0))
+
+
+@struct.dataclass
+class KVCache:
+  """Preallocated per-layer keys/values: [L, B, S, K, H] in the compute dtype."""
+
+  k_LxBxSxKxH: jax.Array
+  v_LxBxSxKxH: jax.Array
+
+  @property
+  def max_len(self) -> int:
+    return self.k_LxBxSxKxH.shape[2]
+
+
+def init_cache(cfg: Qwen2Config, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+  shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
+  """RoPE positions for a left-padded batch: real tokens count from 0, pads get 0."""
+  mask = mask_BxT.astype(jnp.int32)
+  return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+class RMSNorm(nnx.Module):
+  """Qwen2 RMSNorm: statistics in float32, scale applied after casting back to the input dtype."""
+
+  def __init__(self, dim: int, eps: float, *, param_dtype: Any):
+    self.eps = eps
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.weight.value.astype(in_dtype) * x32.astype(in_dtype)
+
+
+def _rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding in the rotate-half layout used by Qwen2 checkpoints; angles in float32."""
+  h = x_BxTxNxH.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  ang_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  ang_BxTxH = jnp.concatenate([ang_BxTxH2, ang_BxTxH2], axis=-1)
+  cos = jnp.cos(ang_BxTxH)[:, :, None, :].astype(x_BxTxNxH.dtype)
+  sin = jnp.sin(ang_BxTxH)[:, :, None, :].astype(x_BxTxNxH.dtype)
+  x1, x2 = jnp.split(x_BxTxNxH, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return x_BxTxNxH * cos + rotated * sin
+
+
+def _dense(din: int, dout: int, *, bias: bool, cfg: Qwen2Config, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(
+      din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+      kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention; K/V heads are never repeated in memory (queries are grouped instead)."""
+
+  def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    if n % k:
+      raise ValueError(f"num_attention_heads={n} is not a multiple of num_key_value_heads={k}")
+    self.q_proj = _dense(d, n * h, bias=True, cfg=cfg, rngs=rngs)
+    self.k_proj = _dense(d, k * h, bias=True, cfg=cfg, rngs=rngs)
+    self.v_proj = _dense(d, k * h, bias=True, cfg=cfg, rngs=rngs)
+    self.o_proj = _dense(n * h, d, bias=False, cfg=cfg, rngs=rngs)
+
+  def __call__(self, x_BxTxD, positions_BxT, kv_mask_BxS, k_cache_BxSxKxH, v_cache_BxSxKxH,
+               cache_index):
+    cfg = self.cfg
+    b, t, _ = x_BxTxD.shape
+    n, kh, h = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    g = n // kh
+    q_BxTxNxH = _rope(self.q_proj(x_BxTxD).reshape(b, t, n, h), positions_BxT, cfg.rope_theta)
+    k_BxTxKxH = _rope(self.k_proj(x_BxTxD).reshape(b, t, kh, h), positions_BxT, cfg.rope_theta)
+    v_BxTxKxH = self.v_proj(x_BxTxD).reshape(b, t, kh, h)
+
+    if k_cache_BxSxKxH is None:
+      k_BxSxKxH, v_BxSxKxH, start = k_BxTxKxH, v_BxTxKxH, 0
+    else:
+      start = cache_index
+      k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
+          k_cache_BxSxKxH, k_BxTxKxH.astype(k_cache_BxSxKxH.dtype), start, axis=1)
+      v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
+          v_cache_BxSxKxH, v_BxTxKxH.astype(v_cache_BxSxKxH.dtype), start, axis=1)
+    s = k_BxSxKxH.shape[1]
+
+    q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, kh, g, h)
+    scores_BxKxGxTxS = jnp.einsum(
+        "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(q_BxTxNxH.dtype),
+        preferred_element_type=jnp.float32) * (h ** -0.5)
+    q_slot_T = start + jnp.arange(t)
+    causal_TxS = jnp.arange(s)[None, :] <= q_slot_T[:, None]
+    allowed_BxTxS = causal_TxS[None] & kv_mask_BxS[:, None, :].astype(bool)
+    scores_BxKxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxKxGxTxS, _MASK_VALUE)
+    probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
+    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(probs.dtype))
+    out = self.o_proj(out_BxTxKxGxH.reshape(b, t, n * h).astype(x_BxTxD.dtype))
+    return out, k_BxSxKxH, v_BxSxKxH
+
+
+class MLP(nnx.Module):
+  def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.gate_proj = _dense(d, f, bias=False, cfg=cfg, rngs=rngs)
+    self.up_proj = _dense(d, f, bias=False, cfg=cfg, rngs=rngs)
+    self.down_proj = _dense(f, d, bias=False, cfg=cfg, rngs=rngs)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+  def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd)
+    self.self_attn = Attention(cfg, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, kv_mask, k_cache, v_cache, cache_index):
+    attn, k, v = self.self_attn(self.input_layernorm(x), positions, kv_mask, k_cache, v_cache,
+                                cache_index)
+    x = x + attn
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return x, k, v
+
+
+def _layer_forward(layer, x, positions, kv_mask, k_cache, v_cache, cache_index):
+  return layer(x, positions, kv_mask, k_cache, v_cache, cache_index)
+
+
+class Qwen2ForCausalLM(nnx.Module):
+  """Parameter names mirror the Hugging Face module tree (`model.layers.N.self_attn.q_proj` ...)."""
+
+  def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pd = jnp.dtype(cfg.param_dtype)
+    self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
+                                  param_dtype=pd, embedding_init=nnx.initializers.normal(0.02),
+                                  rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = _dense(cfg.hidden_size, cfg.vocab_size, bias=False, cfg=cfg, rngs=rngs)
+
+  def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, kv_mask_BxS: jax.Array,
+             cache: KVCache | None = None, cache_index: jax.Array | int = 0
+             ) -> tuple[jax.Array, KVCache | None]:
+    """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (None without one)."""
+    x = self.embed_tokens(tokens_BxT)
+    step = nnx.remat(_layer_forward) if self.cfg.remat else _layer_forward
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      kc = None if cache is None else cache.k_LxBxSxKxH[i]
+      vc = None if cache is None else cache.v_LxBxSxKxH[i]
+      x, k, v = step(layer, x, positions_BxT, kv_mask_BxS, kc, vc, cache_index)
+      new_k.append(k)
+      new_v.append(v)
+    x = self.norm(x)
+    if cache is None:
+      return x, None
+    return x, KVCache(jnp.stack(new_k), jnp.stack(new_v))
+
+  def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
+    """Float32 logits [B, T, V]; the matmul accumulates in float32 whatever the compute dtype."""
+    if self.cfg.tie_word_embeddings:
+      w_DxV = self.embed_tokens.embedding.value.T
+    else:
+      w_DxV = self.lm_head.kernel.value
+    return jnp.einsum("btd,dv->btv", h_BxTxD, w_DxV.astype(h_BxTxD.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, kv_mask_BxS: jax.Array,
+               cache: KVCache | None = None, cache_index: jax.Array | int = 0
+               ) -> tuple[jax.Array, KVCache | None]:
+    h, cache = self.hidden(tokens_BxT, positions_BxT, kv_mask_BxS, cache, cache_index)
+    return self.logits_from_hidden(h), cache
+
+
+def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+                   temperature: float | jax.Array = 1.0) -> jax.Array:
+  """log softmax(logits / temperature)[target], float32. Shared by sampler and trainer."""
+  logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32) / temperature, axis=-1)
+  return jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1)[..., 0]
+
+
+def sequence_logprobs(model: Qwen2ForCausalLM, tokens_BxT: jax.Array, mask_BxT: jax.Array,
+                      temperature: float | jax.Array = 1.0) -> jax.Array:
+  """Log-prob of each token given its prefix: out[:, t] = log p(tokens[:, t] | tokens[:, :t]).
+
+  `mask_BxT` marks real tokens of a left-padded (prompt + completion) batch; out[:, 0] and pad
+  positions are 0. This is the trainer-side recomputation the sampler's log-probs are tested against.
+  """
+  positions = positions_from_mask(mask_BxT)
+  logits, _ = model(tokens_BxT, positions, mask_BxT)
+  lp_BxTm1 = token_logprobs(logits[:, :-1], tokens_BxT[:, 1:], temperature)
+  lp_BxT = jnp.pad(lp_BxTm1, ((0, 0), (1, 0)))
+  return jnp.where(mask_BxT.astype(bool), lp_BxT, 0.0)
+
+
+def init_model(cfg: Qwen2Config, seed: int = 0) -> Qwen2ForCausalLM:
+  """Random init (for tests, benchmarks and the tiny default's fresh base model)."""
+  return Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(seed))
+
+
+@functools.lru_cache(maxsize=None)
+def abstract_model(cfg: Qwen2Config) -> tuple[nnx.GraphDef, nnx.State]:
+  """Shape-only graphdef/state, no memory allocated (for sharding plans and loading)."""
+  return nnx.split(nnx.eval_shape(lambda: init_model(cfg)))
