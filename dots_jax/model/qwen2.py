@@ -174,7 +174,7 @@ class RMSNorm(nnx.Module):
     in_dtype = x.dtype
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return self.weight.value.astype(in_dtype) * x32.astype(in_dtype)
+    return self.weight.get_value().astype(in_dtype) * x32.astype(in_dtype)
 
 
 def _rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
@@ -309,9 +309,9 @@ class Qwen2ForCausalLM(nnx.Module):
   def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
     """Float32 logits [B, T, V]; the matmul accumulates in float32 whatever the compute dtype."""
     if self.cfg.tie_word_embeddings:
-      w_DxV = self.embed_tokens.embedding.value.T
+      w_DxV = self.embed_tokens.embedding.get_value().T
     else:
-      w_DxV = self.lm_head.kernel.value
+      w_DxV = self.lm_head.kernel.get_value()
     return jnp.einsum("btd,dv->btv", h_BxTxD, w_DxV.astype(h_BxTxD.dtype),
                       preferred_element_type=jnp.float32)
 

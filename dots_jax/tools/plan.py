@@ -1,0 +1,89 @@
+"""Per-device memory plan for GRPO on a Qwen2.5 shape: params, AdamW state, grads, KV cache.
+
+Numbers come from the real sharding rules applied to the abstract (shape-only) model, so they are
+the bytes each device holds, not an estimate divided by the device count. Activations and XLA
+temporaries are not included (they depend on micro-batching and rematerialisation).
+
+  python -m dots_jax.tools.plan --variant=7B --mesh=data:1,fsdp:8,tensor:1 --batch=64 --seq=2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+from dots_jax.model import hf_io, qwen2, sharding, variants
+
+_ADAM_BYTES = 2 * 4  # AdamW keeps mu and nu in float32 for every parameter element.
+
+
+def plan(cfg: qwen2.Qwen2Config, mesh: Mapping[str, int] | str, *, batch: int, seq: int,
+         kv_dtype: str | None = None) -> dict[str, int]:
+  """Bytes per device; `mesh` is axis sizes (no -1) or a spec like 'data:1,fsdp:8,tensor:1'.
+
+  Keys: params, adam, grads, kv_cache, total, devices, param_count. Grads are in the param dtype;
+  the KV cache (k and v, `batch` sequences of `seq` slots) is in `kv_dtype` (default: compute).
+  """
+  sizes = sharding.parse_mesh_spec(mesh) if isinstance(mesh, str) else dict(mesh)
+  if any(sizes[a] < 1 for a in sharding.AXES):
+    raise ValueError(f"plan needs explicit mesh sizes (no -1), got {sizes}")
+  _, abstract_state = qwen2.abstract_model(cfg)
+  param_elems = 0
+  param_bytes = 0
+  for path, var in nnx.to_flat_state(abstract_state):
+    leaf = var.get_value()
+    spec = sharding.param_spec(sharding.path_str(path), leaf.shape, sizes)
+    elems = math.prod(sharding.shard_shape(leaf.shape, spec, sizes))
+    param_elems += elems
+    param_bytes += elems * np.dtype(leaf.dtype).itemsize
+  cache_shape = (cfg.num_hidden_layers, batch, seq, cfg.num_key_value_heads, cfg.head_dim)
+  cache_block = sharding.shard_shape(cache_shape, sharding.cache_spec(cache_shape, sizes), sizes)
+  kv_bytes = 2 * math.prod(cache_block) * np.dtype(kv_dtype or cfg.dtype).itemsize
+  out = {"params": param_bytes, "adam": param_elems * _ADAM_BYTES, "grads": param_bytes,
+         "kv_cache": kv_bytes}
+  out["total"] = sum(out.values())
+  out["devices"] = math.prod(sizes.values())
+  out["param_count"] = cfg.num_params()
+  return out
+
+
+def _gib(n: int) -> str:
+  return f"{n / 2**30:9.3f} GiB"
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--variant", help=f"one of {', '.join(variants.VARIANTS)}")
+  src.add_argument("--hf_dir", help="read the shape from this checkpoint's config.json")
+  p.add_argument("--mesh", default="data:1,fsdp:1,tensor:1", help="e.g. data:1,fsdp:8,tensor:1")
+  p.add_argument("--batch", type=int, default=1, help="sequences in the KV cache")
+  p.add_argument("--seq", type=int, default=2048, help="KV cache slots per sequence")
+  p.add_argument("--dtype", default="bfloat16", help="compute dtype (KV cache)")
+  p.add_argument("--param_dtype", default="float32")
+  args = p.parse_args(argv)
+  runtime = {"dtype": args.dtype, "param_dtype": args.param_dtype}
+  if args.variant:
+    cfg, name = variants.get_variant(args.variant, **runtime), args.variant
+  else:
+    cfg = qwen2.Qwen2Config.from_hf(hf_io.read_hf_config(args.hf_dir), **runtime)
+    name = args.hf_dir
+  result = plan(cfg, args.mesh, batch=args.batch, seq=args.seq)
+  print(f"{name}: {result['param_count'] / 1e9:.3f}B params, mesh {args.mesh} "
+        f"({result['devices']} devices), params {args.param_dtype}, compute {args.dtype}")
+  print(f"per device:")
+  for key in ("params", "adam", "grads", "kv_cache", "total"):
+    extra = f"  (batch {args.batch} x seq {args.seq})" if key == "kv_cache" else ""
+    print(f"  {key:9s} {_gib(result[key])}  {result[key]:>16,d} B{extra}")
+  return result
+
+
+if __name__ == "__main__":
+  jax.config.update("jax_platforms", "cpu")  # shapes only: never grab an accelerator
+  main(sys.argv[1:])

@@ -1,0 +1,55 @@
+"""The memory planner and the parity command."""
+
+import pytest
+
+from dots_jax.model import variants
+from dots_jax.tools import parity, plan
+from hf_fixtures import make_tiny_hf_checkpoint
+
+
+def test_plan_7b_fsdp8():
+  cfg = variants.get_variant("7B", dtype="bfloat16", param_dtype="float32")
+  out = plan.plan(cfg, "data:1,fsdp:8,tensor:1", batch=64, seq=2048)
+  n = cfg.num_params()
+  # Every 2-D weight divides by 8; norms and q/k/v biases (tensor-only) stay replicated.
+  d, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
+  replicated = (2 * cfg.num_hidden_layers + 1) * d + cfg.num_hidden_layers * (d + 2 * kv)
+  assert out["params"] == 4 * ((n - replicated) // 8 + replicated)
+  assert out["adam"] == 2 * out["params"]
+  assert out["grads"] == out["params"]
+  # k and v: L x B x S x K x H bf16, batch split 8 ways.
+  assert out["kv_cache"] == 2 * 28 * (64 // 8) * 2048 * 4 * 128 * 2
+  assert out["total"] == sum(out[k] for k in ("params", "adam", "grads", "kv_cache"))
+  assert out["devices"] == 8
+
+
+def test_plan_data_axis_replicates_and_tensor_splits():
+  cfg = variants.get_variant("1.5B", dtype="bfloat16")
+  one = plan.plan(cfg, {"data": 1, "fsdp": 1, "tensor": 1}, batch=8, seq=128)
+  assert one["params"] == 4 * cfg.num_params()
+  data8 = plan.plan(cfg, "data:8", batch=8, seq=128)
+  assert data8["params"] == one["params"]  # pure data parallel keeps a full copy per device
+  assert data8["kv_cache"] == one["kv_cache"] // 8
+  tp2 = plan.plan(cfg, "tensor:2", batch=8, seq=128)
+  assert tp2["params"] < 0.55 * one["params"]
+  assert tp2["kv_cache"] == one["kv_cache"] // 2  # 2 KV heads over 2 devices
+  with pytest.raises(ValueError, match="no -1"):
+    plan.plan(cfg, {"data": -1, "fsdp": 1, "tensor": 1}, batch=1, seq=1)
+
+
+def test_plan_cli(capsys, tmp_path):
+  out = plan.main(["--variant=7B", "--mesh=data:1,fsdp:8,tensor:1", "--batch=64", "--seq=2048"])
+  text = capsys.readouterr().out
+  assert "7.616B params" in text and f"{out['total']:,d} B" in text
+  ckpt = make_tiny_hf_checkpoint(tmp_path)
+  tiny = plan.main([f"--hf_dir={ckpt}", "--param_dtype=bfloat16"])
+  assert tiny["params"] == 2 * tiny["param_count"]
+
+
+def test_parity_cli(capsys, tmp_path):
+  ckpt = make_tiny_hf_checkpoint(tmp_path, tie=True, num_attention_heads=4, num_key_value_heads=1)
+  result = parity.main([f"--hf_dir={ckpt}"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert last.startswith("max_abs_logit_diff ")
+  assert float(last.split()[-1]) == pytest.approx(result["max"], rel=1e-2)
+  assert result["max"] <= 1e-4 and result["logit_scale"] > 1.0
