@@ -34,9 +34,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.system_prompt = "none"  # none | qwen_math | dots
   c.data.chat_template = True
   c.data.max_prompt_tokens = 64
+  c.data.prompt_overflow = "drop"  # over-long prompts: drop | left (truncate, keep the end) | error
   c.data.prompt_buckets = (64,)
   c.data.skip_bad_rows = False
+  c.data.prepared_dir = ""  # TFDS array_record copies; empty = $DOTS_JAX_PREPARED or ~/.cache/dots_jax/prepared
   c.data.synthetic = ml_collections.ConfigDict(dict(seed=1234, train_size=4000, heldout_size=2000))
+  # Families (dots_jax.data.synthetic.FAMILIES) and their weights in the RL pool / held-out split and
+  # in the disjoint SFT stream that makes the tiny base policy.
+  c.data.synthetic.families = ("add2_nc", "add3_nc", "add3_c1", "add3_c2", "add4_c", "add5_c",
+                               "sub3_b", "sub4_b", "add3t", "mul3x1", "mul2x2")
+  c.data.synthetic.pool_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+  c.data.synthetic.sft_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 0.3, 1.0, 0.5, 1.0, 1.0, 0.3)
+
+  # The tiny base policy (dots_jax.tiny): created on first use when model.path is empty, cached
+  # under cache_dir (empty = $DOTS_JAX_CACHE or ~/.cache/dots_jax) keyed by a hash of this section
+  # and data.synthetic.
+  c.tiny = ml_collections.ConfigDict(dict(
+      hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, mlp_ratio=4, max_positions=256,
+      sft_steps=900, sft_schedule_steps=1200, sft_batch=128, sft_lr=2e-3, sft_warmup=50, seed=0,
+      cache_dir=""))
 
   # Rollouts (dots_jax.sampling).
   c.sampling = ml_collections.ConfigDict()
@@ -47,7 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.max_new_tokens = 16
 
   # Rewards (dots_jax.rewards).
-  c.reward = ml_collections.ConfigDict(dict(kind="math", timeout_s=5.0, workers=2))
+  # kind: math | reversed_digits; timeout_s bounds one math-verify call; answers longer than
+  # max_answer_chars score 0 without parsing (the longest benchmark gold is ~210 chars).
+  c.reward = ml_collections.ConfigDict(dict(kind="math", timeout_s=5.0, workers=2, max_answer_chars=1000))
 
   # RL update (dots_jax.rl).
   c.rl = ml_collections.ConfigDict()
@@ -68,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.micro_batch = 0  # sequences per gradient micro-batch; 0 = whole mini-batch
   c.rl.mini_batches = 1  # PPO mini-batches per RL step
   c.rl.ppo_epochs = 1
+  c.rl.min_lr_ratio = 0.0  # cosine decays to lr * min_lr_ratio
+  c.rl.adam_eps = 1e-8
 
   # Rollout replay (dots_jax.rl.replay).
   c.replay = ml_collections.ConfigDict(dict(enabled=False, capacity=256, fresh_fraction=0.5))
@@ -80,12 +100,33 @@ def base_config() -> ml_collections.ConfigDict:
       alpha=0.25, p_init=0.5, p_step=0.01, p_min=0.05, p_max=0.95, min_keep=0.01, batch_slack=1.25))
   c.selection.ds = ml_collections.ConfigDict(dict(max_rounds=8))
   c.selection.mopps = ml_collections.ConfigDict(dict(prior_a=1.0, prior_b=1.0, forget=0.9, alpha=0.5))
+  # DOTS details. embed_path: embedding cache directory ("" = $DOTS_JAX_CACHE or ~/.cache/dots_jax,
+  # then /embeddings); backbone: checkpoint embedding the questions ("" = model.path, the initial
+  # policy); estimator_path: output of `python -m dots_jax.difficulty.train` ("" = untrained adapters,
+  # for smoke runs only). Estimator: width/layers/dropout of each adapter, score_tau the softmax
+  # temperature over reference scores; chunk = questions per jitted prediction call.
+  c.selection.dots.update(dict(
+      backbone="", estimator_path="", embed_batch=64, embed_max_len=256, width=256, layers=3,
+      dropout=0.1, score_tau=1.0, chunk=8192, online_steps=20, online_lr=1e-4, online_batch=64))
+  # Offline estimator training (dots_jax.difficulty.train) and its evaluation (...evaluate): a pool of
+  # questions rolled out `group` times each by the initial policy; heldout of them never trained on.
+  c.selection.dots.fit = ml_collections.ConfigDict(dict(
+      pool=2048, heldout=512, group=16, steps=1500, lr=1e-3, warmup=100, batch=64, ref_size=64,
+      rollout_batch=256, out_dir=""))
+  # Dynamic sampling: questions per rollout round (0 = batch_questions).
+  c.selection.ds.gen_questions = 0
+  # GRESO rollout rounds: first round rollout_questions (0 = batch_questions), later rounds adaptive
+  # but at least min_rollout_questions; at most max_rounds rounds a step.
+  c.selection.greso.update(dict(rollout_questions=0, min_rollout_questions=4, max_rounds=8))
+  # MoPPS: candidates per step = candidate_factor * batch_questions, drawn from the epoch stream.
+  c.selection.mopps.candidate_factor = 4
 
   # Evaluation (dots_jax.evaluate).
   c.eval = ml_collections.ConfigDict(dict(every=25, k=1, temperature=0.0, top_p=1.0,
                                           max_new_tokens=16, max_questions=0, batch=256))
+  c.eval.out = "eval_results.json"  # JSON report of `python -m dots_jax.evaluate`
 
   # Checkpoints and logs (dots_jax.rl.checkpoint, dots_jax.rl.metrics).
-  c.ckpt = ml_collections.ConfigDict(dict(every=50, keep=2))
+  c.ckpt = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False))
   c.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True))
   return c

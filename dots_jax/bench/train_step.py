@@ -1,0 +1,161 @@
+"""Tokens/s of one GRPO update step: our jitted JAX step vs the same step in PyTorch `transformers`.
+
+Both sides run the identical RL step on the identical random Qwen2 weights (ours exported with
+`hf_io.export_policy`, loaded by `transformers.Qwen2ForCausalLM`): a no-grad forward for pi_old, a
+forward + backward of the token-mean clipped GRPO loss, global-norm clipping and one AdamW step.
+As a check that both compute the same thing, the mean log-prob of the completion tokens under the
+final weights (after 1 + steps updates) is printed for both.
+
+  python -m dots_jax.bench.train_step            # CPU default: D=512, 8 layers, 8/2 heads, V=32k, 8x256
+  python -m dots_jax.bench.train_step --steps 3 --batch 8 --seq 256 --skip_torch
+
+Tokens/s counts all B*T positions of the batch per step (prompt and completion, as the model processes
+them). Timings exclude compilation (JAX) and the first step (both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dots_jax.config_base import base_config
+from dots_jax.model import qwen2
+from dots_jax.rl import update
+from dots_jax.rl.synthetic import random_batch
+
+
+def bench_cfg(args: argparse.Namespace) -> qwen2.Qwen2Config:
+  return qwen2.Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden,
+                           intermediate_size=args.intermediate, num_hidden_layers=args.layers,
+                           num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                           eos_token_id=1, bos_token_id=1, dtype=args.dtype, param_dtype=args.dtype,
+                           remat=args.remat)
+
+
+def time_jax(cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace):
+  config = base_config()
+  config.rl.lr = 1e-3
+  config.rl.micro_batch = args.micro_batch
+  graphdef, params = nnx.split(qwen2.init_model(cfg, 0))
+  # The update donates its state: keep a host copy of the initial weights for the torch side.
+  model = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))
+  ucfg = update.UpdateConfig.from_config(config)
+  opt = update.make_optimizer(config.rl, total_steps=100)
+  fn = update.make_update_fn(graphdef, opt, ucfg)
+  state = update.init_train_state(params, opt, seed=0)
+  t0 = time.perf_counter()
+  state, m = fn(state, batch)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    state, m = fn(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  mean_logp = jax.jit(lambda p: _mean_loss_token_logp(
+      qwen2.sequence_logprobs(nnx.merge(graphdef, p), batch["tokens_NxT"], batch["mask_NxT"]),
+      batch["loss_mask_NxT"]))(state.params)
+  return model, float(mean_logp), compile_s, times
+
+
+def _mean_loss_token_logp(logp_NxT, loss_mask_NxT):
+  return (logp_NxT * loss_mask_NxT).sum() / loss_mask_NxT.sum()
+
+
+def time_torch(model_dir: str, batch: dict, args: argparse.Namespace):
+  import torch
+  import transformers
+
+  torch.manual_seed(0)
+  model = transformers.Qwen2ForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32,
+                                                        attn_implementation="sdpa")
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                          weight_decay=0.0)
+  tokens = torch.from_numpy(batch["tokens_NxT"]).long()
+  mask = torch.from_numpy(batch["mask_NxT"]).long()
+  loss_mask = torch.from_numpy(batch["loss_mask_NxT"][:, 1:]).float()
+  adv = torch.from_numpy(batch["adv_N"])[:, None]
+  positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+  def logp():
+    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits.float()
+    return torch.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, 1:, None])[..., 0]
+
+  def step():
+    with torch.no_grad():
+      old = logp()
+    lp = logp()
+    r = torch.exp(lp - old)
+    obj = torch.minimum(r * adv, torch.clamp(r, 0.8, 1.2) * adv)
+    loss = -(obj * loss_mask).sum() / loss_mask.sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return float(loss)
+
+  step()
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  with torch.no_grad():
+    lp = torch.nn.functional.pad(logp(), (1, 0))
+  return float(_mean_loss_token_logp(lp, torch.from_numpy(batch["loss_mask_NxT"]).float())), times
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--hidden", type=int, default=512)
+  p.add_argument("--intermediate", type=int, default=1408)
+  p.add_argument("--layers", type=int, default=8)
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--kv_heads", type=int, default=2)
+  p.add_argument("--vocab", type=int, default=32000)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq", type=int, default=256)
+  p.add_argument("--steps", type=int, default=2, help="timed steps after the first (>= 1)")
+  p.add_argument("--micro_batch", type=int, default=0)
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--remat", action="store_true")
+  p.add_argument("--skip_torch", action="store_true")
+  args = p.parse_args(argv)
+
+  cfg = bench_cfg(args)
+  prompt = args.seq // 4
+  batch = random_batch(0, rows=args.batch, prompt_len=prompt, completion_len=args.seq - prompt,
+                       vocab_size=args.vocab).as_dict()
+  batch["mask_NxT"][:] = 1  # full-length rows: every position is real work on both sides
+  batch["loss_mask_NxT"][:, prompt:] = 1
+  ntok = args.batch * args.seq
+  print(f"model: {cfg.num_params() / 1e6:.1f}M params, batch {args.batch}x{args.seq}, "
+        f"{args.dtype}, backend {jax.default_backend()}, {jax.device_count()} device(s)")
+  model, jloss, compile_s, jt = time_jax(cfg, batch, args)
+  jax_tps = ntok / np.median(jt)
+  print(f"jax  : compile+first {compile_s:.1f}s, step {np.median(jt):.2f}s (median of {len(jt)}), "
+        f"{jax_tps:,.0f} tokens/s, final mean logp {jloss:.6f}")
+  if args.skip_torch:
+    return
+  from dots_jax.model.hf_io import export_policy
+  with tempfile.TemporaryDirectory() as tmp:
+    export_policy(cfg, model, os.path.join(tmp, "m"))
+    del model
+    tloss, tt = time_torch(os.path.join(tmp, "m"), batch, args)
+  torch_tps = ntok / np.median(tt)
+  print(f"torch: step {np.median(tt):.2f}s (median of {len(tt)}), {torch_tps:,.0f} tokens/s, "
+        f"final mean logp {tloss:.6f}")
+  print(f"ratio jax/torch tokens/s: {jax_tps / torch_tps:.2f}x")
+
+
+if __name__ == "__main__":
+  main()

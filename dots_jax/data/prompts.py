@@ -1,0 +1,73 @@
+"""Prompt construction: the tokenizer's own chat template plus a named system prompt.
+
+The chat template is read from the tokenizer (`tokenizer.apply_chat_template`), so a Qwen2.5 checkpoint
+gets exactly its own `<|im_start|>` format. With `chat_template=False` the prompt is plain text:
+system prompt, blank line, problem (the base-model convention of Qwen2.5-Math's evaluation harness).
+"""
+
+import collections
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+SYSTEM_PROMPTS: dict[str, str | None] = {
+    "none": None,
+    "qwen_math": "Please reason step by step, and put your final answer within \\boxed{}.",  # Qwen2.5-Math
+    "dots": "Let's think step by step and output the final answer within \\boxed{}.",  # DOTS paper
+}
+OVERFLOW_MODES = ("drop", "left", "error")
+
+
+def system_prompt_text(name: str) -> str | None:
+  if name not in SYSTEM_PROMPTS:
+    raise ValueError(f"unknown system prompt {name!r} (config.data.system_prompt); "
+                     f"known: {sorted(SYSTEM_PROMPTS)}")
+  return SYSTEM_PROMPTS[name]
+
+
+def build_prompt(tokenizer: Any, problem: str, system_prompt: str = "none",
+                 chat_template: bool = True) -> list[int]:
+  """Token ids of one prompt, ending where the model's answer starts."""
+  system = system_prompt_text(system_prompt)
+  if chat_template:
+    if not getattr(tokenizer, "chat_template", None):
+      raise ValueError("config.data.chat_template=True but the tokenizer has no chat template")
+    messages = ([{"role": "system", "content": system}] if system else [])
+    messages.append({"role": "user", "content": problem})
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                              return_dict=False))
+  text = f"{system}\n\n{problem}" if system else problem
+  return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+@dataclasses.dataclass
+class PromptBatch:
+  tokens: list[list[int]]  # one per kept question
+  kept: list[int]  # positions (into the input sequence) of the questions that have a prompt
+  counts: collections.Counter  # "total", "kept", "dropped", "truncated"
+
+
+def build_prompts(tokenizer: Any, problems: Sequence[str], data_cfg: Any) -> PromptBatch:
+  """Prompts for `problems` under `config.data`: system_prompt, chat_template, max_prompt_tokens and
+  prompt_overflow ("drop" over-long questions, "left"-truncate them keeping the end, or "error")."""
+  mode, limit = data_cfg.prompt_overflow, data_cfg.max_prompt_tokens
+  if mode not in OVERFLOW_MODES:
+    raise ValueError(f"config.data.prompt_overflow must be one of {OVERFLOW_MODES}, got {mode!r}")
+  if limit < 1:
+    raise ValueError(f"config.data.max_prompt_tokens must be >= 1, got {limit}")
+  batch = PromptBatch([], [], collections.Counter(total=len(problems)))
+  for i, problem in enumerate(problems):
+    ids = build_prompt(tokenizer, problem, data_cfg.system_prompt, data_cfg.chat_template)
+    if len(ids) > limit:
+      if mode == "error":
+        raise ValueError(f"question {i}: prompt has {len(ids)} tokens > config.data.max_prompt_tokens="
+                         f"{limit} (problem starts {problem[:60]!r})")
+      if mode == "drop":
+        batch.counts["dropped"] += 1
+        continue
+      ids = ids[-limit:]  # keep the end: the question and the generation prompt
+      batch.counts["truncated"] += 1
+    batch.tokens.append(ids)
+    batch.kept.append(i)
+  batch.counts["kept"] = len(batch.kept)
+  return batch

@@ -1,0 +1,217 @@
+"""Benchmark evaluation: avg@k, unbiased pass@k, standard errors, the DOTS average; JSON output.
+
+Library use (inside training): `Evaluator(config, tokenizer).run(generate, rng)` where
+`generate(prompt_token_lists, k, rng) -> list[list[str]]` returns k completions per prompt; the
+evaluator never touches the sampler's internals.
+
+CLI: python -m dots_jax.evaluate --config=configs/tiny.py --config.model.path=DIR
+  samples config.eval.k answers per problem of every set in config.data.eval_sets with the
+  temperature/top-p of config.eval, prints and writes JSON to config.eval.out.
+"""
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from dots_jax.data.dataset import QuestionSet, load_dataset
+from dots_jax.data.prompts import build_prompts
+from dots_jax.data.sources import DOTS_AVERAGE_SETS
+from dots_jax.rewards import score_batch
+
+GenerateFn = Callable[[list[list[int]], int, Any], list[list[str]]]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+  if n - c < k:
+    return 1.0
+  # The product form avoids huge binomials.
+  return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
+
+
+def pass_ks(k: int) -> list[int]:
+  """The k's reported for k samples: 1, powers of two below k, and k itself."""
+  return sorted({1, k} | {2 ** i for i in range(1, max(1, int(math.log2(k)) + 1)) if 2 ** i <= k})
+
+
+def summarize(scores_QxK: np.ndarray) -> dict:
+  """Metrics of one benchmark from 0/1 scores, one row per question, one column per sample."""
+  scores_QxK = np.asarray(scores_QxK, np.float64)
+  if scores_QxK.ndim != 2 or scores_QxK.size == 0:
+    raise ValueError(f"summarize expects a non-empty [questions, samples] array, got {scores_QxK.shape}")
+  q, k = scores_QxK.shape
+  per_question_Q = scores_QxK.mean(axis=1)
+  correct_Q = scores_QxK.sum(axis=1).astype(int)
+  out = {
+      "num_questions": q,
+      "k": k,
+      f"avg@{k}": float(per_question_Q.mean()),
+      # Standard error of the mean accuracy over questions (samples of one question are not independent).
+      "stderr": float(per_question_Q.std(ddof=1) / math.sqrt(q)) if q > 1 else 0.0,
+  }
+  for kk in pass_ks(k):
+    out[f"pass@{kk}"] = float(np.mean([pass_at_k(k, int(c), kk) for c in correct_Q]))
+  return out
+
+
+def dots_average(results: Mapping[str, dict]) -> float | None:
+  """Mean avg@k over GSM8K, MATH500, Minerva Math and OlympiadBench; None unless all four ran."""
+  if not all(name in results for name in DOTS_AVERAGE_SETS):
+    return None
+  return float(np.mean([results[n][f"avg@{results[n]['k']}"] for n in DOTS_AVERAGE_SETS]))
+
+
+def reward_kind(set_name: str) -> str:
+  return "reversed_digits" if set_name.startswith("synthetic") else "math"
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Atomic write: a reader never sees a half-written file, and a failure keeps the old one."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+class Evaluator:
+  """Prompts for every set in config.data.eval_sets, built once; `run` samples, scores and summarises."""
+
+  def __init__(self, config: Any, tokenizer: Any, sets: Mapping[str, QuestionSet] | None = None):
+    self.config = config
+    if sets is None:
+      sets = {name: load_dataset(config.data, name) for name in config.data.eval_sets}
+    self.prompts: dict[str, list[list[int]]] = {}
+    self.golds: dict[str, list[str]] = {}
+    self.prompt_counts: dict[str, dict] = {}
+    for name, qs in sets.items():
+      n = len(qs) if config.eval.max_questions <= 0 else min(len(qs), config.eval.max_questions)
+      questions = qs.get_batch(range(n))  # the first n: the same questions at every evaluation
+      batch = build_prompts(tokenizer, [q.problem for q in questions], config.data)
+      if not batch.tokens:
+        raise ValueError(f"eval set {name}: every prompt is longer than config.data.max_prompt_tokens="
+                         f"{config.data.max_prompt_tokens}")
+      self.prompts[name] = batch.tokens
+      self.golds[name] = [questions[i].answer for i in batch.kept]
+      self.prompt_counts[name] = dict(batch.counts)
+
+  def _samples(self, name: str, generate: GenerateFn, k: int, rng: Any) -> list[list[str]]:
+    import jax  # rng is a JAX key; each batch gets its own stream
+    prompts, size = self.prompts[name], self.config.eval.batch
+    out: list[list[str]] = []
+    for b, start in enumerate(range(0, len(prompts), size)):
+      chunk = prompts[start:start + size]
+      completions = generate(chunk, k, jax.random.fold_in(rng, b))
+      if len(completions) != len(chunk) or any(len(c) != k for c in completions):
+        raise ValueError(f"generate returned {[len(c) for c in completions][:4]}... completions for "
+                         f"{len(chunk)} prompts; expected {k} per prompt")
+      out.extend(completions)
+    return out
+
+  def run(self, generate: GenerateFn, rng: Any, step: int | None = None) -> dict:
+    """Evaluates every set; returns {"sets": {name: metrics}, "dots_average", "step", ...}."""
+    import jax
+    k = self.config.eval.k
+    results: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    for i, name in enumerate(self.prompts):
+      completions = self._samples(name, generate, k, jax.random.fold_in(rng, i))
+      golds = [g for g in self.golds[name] for _ in range(k)]
+      flat = [c for row in completions for c in row]
+      scores, stats = score_batch(flat, golds, kind=reward_kind(name),
+                                  timeout_s=self.config.reward.timeout_s,
+                                  workers=self.config.reward.workers)
+      metrics = summarize(scores.reshape(-1, k))
+      metrics["prompts"] = self.prompt_counts[name]
+      metrics["reward_reasons"] = dict(stats.counts)
+      results[name] = metrics
+    return {"step": step, "sets": results, "dots_average": dots_average(results),
+            "dots_average_sets": list(DOTS_AVERAGE_SETS), "seconds": time.perf_counter() - t0,
+            "temperature": self.config.eval.temperature, "top_p": self.config.eval.top_p}
+
+
+def flat_metrics(report: dict, prefix: str = "eval/") -> dict[str, float]:
+  """Scalar view of a `run` report for training logs."""
+  out = {}
+  for name, m in report["sets"].items():
+    for key in [f"avg@{m['k']}", "stderr"] + [f"pass@{kk}" for kk in pass_ks(m["k"])]:
+      out[f"{prefix}{name}/{key}"] = m[key]
+  if report["dots_average"] is not None:
+    out[f"{prefix}dots_average"] = report["dots_average"]
+  return out
+
+
+def sampler_generate(config: Any, qcfg: Any, model: Any, tokenizer: Any, mesh: Any = None
+                     ) -> GenerateFn:
+  """A GenerateFn over `dots_jax.sampling.Sampler` with config.eval's sampling settings."""
+  from flax import nnx
+
+  from dots_jax.sampling.sampler import Sampler, pad_prompts
+  graphdef, params = nnx.split(model)
+  eos_ids = sorted(set(qcfg.eos_ids) | ({tokenizer.eos_token_id} - {None}))
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+  sampler = Sampler(graphdef, qcfg, max_prompt_len=max(config.data.prompt_buckets),
+                    max_new_tokens=config.eval.max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, mesh=mesh)
+  shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+  def generate(prompts: list[list[int]], k: int, rng: Any) -> list[list[str]]:
+    n = len(prompts)
+    padded = list(prompts) + [prompts[-1]] * (-n % shards)  # the batch must split over data shards
+    tokens_BxP, mask_BxP = pad_prompts(padded, config.data.prompt_buckets, pad_id)
+    out = sampler.generate(params, tokens_BxP, mask_BxP, rng, num_samples=k,
+                           temperature=config.eval.temperature, top_p=config.eval.top_p,
+                           greedy=config.eval.temperature <= 0)
+    texts = [tokenizer.decode(out.tokens_NxR[r, :out.lengths_N[r]], skip_special_tokens=True)
+             for r in range(n * k)]
+    return [texts[b * k:(b + 1) * k] for b in range(n)]
+
+  return generate
+
+
+def evaluate_checkpoint(config: Any, path: str = "") -> dict:
+  """Loads the policy at `path` (default config.model.path; empty = the tiny base) and evaluates it."""
+  import jax
+
+  from dots_jax.model.hf_io import load_policy, load_tokenizer
+  from dots_jax.model.sharding import make_mesh
+  path = path or config.model.path
+  if not path:
+    from dots_jax.tiny.base import ensure_tiny_base  # the embedded default policy
+    path = ensure_tiny_base(config)
+  mesh = make_mesh(config.mesh)
+  qcfg, model = load_policy(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                            mesh=mesh)
+  tokenizer = load_tokenizer(path)
+  report = Evaluator(config, tokenizer).run(sampler_generate(config, qcfg, model, tokenizer, mesh),
+                                            jax.random.key(config.seed))
+  report["model_path"] = path
+  return report
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  config = _CONFIG.value
+  report = evaluate_checkpoint(config)
+  write_json(config.eval.out, report)
+  print(json.dumps(flat_metrics(report), indent=2, sort_keys=True))
+  print(f"wrote {config.eval.out}")
+
+
+if __name__ == "__main__":
+  from absl import app
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/tiny.py")
+  app.run(main)

@@ -1,0 +1,137 @@
+"""Batch reward scoring: extraction and fast paths in the caller, math-verify in a timed worker pool.
+
+Every response gets exactly one reason in `RewardStats.counts`.
+Scoring 1: "exact" (equal after presentation-only normalisation), "numeric" (equal numbers or simple
+fractions: "2,125" vs "2125", "\\frac{1}{2}" vs "0.5"), "verified" (math-verify says equal).
+Scoring 0: "no_box", "unbalanced_box", "too_long" (extracted answer longer than max_answer_chars),
+"empty_answer", "mismatch" (math-verify, or the fast path for unequal integers/fractions),
+"parse_fail" (math-verify cannot read the answer), "parse_fail_gold" (nor the gold), "timeout",
+"worker_crash", "error" (an exception inside math-verify), "bad_input" (a non-string response or gold).
+Scoring never raises on any response text.
+"""
+
+import collections
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from dots_jax.rewards import extract, normalize, pool, reversed_digits
+
+KINDS = ("math", "reversed_digits")
+CORRECT_REASONS = ("exact", "numeric", "verified")
+
+
+@dataclasses.dataclass
+class RewardStats:
+  counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  seconds: float = 0.0
+  verify_calls: int = 0  # distinct (gold, answer) pairs sent to math-verify
+  workers_replaced: int = 0
+
+  @property
+  def total(self) -> int:
+    return sum(self.counts.values())
+
+  def merge(self, other: "RewardStats") -> "RewardStats":
+    return RewardStats(self.counts + other.counts, self.seconds + other.seconds,
+                       self.verify_calls + other.verify_calls, self.workers_replaced + other.workers_replaced)
+
+  def as_dict(self, prefix: str = "reward/") -> dict[str, float]:
+    out = {f"{prefix}{k}": float(v) for k, v in sorted(self.counts.items())}
+    out[f"{prefix}seconds"] = self.seconds
+    out[f"{prefix}verify_calls"] = float(self.verify_calls)
+    out[f"{prefix}workers_replaced"] = float(self.workers_replaced)
+    return out
+
+
+def _reward_defaults():
+  from dots_jax.config_base import base_config  # the one place defaults live
+  return base_config().reward
+
+
+def _score_reversed(response: str, gold: str) -> str:
+  if not reversed_digits.is_canonical_int(gold.strip()):
+    return "bad_input"
+  stated = reversed_digits.parse_reversed(response)
+  if stated is None:
+    return "parse_fail"
+  return "exact" if stated == gold.strip() else "mismatch"
+
+
+def _triage_math(response: str, gold: str, max_answer_chars: int) -> tuple[str, str | None]:
+  """(reason, answer): a final reason, or ("", answer) when math-verify must decide."""
+  answer, reason = extract.final_answer(response)
+  if answer is None:
+    return reason, None
+  if len(answer) > max_answer_chars:
+    return "too_long", None
+  normalized = normalize.normalize(answer)
+  if not normalized:
+    return "empty_answer", None
+  if normalized == normalize.normalize(gold):
+    return "exact", None
+  gold_value, answer_value = normalize.as_rational(gold), normalize.as_rational(answer)
+  if gold_value is not None and answer_value is not None:
+    if gold_value[0] == answer_value[0]:
+      return "numeric", None
+    if not (gold_value[1] or answer_value[1]):
+      return "mismatch", None
+    # Unequal decimals go to math-verify, which compares them after rounding (0.333333 vs 1/3).
+  return "", answer
+
+
+def score_batch(responses: Sequence[str], golds: Sequence[str], *, kind: str = "math",
+                timeout_s: float | None = None, workers: int | None = None,
+                max_answer_chars: int | None = None) -> tuple[np.ndarray, RewardStats]:
+  """Scores responses against gold answers: (float32 scores in {0, 1}, RewardStats).
+
+  timeout_s bounds each math-verify call (per distinct answer); workers is the pool size (0 = verify
+  in this process, without a hard timeout: see `pool.run_inline`); None takes `config.reward` defaults
+  from `dots_jax.config_base`.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"unknown reward kind {kind!r} (config.reward.kind); expected one of {KINDS}")
+  if len(responses) != len(golds):
+    raise ValueError(f"score_batch got {len(responses)} responses but {len(golds)} golds")
+  defaults = _reward_defaults()
+  timeout_s = defaults.timeout_s if timeout_s is None else timeout_s
+  workers = defaults.workers if workers is None else workers
+  max_answer_chars = defaults.max_answer_chars if max_answer_chars is None else max_answer_chars
+  t0 = time.perf_counter()
+  stats = RewardStats()
+  reasons = [""] * len(responses)
+  pending: dict[tuple[str, str], list[int]] = {}  # identical (gold, answer) pairs are verified once
+  for i, (response, gold) in enumerate(zip(responses, golds)):
+    if not isinstance(response, str) or not isinstance(gold, str):
+      reasons[i] = "bad_input"
+    elif kind == "reversed_digits":
+      reasons[i] = _score_reversed(response, gold)
+    else:
+      reasons[i], answer = _triage_math(response, gold, max_answer_chars)
+      if answer is not None:
+        pending.setdefault((gold, answer), []).append(i)
+  if pending:
+    jobs = list(pending)
+    if workers == 0:
+      outcomes = pool.run_inline(jobs, timeout_s)
+    else:
+      verify_pool = pool.get_pool(workers)
+      replaced_before = verify_pool.replaced
+      outcomes = verify_pool.run(jobs, timeout_s)
+      stats.workers_replaced = verify_pool.replaced - replaced_before
+    for job, outcome in zip(jobs, outcomes):
+      for i in pending[job]:
+        reasons[i] = outcome.split(":")[0]
+    stats.verify_calls = len(jobs)
+  stats.counts.update(reasons)
+  scores = np.array([r in CORRECT_REASONS for r in reasons], np.float32)
+  stats.seconds = time.perf_counter() - t0
+  return scores, stats
+
+
+def score(response: str, gold: str) -> float:
+  """1.0 if the last boxed answer of `response` equals `gold` (kind "math", config defaults), else 0.0."""
+  scores, _ = score_batch([response], [gold])
+  return float(scores[0])

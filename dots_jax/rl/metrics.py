@@ -1,0 +1,114 @@
+"""Run metrics: JSON lines (<workdir>/metrics.jsonl) + TensorBoard events (tensorboardX), process 0 only.
+
+The writer keeps the history of everything written; the history goes into checkpoints
+(`state_dict`) and `load_state_dict` rewrites metrics.jsonl from it, so after a resume the file holds
+exactly the steps of the restored run (records written after the checkpoint, by the killed process, are
+dropped). TensorBoard event files are append-only: after a resume they may show those steps twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+
+def _scalar(v: Any) -> float | int | bool:
+  v = np.asarray(v)
+  if v.shape != ():
+    raise ValueError(f"metric value of shape {v.shape} is not a scalar")
+  return v.item()
+
+
+def batch_stats(rewards_QxG: np.ndarray, lengths_N: np.ndarray, pass_threshold: float = 1.0
+                ) -> dict[str, float]:
+  """Rollout statistics: reward mean, pass rate (reward >= threshold), zero-variance groups, lengths."""
+  r = np.asarray(rewards_QxG, np.float64)
+  lengths = np.asarray(lengths_N, np.float64)
+  return {
+      "reward_mean": float(r.mean()),
+      "pass_rate": float(np.mean(r >= pass_threshold)),
+      "zero_var_frac": float(np.mean(r.std(axis=1) == 0)),
+      "response_len_mean": float(lengths.mean()),
+      "response_len_max": float(lengths.max()),
+  }
+
+
+class StepTimer:
+  """Wall-clock split of one RL step into named phases (rollout / selection / update ...)."""
+
+  def __init__(self):
+    self.times: dict[str, float] = {}
+
+  @contextlib.contextmanager
+  def phase(self, name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+  def metrics(self, tokens: int | None = None) -> dict[str, float]:
+    """time/<phase>_s, time/step_s and, given the step's token count, tokens_per_s over the step."""
+    out = {f"time/{k}_s": v for k, v in self.times.items()}
+    total = sum(self.times.values())
+    out["time/step_s"] = total
+    if tokens is not None and total > 0:
+      out["tokens_per_s"] = tokens / total
+    self.times = {}
+    return out
+
+
+class MetricsWriter:
+  """Appends {"step": s, **metrics} records; no-op on processes other than 0."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.history: list[dict[str, Any]] = []
+    self._tb = None
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      if tensorboard:
+        from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Records scalar metrics for `step` (jax/numpy scalars are converted); returns the record."""
+    record = {"step": int(step)}
+    record.update({k: _scalar(v) for k, v in metrics.items()})
+    self.history.append(record)
+    if self.active:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record, allow_nan=True) + "\n")
+      if self._tb is not None:
+        for k, v in record.items():
+          if k != "step" and isinstance(v, (int, float, bool)) and math.isfinite(float(v)):
+            self._tb.add_scalar(k, float(v), int(step))
+    return record
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def state_dict(self) -> dict[str, Any]:
+    return {"history": [dict(r) for r in self.history]}
+
+  def load_state_dict(self, state: dict[str, Any]) -> None:
+    self.history = [dict(r) for r in state["history"]]
+    if self.active:
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        for r in self.history:
+          f.write(json.dumps(r, allow_nan=True) + "\n")
+      os.replace(tmp, self.path)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,268 @@
+"""Train state, AdamW + schedule, and the jitted GRPO / GRPO-RR update over one RL batch.
+
+One call of the update function is one RL step:
+  1. pi_old: per-token log-probs of the whole batch under the pre-update params (micro-batched, no grad);
+     also pi_ref when kl_beta > 0 (the reference params are then an argument; with beta == 0 none exist).
+  2. behaviour log-probs: replayed rows keep their stored mu; fresh rows use pi_old (mu == pi_old, so the
+     objective is exactly GRPO for them and sampler/trainer numeric drift cannot leak into the ratio).
+  3. ppo_epochs x mini_batches optimizer updates; rows are shuffled per epoch with
+     fold_in(fold_in(rng, step), epoch); each mini-batch's gradient is accumulated over micro-batches with
+     lax.scan (memory ~ one micro-batch of activations).
+  4. A non-finite loss or gradient norm skips that optimizer update (params and optimizer state are left
+     as they were) and sets metrics["nonfinite"]; the caller stops via `raise_if_nonfinite`.
+
+The learning-rate schedule counts optimizer updates; warmup/total steps are given in RL steps and
+multiplied by updates-per-step (mini_batches * ppo_epochs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dots_jax.rl import losses
+from dots_jax.rl.logprobs import logprobs_and_entropy
+
+BATCH_KEYS = ("tokens_NxT", "mask_NxT", "loss_mask_NxT", "behav_logp_NxT", "adv_N", "is_replay_N")
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array  # int32: RL steps completed
+  params: nnx.State
+  opt_state: Any
+  rng: jax.Array  # uint32[2] raw base key; per-step keys are fold_in(rng, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+  """Static (compile-time) hyper-parameters of the update, from `config.rl` and `config.sampling`."""
+
+  clip_eps_low: float = 0.2
+  clip_eps_high: float = 0.2
+  loss_agg: str = "token_mean"
+  kl_beta: float = 0.0
+  entropy_coef: float = 0.0
+  mini_batches: int = 1
+  ppo_epochs: int = 1
+  micro_batch: int = 0  # rows per micro-batch; 0 = the whole mini-batch
+  temperature: float = 1.0  # log-probs use log_softmax(logits / temperature), as the sampler
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "UpdateConfig":
+    rl = config.rl
+    return cls(clip_eps_low=rl.clip_eps_low, clip_eps_high=rl.clip_eps_high, loss_agg=rl.loss_agg,
+               kl_beta=rl.kl_beta, entropy_coef=rl.entropy_coef, mini_batches=rl.mini_batches,
+               ppo_epochs=rl.ppo_epochs, micro_batch=rl.micro_batch,
+               temperature=config.sampling.temperature)
+
+  @property
+  def updates_per_step(self) -> int:
+    return self.mini_batches * self.ppo_epochs
+
+  def split(self, n_rows: int) -> tuple[int, int, int]:
+    """(mini-batch rows, micro-batch rows, micro-batches per mini-batch) for a batch of n_rows."""
+    if n_rows % self.mini_batches:
+      raise ValueError(f"batch of {n_rows} rows does not split into config.rl.mini_batches="
+                       f"{self.mini_batches}")
+    mb = n_rows // self.mini_batches
+    micro = self.micro_batch or mb
+    if mb % micro:
+      raise ValueError(f"mini-batch of {mb} rows does not split into config.rl.micro_batch={micro}")
+    return mb, micro, mb // micro
+
+
+def lr_schedule(rl: ml_collections.ConfigDict, total_steps: int,
+                updates_per_step: int = 1) -> optax.Schedule:
+  """Linear warmup from 0 over rl.warmup_steps, then constant or cosine decay to lr*rl.min_lr_ratio."""
+  warm = rl.warmup_steps * updates_per_step
+  total = max(total_steps * updates_per_step, warm + 1)
+  if rl.schedule == "constant":
+    after = optax.constant_schedule(rl.lr)
+  elif rl.schedule == "cosine":
+    after = optax.cosine_decay_schedule(rl.lr, total - warm, alpha=rl.min_lr_ratio)
+  else:
+    raise ValueError(f"config.rl.schedule={rl.schedule!r}: expected 'constant' or 'cosine'")
+  if warm == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, rl.lr, warm), after], [warm])
+
+
+def make_optimizer(rl: ml_collections.ConfigDict, total_steps: int,
+                   updates_per_step: int = 1) -> optax.GradientTransformation:
+  """Global-norm clipping (rl.grad_clip <= 0 disables it) followed by AdamW on all parameters."""
+  adamw = optax.adamw(lr_schedule(rl, total_steps, updates_per_step), b1=rl.b1, b2=rl.b2,
+                      eps=rl.adam_eps, weight_decay=rl.weight_decay)
+  if rl.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(rl.grad_clip), adamw)
+  return adamw
+
+
+def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation,
+                     seed: int) -> TrainState:
+  """Fresh state. Under a mesh, pass already-sharded params: jit propagates their layout to Adam's
+  moments; then `jax.device_put(state, train_state_shardings(...))` pins every leaf."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=jax.jit(optimizer.init)(params), rng=jax.random.PRNGKey(seed))
+
+
+def train_state_shardings(optimizer: optax.GradientTransformation, abstract_params: nnx.State,
+                          mesh: Mesh) -> TrainState:
+  """TrainState of NamedShardings: params by `sharding.param_shardings`, Adam moments follow their
+  parameter, step/rng/counters replicated."""
+  from dots_jax.model.sharding import param_shardings
+  params_sharding = param_shardings(abstract_params, mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, params_sharding,
+                                 transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=params_sharding, opt_state=opt_sh, rng=replicated)
+
+
+def _micro_split(x: jax.Array, k: int) -> jax.Array:
+  return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+
+
+def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+                   ucfg: UpdateConfig, *, mesh: Mesh | None = None,
+                   state_shardings: TrainState | None = None, ref_shardings: Any = None
+                   ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+  """Returns jitted `update(state, batch, ref_params=None) -> (new_state, metrics)`.
+
+  `batch` is a dict with BATCH_KEYS (see dots_jax.rl.batch.RLBatch.as_dict). `state` is donated.
+  `ref_params` must be given iff ucfg.kl_beta != 0. With a `mesh`, also pass `state_shardings`
+  (`train_state_shardings`) and, when kl_beta != 0, `ref_shardings` (`sharding.param_shardings`):
+  they become the jit's explicit in/out shardings; batch rows (and every micro-batch inside) are laid
+  out by `sharding.batch_sharding` (rows over ('data', 'fsdp')), so rows per micro-batch must be a
+  multiple of that axis size.
+  """
+  if (mesh is None) != (state_shardings is None):
+    raise ValueError("make_update_fn: pass both mesh and state_shardings, or neither")
+  if mesh is not None:
+    from dots_jax.model.sharding import batch_sharding
+    row_sharding = lambda ndim: batch_sharding(mesh, ndim)
+
+  def logp_fn(params, tokens, mask):
+    return logprobs_and_entropy(nnx.merge(graphdef, params), tokens, mask, ucfg.temperature)
+
+  def constrain(tree):
+    if mesh is None:
+      return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, row_sharding(x.ndim)), tree)
+
+  def no_grad_logp(params, tokens_NxT, mask_NxT, k):
+    def one(xs):
+      tok, msk = constrain(xs)
+      return logp_fn(params, tok, msk)[0]
+    lp = jax.lax.map(one, (_micro_split(tokens_NxT, k), _micro_split(mask_NxT, k)))
+    return jax.lax.stop_gradient(lp.reshape(tokens_NxT.shape))
+
+  def micro_loss(params, mb):
+    logp, ent = logp_fn(params, mb["tokens_NxT"], mb["mask_NxT"])
+    return losses.policy_loss(
+        logp, mb["old_logp_NxT"], mb["behav_logp_NxT"], mb["adv_N"], mb["weights_NxT"],
+        mb["loss_mask_NxT"], mb["is_replay_N"], clip_eps_low=ucfg.clip_eps_low,
+        clip_eps_high=ucfg.clip_eps_high, ref_logp_NxT=mb.get("ref_logp_NxT"),
+        kl_beta=ucfg.kl_beta, entropy_NxT=ent, entropy_coef=ucfg.entropy_coef)
+
+  grad_fn = jax.grad(micro_loss, has_aux=True)
+
+  def update(state: TrainState, batch: dict[str, jax.Array], ref_params: Any = None):
+    if (ref_params is None) != (ucfg.kl_beta == 0.0):
+      raise ValueError("ref_params must be passed exactly when config.rl.kl_beta != 0")
+    n = batch["tokens_NxT"].shape[0]
+    mb_rows, micro, k = ucfg.split(n)
+    n_micro_total = n // micro
+    rows = {key: batch[key] for key in BATCH_KEYS}
+    old = no_grad_logp(state.params, rows["tokens_NxT"], rows["mask_NxT"], n_micro_total)
+    replay = rows["is_replay_N"].astype(bool)
+    fresh_tok = rows["loss_mask_NxT"].astype(bool) & ~replay[:, None]
+    drift = jnp.max(jnp.where(fresh_tok, jnp.abs(rows["behav_logp_NxT"] - old), 0.0))
+    rows["behav_logp_NxT"] = jnp.where(replay[:, None], rows["behav_logp_NxT"], old)
+    rows["old_logp_NxT"] = old
+    if ref_params is not None:
+      rows["ref_logp_NxT"] = no_grad_logp(ref_params, rows["tokens_NxT"], rows["mask_NxT"],
+                                          n_micro_total)
+
+    key = jax.random.fold_in(state.rng, state.step)
+    if ucfg.updates_per_step == 1:  # one mini-batch of everything: shuffling would only cost a copy
+      idx_UxM = jnp.arange(n)[None]
+    else:
+      perms = [jax.random.permutation(jax.random.fold_in(key, e), n)
+               for e in range(ucfg.ppo_epochs)]
+      idx_UxM = jnp.concatenate(perms).reshape(ucfg.updates_per_step, mb_rows)
+
+    def one_update(carry, idx_M):
+      params, opt_state = carry
+      mb = jax.tree.map(lambda x: x[idx_M], rows)
+      mb["weights_NxT"] = losses.token_weights(mb["loss_mask_NxT"], ucfg.loss_agg)
+      micro_batches = jax.tree.map(lambda x: _micro_split(x, k), mb)
+
+      def accumulate(acc, micro_b):
+        g, s = grad_fn(params, constrain(micro_b))
+        return (jax.tree.map(jnp.add, acc[0], g), losses.combine_stats(acc[1], s)), None
+
+      first = jax.tree.map(lambda x: x[0], micro_batches)
+      stats_shape = jax.eval_shape(micro_loss, params, first)[1]
+      acc0 = (jax.tree.map(jnp.zeros_like, params), losses.empty_stats(stats_shape))
+      (grads, stats), _ = jax.lax.scan(accumulate, acc0, micro_batches)
+      gnorm = optax.tree.norm(grads)
+      ok = jnp.isfinite(gnorm) & jnp.isfinite(stats["loss"])
+      updates, new_opt = optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      keep = lambda new, cur: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, cur)
+      carry = (keep(new_params, params), keep(new_opt, opt_state))
+      return carry, (stats, gnorm, ok)
+
+    (params, opt_state), (stats_U, gnorm_U, ok_U) = jax.lax.scan(
+        one_update, (state.params, state.opt_state), idx_UxM)
+    stats = jax.tree.map(lambda x: x[0], stats_U)
+    for u in range(1, ucfg.updates_per_step):
+      stats = losses.combine_stats(stats, jax.tree.map(lambda x, u=u: x[u], stats_U))
+    metrics = losses.finalize_stats(stats)
+    n_up = float(ucfg.updates_per_step)
+    metrics["loss"] = metrics["loss"] / n_up
+    metrics["pg_loss"] = metrics["pg_loss"] / n_up
+    metrics["grad_norm"] = jnp.mean(gnorm_U)
+    metrics["grad_norm_max"] = jnp.max(gnorm_U)
+    metrics["nonfinite"] = jnp.logical_not(jnp.all(ok_U))
+    metrics["fresh_logp_drift_max"] = drift
+    metrics["batch_tokens"] = jnp.sum(rows["mask_NxT"]).astype(jnp.float32)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
+    return new_state, metrics
+
+  if mesh is None:
+    jitted = jax.jit(update, donate_argnums=0)
+  else:
+    batch_sh = {key: row_sharding(1 if key.endswith("_N") else 2) for key in BATCH_KEYS}
+    jitted = jax.jit(update, donate_argnums=0,
+                     in_shardings=(state_shardings, batch_sh, ref_shardings),
+                     out_shardings=(state_shardings, None))
+
+  def call(state: TrainState, batch: dict[str, Any], ref_params: Any = None):
+    missing = set(BATCH_KEYS) - set(batch)
+    if missing:
+      raise ValueError(f"RL batch lacks {sorted(missing)}")
+    return jitted(state, {key: batch[key] for key in BATCH_KEYS}, ref_params)
+
+  return call
+
+
+class NonFiniteError(RuntimeError):
+  """Raised by the caller's loop when an update produced a non-finite loss or gradient."""
+
+
+def raise_if_nonfinite(metrics: dict[str, Any], step: int) -> None:
+  """Stops the run naming the step; call it *before* saving the state returned with these metrics."""
+  if bool(metrics["nonfinite"]):
+    raise NonFiniteError(
+        f"non-finite loss or gradient norm at RL step {step} (loss={float(metrics['loss'])}, "
+        f"grad_norm_max={float(metrics['grad_norm_max'])}); that update was skipped and nothing was "
+        f"saved for it: the last checkpoint is the last good state")

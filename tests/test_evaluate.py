@@ -1,0 +1,141 @@
+"""Evaluation metrics (avg@k, unbiased pass@k, standard error, DOTS average) and the Evaluator."""
+
+import itertools
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from dots_jax.config_base import base_config
+from dots_jax.evaluate import Evaluator, dots_average, flat_metrics, pass_at_k, summarize, write_json
+from dots_jax.data.question import Question
+from dots_jax.rewards import format_reversed
+from dots_jax.tiny.tokenizer import make_char_tokenizer
+
+
+def _pass_at_k_by_enumeration(n: int, c: int, k: int) -> float:
+  """Fraction of k-subsets of n samples (c correct) that contain a correct one."""
+  samples = [1] * c + [0] * (n - c)
+  subsets = list(itertools.combinations(range(n), k))
+  return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n,c,k", [(1, 0, 1), (1, 1, 1), (5, 2, 1), (5, 2, 3), (8, 1, 4), (8, 7, 2),
+                                   (6, 0, 6), (6, 3, 6)])
+def test_pass_at_k_matches_enumeration(n, c, k):
+  assert pass_at_k(n, c, k) == pytest.approx(_pass_at_k_by_enumeration(n, c, k), abs=1e-12)
+
+
+def test_pass_at_k_large_n_and_bad_args():
+  assert pass_at_k(1000, 10, 1) == pytest.approx(0.01)
+  assert pass_at_k(1000, 10, 100) == pytest.approx(1 - math.comb(990, 100) / math.comb(1000, 100))
+  with pytest.raises(ValueError):
+    pass_at_k(4, 5, 1)
+  with pytest.raises(ValueError):
+    pass_at_k(4, 1, 5)
+
+
+def test_summarize():
+  scores = np.array([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]], np.float32)
+  m = summarize(scores)
+  assert m["avg@4"] == pytest.approx(5 / 12)
+  per_q = np.array([1.0, 0.25, 0.0])
+  assert m["stderr"] == pytest.approx(per_q.std(ddof=1) / math.sqrt(3))
+  assert m["pass@1"] == pytest.approx(5 / 12)
+  assert m["pass@2"] == pytest.approx((1 + 0.5 + 0) / 3)
+  assert m["pass@4"] == pytest.approx(2 / 3)
+  assert summarize(np.array([[1.0]]))["stderr"] == 0.0
+
+
+def test_dots_average():
+  sets = {n: {"k": 1, "avg@1": v} for n, v in
+          [("gsm8k_test", 0.8), ("math500", 0.6), ("minerva_math", 0.2), ("olympiadbench", 0.2)]}
+  assert dots_average(sets) == pytest.approx(0.45)
+  assert dots_average({**sets, "aime24": {"k": 1, "avg@1": 1.0}}) == pytest.approx(0.45)
+  del sets["minerva_math"]
+  assert dots_average(sets) is None
+
+
+class _FakeSet:
+
+  def __init__(self, name, rows):
+    self.name = name
+    self.rows = [Question(f"{name}-{i}", i, p, a, {}) for i, (p, a) in enumerate(rows)]
+
+  def __len__(self):
+    return len(self.rows)
+
+  def get_batch(self, indices):
+    return [self.rows[i] for i in indices]
+
+
+def test_evaluator_with_fake_generate(tmp_path):
+  tok = make_char_tokenizer()
+  c = base_config()
+  c.data.update(chat_template=False, system_prompt="none", max_prompt_tokens=12, prompt_overflow="drop")
+  c.eval.update(k=4, batch=2, max_questions=0)
+  c.reward.update(workers=2, timeout_s=10)
+  synthetic = _FakeSet("synthetic_heldout", [("12+3=", "15"), ("7+8=", "15"), ("99+1=", "100"),
+                                             ("123456789+123=", "123456912")])  # last is too long: dropped
+  math_set = _FakeSet("math500", [("half of 1?", "\\frac{1}{2}"), ("2+2?", "4")])
+  evaluator = Evaluator(c, tok, sets={"synthetic_heldout": synthetic, "math500": math_set})
+  assert evaluator.prompt_counts["synthetic_heldout"] == {"total": 4, "kept": 3, "dropped": 1}
+  by_prompt = {p.problem: p.answer for s in (synthetic, math_set) for p in s.rows}
+  calls = []
+
+  def generate(prompts, k, rng):
+    calls.append((len(prompts), k))
+    out = []
+    for ids in prompts:
+      problem = tok.decode(ids)
+      gold = by_prompt[problem]
+      if problem.endswith("="):  # synthetic: the first sample right, the rest right only for "15"
+        out.append([format_reversed(gold)] + [format_reversed(gold) if gold == "15" else "0"] * (k - 1))
+      else:
+        out.append(["\\boxed{0.5}" if gold.startswith("\\frac") else "\\boxed{5}"] * k)
+    return out
+
+  report = evaluator.run(generate, jax.random.key(0), step=7)
+  assert calls == [(2, 4), (1, 4), (2, 4)]  # eval.batch prompts per call
+  syn = report["sets"]["synthetic_heldout"]
+  assert syn["avg@4"] == pytest.approx((1 + 1 + 0.25) / 3)
+  assert syn["pass@4"] == 1.0 and syn["pass@1"] == pytest.approx(syn["avg@4"])
+  assert report["sets"]["math500"]["avg@4"] == 0.5
+  assert report["sets"]["math500"]["reward_reasons"] == {"numeric": 4, "mismatch": 4}
+  assert report["dots_average"] is None and report["step"] == 7
+  flat = flat_metrics(report)
+  assert flat["eval/math500/avg@4"] == 0.5 and "eval/synthetic_heldout/pass@2" in flat
+  path = tmp_path / "out" / "eval.json"
+  write_json(str(path), report)
+  assert json.loads(path.read_text())["sets"]["math500"]["pass@4"] == 0.5
+
+
+def test_evaluator_rejects_wrong_number_of_completions():
+  tok = make_char_tokenizer()
+  c = base_config()
+  c.data.update(chat_template=False, max_prompt_tokens=12)
+  c.eval.update(k=2, batch=8)
+  ev = Evaluator(c, tok, sets={"synthetic_heldout": _FakeSet("synthetic_heldout", [("1+1=", "2")])})
+  with pytest.raises(ValueError, match="expected 2 per prompt"):
+    ev.run(lambda prompts, k, rng: [["2"]] * len(prompts), jax.random.key(0))
+
+
+def test_evaluate_checkpoint_end_to_end(tmp_path):
+  """Real policy + Sampler on a tiny random checkpoint: the CLI's path, in-process (8 CPU devices)."""
+  from hf_fixtures import make_tiny_hf_checkpoint
+
+  from dots_jax.evaluate import evaluate_checkpoint
+  path = make_tiny_hf_checkpoint(tmp_path / "ckpt")
+  c = base_config()
+  c.data.update(train="synthetic", eval_sets=("synthetic_heldout",), chat_template=False,
+                max_prompt_tokens=16, prompt_buckets=(16,), prepared_dir=str(tmp_path / "prepared"))
+  c.data.synthetic.update(train_size=24, heldout_size=10)
+  c.eval.update(k=2, temperature=1.0, max_new_tokens=4, batch=8)
+  report = evaluate_checkpoint(c, path)
+  m = report["sets"]["synthetic_heldout"]
+  assert m["num_questions"] == 10 and m["k"] == 2
+  assert sum(m["reward_reasons"].values()) == 20  # every sample was decoded and scored
+  assert 0.0 <= m["avg@2"] <= m["pass@2"] <= 1.0
+  assert report["model_path"] == path

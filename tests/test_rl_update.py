@@ -1,0 +1,195 @@
+"""The jitted GRPO / GRPO-RR update: log-prob definition, accumulation, GRPO reduction, guard, sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dots_jax.config_base import base_config
+from dots_jax.model import qwen2
+from dots_jax.rl import losses, update
+from dots_jax.rl.checkpoint import Checkpointer, abstract_like
+from dots_jax.rl.logprobs import logprobs_and_entropy
+from dots_jax.rl.synthetic import random_batch
+
+CFG = qwen2.Qwen2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2)
+ROWS, P, R = 8, 5, 6
+
+
+def rl_config(**over):
+  c = base_config()
+  c.rl.lr = 1e-2
+  c.rl.grad_clip = 1.0
+  # Adam's first steps are ~ lr * g / (|g| + eps): with a tiny eps, float noise in near-zero gradients
+  # (summation order differs between layouts) becomes lr-sized parameter differences.
+  c.rl.adam_eps = 1e-3
+  for k, v in over.items():
+    setattr(c.rl, k, v)
+  return c
+
+
+def setup(config, seed=0):
+  graphdef, params = nnx.split(qwen2.init_model(CFG, seed))
+  ucfg = update.UpdateConfig.from_config(config)
+  opt = update.make_optimizer(config.rl, total_steps=10, updates_per_step=ucfg.updates_per_step)
+  return graphdef, params, opt, ucfg
+
+
+def batch_dict(seed=0, replay_fraction=0.5):
+  return random_batch(seed, rows=ROWS, prompt_len=P, completion_len=R, vocab_size=CFG.vocab_size,
+                      replay_fraction=replay_fraction).as_dict()
+
+
+_FNS = {}  # one compiled update per config: XLA compiles are the slow part of these tests on CPU
+
+
+def get_fn(config, seed=0):
+  """(params, optimizer, jitted update) with the update compiled once per config."""
+  graphdef, params, opt, ucfg = setup(config, seed)
+  key = config.rl.to_json()
+  if key not in _FNS:
+    _FNS[key] = (opt, update.make_update_fn(graphdef, opt, ucfg))
+  return params, *_FNS[key]
+
+
+def run(config, batch, steps=1, seed=0):
+  params, opt, fn = get_fn(config, seed)
+  state = update.init_train_state(params, opt, seed=0)
+  for _ in range(steps):
+    state, metrics = fn(state, batch)
+  return state, jax.device_get(metrics)
+
+
+def assert_trees_close(a, b, **kw):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+
+
+def test_logprobs_match_shared_definition():
+  graphdef, params = nnx.split(qwen2.init_model(CFG, 0))
+  b = batch_dict()
+  both = jax.jit(lambda p, t, m: (logprobs_and_entropy(nnx.merge(graphdef, p), t, m, 0.7),
+                                  qwen2.sequence_logprobs(nnx.merge(graphdef, p), t, m, 0.7)))
+  (lp, ent), ref = both(params, b["tokens_NxT"], b["mask_NxT"])
+  np.testing.assert_array_equal(np.asarray(lp), np.asarray(ref))
+  assert np.all(np.asarray(ent)[b["mask_NxT"] > 0][1:] > 0)
+
+
+def test_one_step_equals_direct_grpo_gradient_step():
+  """mini=1, epochs=1: the update is AdamW on grad of the plain GRPO loss (ratio 1 at the start)."""
+  config = rl_config()
+  graphdef, params, opt, _ = setup(config)
+  b = batch_dict(replay_fraction=0.0)
+
+  def direct_loss(p):
+    lp = qwen2.sequence_logprobs(nnx.merge(graphdef, p), b["tokens_NxT"], b["mask_NxT"])
+    old = jax.lax.stop_gradient(lp)
+    r = jnp.exp(lp - old)
+    a = b["adv_N"][:, None]
+    obj = jnp.minimum(r * a, jnp.clip(r, 0.8, 1.2) * a)
+    m = b["loss_mask_NxT"]
+    return -jnp.sum(obj * m) / m.sum()
+
+  @jax.jit
+  def direct_step(p):
+    upd, _ = opt.update(jax.grad(direct_loss)(p), opt.init(p), p)
+    return optax.apply_updates(p, upd)
+
+  expected = direct_step(params)
+  state, metrics = run(config, b)
+  assert_trees_close(state.params, expected, rtol=2e-5, atol=1e-7)
+  assert metrics["clip_frac"] == 0.0 and metrics["replay_tokens"] == 0.0
+  assert int(state.step) == 1
+
+
+def test_fresh_rows_ignore_sampler_logprobs():
+  """For fresh rows mu := pi_old, so sampler log-probs (and their drift) cannot change the update."""
+  b1 = batch_dict(1, replay_fraction=0.5)
+  b2 = dict(b1)
+  fresh = ~b1["is_replay_N"]
+  b2["behav_logp_NxT"] = np.where(fresh[:, None], b1["behav_logp_NxT"] - 3.0, b1["behav_logp_NxT"])
+  config = rl_config(loss_agg="seq_mean_token_mean", mini_batches=2, micro_batch=2, ppo_epochs=2)
+  s1, m1 = run(config, b1, steps=2)
+  s2, m2 = run(config, b2, steps=2)
+  assert_trees_close(s1.params, s2.params, rtol=0, atol=0)
+  assert m1["replay_tokens"] > 0 and m1["replay_r_old_min"] != 1.0
+  assert m2["fresh_logp_drift_max"] > m1["fresh_logp_drift_max"]
+
+
+def test_micro_batch_accumulation_matches_full_batch():
+  b = batch_dict(2)
+  agg = "seq_mean_token_mean"  # the aggregation whose weights depend on whole-sequence lengths
+  full, mf = run(rl_config(loss_agg=agg, mini_batches=2, ppo_epochs=2), b, steps=2)
+  micro, mm = run(rl_config(loss_agg=agg, mini_batches=2, micro_batch=2, ppo_epochs=2), b, steps=2)
+  assert_trees_close(full.params, micro.params, rtol=1e-4, atol=1e-6)
+  for k in ("loss", "clip_frac", "entropy", "replay_r_mean", "replay_r_max"):
+    np.testing.assert_allclose(mf[k], mm[k], rtol=1e-4, atol=1e-7, err_msg=k)
+
+
+def test_kl_reference_and_split_errors():
+  b = batch_dict(3)
+  config = rl_config(kl_beta=0.1)
+  graphdef, params, opt, ucfg = setup(config)
+  ref = jax.tree.map(jnp.array, params)
+  state = update.init_train_state(params, opt, seed=0)
+  fn = update.make_update_fn(graphdef, opt, ucfg)
+  with pytest.raises(ValueError, match="kl_beta"):
+    fn(state, b)
+  state, m = fn(state, b, ref)
+  assert m["kl"] == pytest.approx(0.0, abs=1e-7)  # policy == reference before the first update
+  state, m = fn(state, b, ref)
+  assert m["kl"] > 0
+  with pytest.raises(ValueError, match="micro_batch=3"):
+    update.UpdateConfig(micro_batch=3).split(8)
+
+
+def test_schedule_warmup_then_cosine():
+  rl = rl_config(schedule="cosine", warmup_steps=2, lr=1.0, min_lr_ratio=0.1).rl
+  sched = update.lr_schedule(rl, total_steps=6, updates_per_step=2)
+  vals = [float(sched(i)) for i in range(13)]
+  assert vals[0] == 0.0 and vals[2] == pytest.approx(0.5) and vals[4] == pytest.approx(1.0)
+  assert vals[12] == pytest.approx(0.1) and all(x >= y for x, y in zip(vals[4:], vals[5:]))
+
+
+def test_nonfinite_guard_keeps_last_checkpoint(tmp_path):
+  params, opt, fn = get_fn(rl_config())
+  state = update.init_train_state(params, opt, seed=0)
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  b = batch_dict(4)
+  state, m = fn(state, b)
+  update.raise_if_nonfinite(m, 1)
+  ckpt.save(1, state, {"note": "good"})
+  saved = jax.device_get(state)
+  bad = dict(b)
+  bad["adv_N"] = np.where(np.arange(ROWS) == 3, np.nan, b["adv_N"]).astype(np.float32)
+  new_state, m = fn(state, bad)
+  assert bool(m["nonfinite"])
+  assert_trees_close(new_state.params, saved.params, rtol=0, atol=0)  # update skipped
+  with pytest.raises(update.NonFiniteError, match="RL step 2"):
+    update.raise_if_nonfinite(m, 2)
+  assert ckpt.all_steps() == [1]
+  restored, host = ckpt.restore(abstract_like(new_state))
+  assert host == {"note": "good"}
+  assert_trees_close(restored, saved, rtol=0, atol=0)
+  ckpt.close()
+
+
+def test_sharded_update_matches_single_device():
+  from dots_jax.model import sharding
+  b = batch_dict(5)
+  config = rl_config(loss_agg="seq_mean_token_mean", mini_batches=2, micro_batch=2, ppo_epochs=2)
+  expected, m_ref = run(config, b, steps=2)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  graphdef, params, opt, ucfg = setup(config)
+  st_sh = update.train_state_shardings(opt, params, mesh)
+  state = jax.device_put(update.init_train_state(params, opt, seed=0), st_sh)
+  fn = update.make_update_fn(graphdef, opt, ucfg, mesh=mesh, state_shardings=st_sh)
+  for _ in range(2):
+    state, m = fn(state, b)
+  q_kernel = state.params["layers"][0]["self_attn"]["q_proj"]["kernel"]
+  assert q_kernel.value.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert_trees_close(state.params, expected.params, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-4, atol=1e-7)
