@@ -1,0 +1,116 @@
+"""The offline stage's data: a pool of training questions rolled out `group` times each by the initial
+policy (sampling settings of config.sampling), their pass rates, and the backbone embeddings.
+
+Shared by `dots_jax.difficulty.train` (fits the estimator) and `...evaluate` (held-out Pearson); the
+labels are cached in the output directory so the two commands roll the pool out once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from dots_jax.difficulty import embed
+from dots_jax.difficulty.setup import backbone_path, question_embeddings
+
+
+@dataclasses.dataclass
+class Pool:
+  rows: np.ndarray  # positions in the training set of the labelled questions
+  labels: np.ndarray  # observed pass rates, float32
+  emb: np.ndarray  # embeddings of `rows`, float32 [P, D]
+  heldout: np.ndarray  # bool [P]: never trained on, used by evaluate
+  out_dir: str
+
+
+def policy_path(config: Any) -> str:
+  if config.model.path:
+    return config.model.path
+  from dots_jax.tiny.base import ensure_tiny_base
+  return ensure_tiny_base(config)
+
+
+def default_out_dir(config: Any) -> str:
+  f = config.selection.dots.fit
+  if f.out_dir:
+    return f.out_dir
+  key = json.dumps([config.data.train, embed.backbone_fingerprint(backbone_path(config)),
+                    embed.backbone_fingerprint(policy_path(config)), f.pool, f.heldout, f.group,
+                    config.sampling.temperature, config.sampling.top_p,
+                    config.sampling.max_new_tokens, config.seed])
+  name = f"{config.data.train}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+  return os.path.join(os.path.dirname(embed.default_cache_dir()), "estimators", name)
+
+
+def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, group: int,
+                        batch: int, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+  """(kept positions, pass rates) of `problems` under the initial policy."""
+  import jax
+
+  from dots_jax.data.prompts import build_prompts
+  from dots_jax.evaluate import sampler_generate
+  from dots_jax.model.hf_io import load_policy, load_tokenizer
+  from dots_jax.rewards import score_batch
+
+  path = policy_path(config)
+  qcfg, model = load_policy(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+  tokenizer = load_tokenizer(path)
+  gen_cfg = config.copy_and_resolve_references()
+  gen_cfg.eval.temperature = config.sampling.temperature  # training-time sampling, not greedy eval
+  gen_cfg.eval.top_p = config.sampling.top_p
+  gen_cfg.eval.max_new_tokens = config.sampling.max_new_tokens
+  generate = sampler_generate(gen_cfg, qcfg, model, tokenizer)
+  built = build_prompts(tokenizer, problems, config.data)
+  kept = np.asarray(built.kept, np.int64)
+  rates = np.empty(len(kept), np.float32)
+  key = jax.random.key(config.seed)
+  for b, start in enumerate(range(0, len(kept), batch)):
+    chunk = built.tokens[start:start + batch]
+    completions = generate(chunk, group, jax.random.fold_in(key, b))
+    flat = [c for row in completions for c in row]
+    gold = [golds[kept[start + i]] for i in range(len(chunk)) for _ in range(group)]
+    scores, _ = score_batch(flat, gold, kind=config.reward.kind, timeout_s=config.reward.timeout_s,
+                            workers=config.reward.workers)
+    rates[start:start + len(chunk)] = scores.reshape(len(chunk), group).mean(1)
+    log(f"pool rollouts: {start + len(chunk)}/{len(kept)} questions x {group}")
+  return kept, rates
+
+
+def prepare_pool(config: Any, log: Callable[[str], None] = print) -> Pool:
+  """Labels (or reloads) the pool: the first pool + heldout questions of a seeded permutation of the
+  training set; the last `heldout` of them are the held-out split."""
+  from dots_jax.data.dataset import load_dataset
+
+  f = config.selection.dots.fit
+  out_dir = default_out_dir(config)
+  os.makedirs(out_dir, exist_ok=True)
+  train = load_dataset(config.data, "train")
+  questions = train.get_batch(range(len(train)))
+  problems = [q.problem for q in questions]
+  total = f.pool + f.heldout
+  if total > len(problems) or f.heldout < 2 or f.pool <= f.ref_size:
+    raise ValueError(f"selection.dots.fit: pool={f.pool} + heldout={f.heldout} must fit the "
+                     f"{len(problems)} training questions, with heldout >= 2 and pool > ref_size")
+  emb_all = question_embeddings(config, problems, log=log)
+  labels_path = os.path.join(out_dir, "pool_labels.npz")
+  if os.path.exists(labels_path):
+    with np.load(labels_path) as z:
+      rows, labels, n_pool = z["rows"], z["labels"], int(z["n_pool"])
+    log(f"pool labels: reusing {labels_path} ({len(rows)} questions)")
+  else:
+    order = np.random.default_rng([config.seed, 0x9001]).permutation(len(problems))[:total]
+    sub_problems = [problems[i] for i in order]
+    sub_golds = [questions[i].answer for i in order]
+    kept, labels = _rollout_pass_rates(config, sub_problems, sub_golds, group=f.group,
+                                       batch=f.rollout_batch, log=log)
+    rows = order[kept]
+    n_pool = int((kept < f.pool).sum())  # questions dropped for prompt length shrink the splits
+    np.savez(labels_path, rows=rows, labels=labels, n_pool=n_pool)
+  heldout = np.arange(len(rows)) >= n_pool
+  return Pool(rows=rows, labels=labels.astype(np.float32), emb=emb_all[rows], heldout=heldout,
+              out_dir=out_dir)

@@ -1,0 +1,49 @@
+"""Offline stage of the DOTS estimator: roll out a pool of training questions with the initial policy,
+fit the adapters and calibration head to the observed pass rates, save the estimator.
+
+  python -m dots_jax.difficulty.train --config=configs/tiny.py
+  then: --config.selection.dots.estimator_path=<printed directory> for DOTS runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from dots_jax.difficulty.estimator import DifficultyEstimator, init_estimator, save_estimator
+from dots_jax.difficulty.fit import fit_estimator
+from dots_jax.difficulty.pool import Pool, prepare_pool
+from dots_jax.difficulty.setup import estimator_config
+
+
+def train_on_pool(config: Any, pool: Pool, log: Callable[[str], None] = print
+                  ) -> DifficultyEstimator:
+  """Fits a fresh estimator on the pool's non-held-out questions and saves it in `pool.out_dir`."""
+  f = config.selection.dots.fit
+  train = ~pool.heldout
+  model = init_estimator(estimator_config(config, pool.emb.shape[1]), seed=config.seed)
+  losses = fit_estimator(model, pool.emb[train], pool.labels[train], steps=f.steps, lr=f.lr,
+                         warmup=f.warmup, batch=f.batch, ref_size=f.ref_size, seed=config.seed)
+  head, tail = np.mean(losses[:50]), np.mean(losses[-50:])
+  log(f"estimator: {f.steps} steps on {int(train.sum())} questions, BCE {head:.4f} -> {tail:.4f}")
+  save_estimator(model, pool.out_dir, extra={
+      "train_questions": int(train.sum()), "steps": f.steps, "bce_first50": float(head),
+      "bce_last50": float(tail)})
+  return model
+
+
+def main(argv: Any) -> None:
+  del argv
+  config = _CONFIG.value
+  pool = prepare_pool(config)
+  train_on_pool(config, pool)
+  print(f"saved estimator to {pool.out_dir}")
+  print(f"use it with --config.selection.dots.estimator_path={pool.out_dir}")
+
+
+if __name__ == "__main__":
+  from absl import app
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/tiny.py")
+  app.run(main)

@@ -1,0 +1,201 @@
+"""Shared pieces of every selection strategy: proposals, per-step context, group statistics, the
+epoch stream of candidate questions and the strategy base class.
+
+A strategy never sees completions: the driver (`driver.collect_batch`) asks it which question indices
+to roll out (`propose`), hands it the N x G rewards (`observe`, which says which groups may enter the
+training batch) and closes the step (`end_step`). Randomness comes only from the numpy Generator the
+driver derives from (seed, step), so a strategy restored from `state_dict` replays the same choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+# Rewards are 1.0 for a correct completion and 0.0 (or below, for format penalties) otherwise.
+_SOLVED = 1.0 - 1e-6
+_FAILED = 1e-6
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+  """The Generator a strategy uses at `step`: a pure function of (seed, step, stream)."""
+  return np.random.default_rng([int(seed), int(step), int(stream), 0x5E1EC7])
+
+
+def group_stats(rewards_NxG: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-group pass rate, zero-variance flag and all-correct / all-wrong flags."""
+  r = np.asarray(rewards_NxG, np.float32)
+  if r.ndim != 2:
+    raise ValueError(f"rewards must be [N, G], got shape {r.shape}")
+  zero_var = np.ptp(r, axis=1) == 0 if r.shape[0] else np.zeros((0,), bool)
+  return dict(
+      pass_rate=np.clip(r, 0.0, 1.0).mean(axis=1),
+      zero_var=zero_var,
+      all_correct=r.min(axis=1, initial=np.inf) >= _SOLVED,
+      all_wrong=r.max(axis=1, initial=-np.inf) <= _FAILED,
+  )
+
+
+@dataclasses.dataclass
+class Proposal:
+  """Question indices to roll out now. `train=False` marks rollouts used only for labels (DOTS
+  reference sets); `predicted` holds the strategy's predicted pass rates (NaN where it has none)."""
+
+  indices: np.ndarray
+  predicted: np.ndarray
+  train: bool = True
+  skipped: int = 0  # candidates looked at and declined before settling on `indices`
+
+  def __post_init__(self):
+    self.indices = np.asarray(self.indices, np.int64)
+    self.predicted = np.asarray(self.predicted, np.float32)
+    if self.indices.shape != self.predicted.shape:
+      raise ValueError(f"indices {self.indices.shape} and predicted {self.predicted.shape} differ")
+
+
+def per_question_array(state: dict[str, Any], name: str, dtype: Any, num_questions: int,
+                       owner: str) -> np.ndarray:
+  """A checkpointed per-question array, checked against the data set size."""
+  arr = np.array(state[name], dtype)
+  if arr.shape != (num_questions,):
+    raise ValueError(f"{owner} state {name} has shape {arr.shape}, data set has {num_questions} "
+                     "questions")
+  return arr
+
+
+@dataclasses.dataclass
+class StepContext:
+  """What the driver knows about the step in progress; strategies read it and never write it."""
+
+  step: int
+  rng: np.random.Generator
+  batch_questions: int
+  round: int = 0  # rollout rounds done so far in this step (label-only rounds included)
+  train_rounds: int = 0  # of those, rounds whose groups may be trained on
+  kept: int = 0  # groups accepted for training so far
+  generated: int = 0  # groups rolled out for training so far
+  zero_var: int = 0  # of those, zero-variance groups
+  all_correct: int = 0
+  all_wrong: int = 0
+  last_zero_var_ratio: float = float("nan")  # over the latest training round
+  skipped: int = 0  # questions strategies declined to roll out this step (GRESO)
+
+
+class EpochStream:
+  """Candidate questions in a seeded random order, reshuffled every epoch (the dataloader of the
+  reference trainers). Consumed candidates are gone for the epoch, rolled out or skipped."""
+
+  def __init__(self, num_questions: int, seed: int):
+    if num_questions <= 0:
+      raise ValueError(f"EpochStream needs at least one question, got {num_questions}")
+    self.num_questions = int(num_questions)
+    self.seed = int(seed)
+    self.epoch = 0
+    self.pos = 0
+
+  def _order(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch, 0xE90C]).permutation(self.num_questions)
+
+  def take(self, n: int) -> np.ndarray:
+    out = []
+    while n > 0:
+      order = self._order(self.epoch)
+      part = order[self.pos:self.pos + n]
+      out.append(part)
+      n -= len(part)
+      self.pos += len(part)
+      if self.pos >= self.num_questions:
+        self.epoch, self.pos = self.epoch + 1, 0
+    return np.concatenate(out) if out else np.zeros((0,), np.int64)
+
+  # The plain stream has no label-only rollouts and predicts nothing.
+  def prelude(self, ctx: StepContext) -> Proposal | None:
+    del ctx
+    return None
+
+  def observe_prelude(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> None:
+    raise RuntimeError("EpochStream proposed no label-only rollouts")
+
+  def predicted(self, indices: np.ndarray) -> np.ndarray:
+    return np.full(len(indices), np.nan, np.float32)
+
+  def observe_train(self, indices: np.ndarray, rewards_NxG: np.ndarray) -> None:
+    del indices, rewards_NxG
+
+  def end_step(self, ctx: StepContext) -> dict[str, float]:
+    del ctx
+    return {}
+
+  def state_dict(self) -> dict[str, np.ndarray]:
+    return {"epoch": np.asarray(self.epoch), "pos": np.asarray(self.pos)}
+
+  def load_state_dict(self, state: dict[str, Any]) -> None:
+    self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+class Strategy:
+  """Base: routes label-only (prelude) rollouts to the candidate source; subclasses implement
+  `_propose` / `_observe` for training rollouts. A source is an `EpochStream` or a
+  `dots_jax.selection.dots.DotsSource` (same methods)."""
+
+  name = "base"
+
+  def __init__(self, source: Any):
+    self.source = source
+    # Whole-run counters (the driver adds to them); part of the checkpointed state.
+    self.totals = {"rollouts": 0, "skipped_rollouts": 0, "steps": 0}
+
+  def propose(self, ctx: StepContext) -> Proposal | None:
+    """Indices to roll out next, or None when the step's batch is complete."""
+    pre = self.source.prelude(ctx)
+    if pre is not None:
+      return pre
+    return self._propose(ctx)
+
+  def observe(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> np.ndarray:
+    """Records rewards; returns which of the proposal's groups may enter the training batch."""
+    rewards_NxG = np.asarray(rewards_NxG, np.float32)
+    if rewards_NxG.shape[0] != len(proposal.indices):
+      raise ValueError(f"rollout returned {rewards_NxG.shape[0]} groups for "
+                       f"{len(proposal.indices)} proposed questions")
+    if not proposal.train:
+      self.source.observe_prelude(ctx, proposal, rewards_NxG)
+      return np.zeros(len(proposal.indices), bool)
+    self.source.observe_train(proposal.indices, rewards_NxG)
+    return self._observe(ctx, proposal, rewards_NxG)
+
+  def end_step(self, ctx: StepContext) -> dict[str, float]:
+    """Closes the step (adaptations that look at the whole step); returns strategy metrics."""
+    return self.source.end_step(ctx)
+
+  def _propose(self, ctx: StepContext) -> Proposal | None:
+    raise NotImplementedError
+
+  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> np.ndarray:
+    raise NotImplementedError
+
+  def _own_state(self) -> dict[str, np.ndarray]:
+    return {}
+
+  def _load_own_state(self, state: dict[str, Any]) -> None:
+    del state
+
+  def state_dict(self) -> dict[str, np.ndarray]:
+    """Flat {name: numpy array}: saveable with np.savez or as an orbax pytree."""
+    out = {f"source/{k}": v for k, v in self.source.state_dict().items()}
+    out.update({f"strategy/{k}": v for k, v in self._own_state().items()})
+    out.update({f"totals/{k}": np.asarray(v) for k, v in self.totals.items()})
+    out["name"] = np.asarray(self.name)
+    return out
+
+  def load_state_dict(self, state: dict[str, Any]) -> None:
+    if str(state["name"]) != self.name:
+      raise ValueError(f"selection state was saved by strategy {str(state['name'])!r}, "
+                       f"cannot load into {self.name!r}")
+    self.source.load_state_dict(
+        {k[len("source/"):]: v for k, v in state.items() if k.startswith("source/")})
+    self._load_own_state(
+        {k[len("strategy/"):]: v for k, v in state.items() if k.startswith("strategy/")})
+    self.totals = {k: int(state[f"totals/{k}"]) for k in self.totals}

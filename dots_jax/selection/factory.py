@@ -1,0 +1,75 @@
+"""`config.method` -> strategy. Rollout replay (the `_rr` methods) is mixed in by the main loop, so
+for selection `dots_rr` is `dots` and `dots_rr_greso` is `dots_greso`."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from dots_jax.difficulty.estimator import DifficultyEstimator
+from dots_jax.selection.base import EpochStream, Strategy
+from dots_jax.selection.dots import DotsSource
+from dots_jax.selection.greso import GresoStrategy
+from dots_jax.selection.mopps import MoppsStrategy
+from dots_jax.selection.uniform import DynamicSamplingStrategy, UniformStrategy
+
+# method -> (candidate source, strategy kind)
+METHODS = {
+    "grpo": ("stream", "uniform"),
+    "ds": ("stream", "ds"),
+    "greso": ("stream", "greso"),
+    "mopps": ("stream", "mopps"),
+    "dots": ("dots", "uniform"),
+    "dots_rr": ("dots", "uniform"),
+    "dots_greso": ("dots", "greso"),
+    "dots_rr_greso": ("dots", "greso"),
+}
+
+
+def uses_dots(method: str) -> bool:
+  return _lookup(method)[0] == "dots"
+
+
+def _lookup(method: str) -> tuple[str, str]:
+  if method not in METHODS:
+    raise ValueError(f"config.method={method!r} is not one of {sorted(METHODS)}")
+  return METHODS[method]
+
+
+def make_strategy(config: ml_collections.ConfigDict, num_questions: int, *,
+                  embeddings_NxD: np.ndarray | None = None,
+                  estimator: DifficultyEstimator | None = None) -> Strategy:
+  """The strategy for `config.method` over a training set of `num_questions` questions. DOTS methods
+  need the question embeddings and the estimator (`dots_jax.difficulty.setup.dots_inputs`)."""
+  source_kind, kind = _lookup(config.method)
+  sel = config.selection
+  if source_kind == "dots":
+    if embeddings_NxD is None or estimator is None:
+      raise ValueError(f"config.method={config.method!r} needs embeddings_NxD and estimator")
+    if embeddings_NxD.shape[0] != num_questions:
+      raise ValueError(f"{embeddings_NxD.shape[0]} embeddings for {num_questions} questions")
+    d = sel.dots
+    source = DotsSource(
+        embeddings_NxD, estimator, ref_size=d.ref_size, round_steps=d.round_steps, alpha=d.alpha,
+        tau=d.tau, chunk=d.chunk, online_finetune=d.online_finetune, online_steps=d.online_steps,
+        online_lr=d.online_lr, online_batch=d.online_batch, seed=config.seed)
+  else:
+    source = EpochStream(num_questions, config.seed)
+  if kind == "uniform":
+    strategy = UniformStrategy(source)
+  elif kind == "ds":
+    strategy = DynamicSamplingStrategy(source, max_rounds=sel.ds.max_rounds,
+                                       gen_questions=sel.ds.gen_questions)
+  elif kind == "greso":
+    g = sel.greso
+    strategy = GresoStrategy(
+        source, num_questions, alpha=g.alpha, p_init=g.p_init, p_step=g.p_step, p_min=g.p_min,
+        p_max=g.p_max, min_keep=g.min_keep, batch_slack=g.batch_slack,
+        rollout_questions=g.rollout_questions, min_rollout_questions=g.min_rollout_questions,
+        max_rounds=g.max_rounds)
+  else:
+    m = sel.mopps
+    strategy = MoppsStrategy(source, num_questions, prior_a=m.prior_a, prior_b=m.prior_b,
+                             forget=m.forget, alpha=m.alpha, candidate_factor=m.candidate_factor)
+  strategy.name = config.method  # checkpoints name the method they were written by
+  return strategy

@@ -1,0 +1,317 @@
+"""Selection strategies against hand-computed cases, exact batch filling, determinism and resume."""
+
+import numpy as np
+import pytest
+
+from dots_jax.config_base import base_config
+from dots_jax.difficulty.estimator import EstimatorConfig, init_estimator
+from dots_jax.difficulty.fit import fit_estimator
+from dots_jax.selection.base import EpochStream, Proposal, StepContext, group_stats, step_rng
+from dots_jax.selection.driver import RolloutResult, collect_batch
+from dots_jax.selection.factory import METHODS, make_strategy
+from dots_jax.selection.greso import GresoStrategy
+from dots_jax.selection.mopps import MoppsStrategy
+from dots_jax.selection.uniform import DynamicSamplingStrategy
+
+G = 8
+
+
+class Env:
+  """Questions with known true pass rates; rollouts are Bernoulli draws from a counter-seeded rng."""
+
+  def __init__(self, pass_rates, seed=0):
+    self.p = np.asarray(pass_rates, np.float64)
+    self.seed, self.calls = seed, 0
+
+  def __call__(self, indices):
+    rng = np.random.default_rng([self.seed, self.calls])
+    self.calls += 1
+    rewards = (rng.random((len(indices), G)) < self.p[indices][:, None]).astype(np.float32)
+    return RolloutResult(rewards, payload=np.asarray(indices))
+
+
+def _ctx(**kw):
+  base = dict(step=0, rng=step_rng(0, 0), batch_questions=16)
+  base.update(kw)
+  return StepContext(**base)
+
+
+def _greso(n=10, **kw):
+  args = dict(alpha=0.25, p_init=0.5, p_step=0.01, p_min=0.05, p_max=0.95, min_keep=0.01,
+              batch_slack=1.25, rollout_questions=16, min_rollout_questions=4, max_rounds=8)
+  args.update(kw)
+  return GresoStrategy(EpochStream(n, 0), n, **args)
+
+
+def test_group_stats_hand_case():
+  r = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1], [0.5, 0.5, 0.5]], np.float32)
+  st = group_stats(r)
+  np.testing.assert_allclose(st["pass_rate"], [1, 0, 2 / 3, 0.5], rtol=1e-6)
+  assert st["zero_var"].tolist() == [True, True, False, True]
+  assert st["all_correct"].tolist() == [True, False, False, False]
+  assert st["all_wrong"].tolist() == [False, True, False, False]
+
+
+def test_greso_skip_probabilities_hand_computed():
+  s = _greso(n=6)
+  s.easy_streak[:] = [0, 1, 2, 0, 0, 10]
+  s.hard_streak[:] = [0, 0, 0, 3, 1, 0]
+  s.p_easy, s.p_hard = 0.5, 0.8
+  got = s.skip_probability(np.arange(6))
+  # 1 - max(p^z, 0.01); z = 0 (no streak, or no history) is never skipped.
+  np.testing.assert_allclose(got, [0.0, 0.5, 0.75, 1 - 0.8 ** 3, 1 - 0.8, 0.99], rtol=1e-12)
+
+
+def test_greso_streaks_follow_groups():
+  s = _greso(n=3)
+  prop = Proposal(np.array([0, 1, 2]), np.full(3, np.nan))
+  easy, hard, mixed = np.ones(G), np.zeros(G), np.r_[np.ones(1), np.zeros(G - 1)]
+  keep = s.observe(_ctx(), prop, np.stack([easy, hard, mixed]))
+  assert keep.tolist() == [False, False, True]
+  s.observe(_ctx(), prop, np.stack([easy, mixed, hard]))
+  assert s.easy_streak.tolist() == [2, 0, 0]
+  assert s.hard_streak.tolist() == [0, 0, 1]
+
+
+def test_greso_p_updates_toward_targets_and_clamp():
+  s = _greso()
+  # targets: easy 0.25/3 = 0.0833, hard 0.5/3 = 0.1667. Easy share 0.1 >= target: p_easy drops;
+  # hard share 0.1 < target: p_hard rises.
+  s.adapt(0.1, 0.1)
+  assert s.p_easy == pytest.approx(0.49) and s.p_hard == pytest.approx(0.51)
+  s.p_easy, s.p_hard = 0.05, 0.95
+  s.adapt(0.5, 0.0)
+  assert s.p_easy == pytest.approx(0.05) and s.p_hard == pytest.approx(0.95)
+
+
+def test_greso_p_moves_only_once_candidates_have_history():
+  n = 32
+  env = Env(np.ones(n))  # every group all-correct: far above the easy target
+  s = _greso(n=n, rollout_questions=16, max_rounds=1)
+  collect_batch(s, env, 0, None, 16, seed=0)
+  collect_batch(s, env, 1, None, 16, seed=0)  # the rest of epoch 0: still no history
+  assert s.p_easy == 0.5
+  collect_batch(s, env, 2, None, 16, seed=0)  # epoch 1: candidates were seen before
+  assert s.p_easy == pytest.approx(0.49)
+
+
+def test_greso_never_skips_without_history_and_adapts_round_size():
+  s = _greso(n=100)
+  prop = s.propose(_ctx())
+  assert len(prop.indices) == 16 and prop.skipped == 0
+  # remaining 10 / (1 - 0.5) * 1.25 = 25 -> capped at the first-round size 16
+  assert s._round_size(_ctx(train_rounds=1, kept=6, last_zero_var_ratio=0.5)) == 16
+  # remaining 2 / 0.8 * 1.25 = 3.1 -> floor 3 -> raised to min_rollout_questions 4
+  assert s._round_size(_ctx(train_rounds=1, kept=14, last_zero_var_ratio=0.2)) == 4
+  assert s._round_size(_ctx(train_rounds=1, kept=6, last_zero_var_ratio=1.0)) == 16
+
+
+def test_greso_skips_easy_questions_in_a_run():
+  n = 64
+  env = Env(np.r_[np.ones(n // 2), np.full(n // 2, 0.5)])
+  s = _greso(n=n, rollout_questions=16)
+  skipped = 0
+  for step in range(12):
+    out = collect_batch(s, env, step, None, 16, seed=3)
+    assert len(out.indices) == 16
+    skipped += out.metrics["selection/questions_skipped"]
+  assert skipped > 0
+  assert s.p_easy < 0.5  # half the rolled-out groups were all-correct: above the easy target
+
+
+def test_mopps_posterior_hand_computed():
+  s = MoppsStrategy(EpochStream(4, 0), 4, prior_a=1.0, prior_b=1.0, forget=0.9, alpha=0.5,
+                    candidate_factor=1)
+  half = np.array([1, 1, 0, 0, 1, 1, 0, 0], np.float32)
+  prop = Proposal(np.array([2]), np.full(1, np.nan))
+  s.observe(_ctx(), prop, half[None])
+  # a = 0.9*1 + 0.1*1 + 0.5*8 = 5, b = 5
+  assert (s.a[2], s.b[2]) == pytest.approx((5.0, 5.0))
+  s.observe(_ctx(), prop, np.ones((1, 8), np.float32))
+  # a = 0.9*5 + 0.1 + 8 = 12.6, b = 0.9*5 + 0.1 + 0 = 4.6
+  assert (s.a[2], s.b[2]) == pytest.approx((12.6, 4.6))
+  assert s.a[0] == 1.0 and s.b[0] == 1.0  # unobserved questions keep the prior
+
+
+def test_mopps_picks_nearest_target():
+  n = 40
+  s = MoppsStrategy(EpochStream(n, 0), n, prior_a=1.0, prior_b=1.0, forget=0.9, alpha=0.5,
+                    candidate_factor=4)
+  means = np.linspace(0.02, 0.98, n)
+  s.a, s.b = means * 1e6, (1 - means) * 1e6  # sharp posteriors: Thompson draws ~ their means
+  prop = s.propose(_ctx(batch_questions=10))
+  expected = np.argsort(np.abs(means - 0.5), kind="stable")[:10]
+  assert sorted(prop.indices.tolist()) == sorted(expected.tolist())
+  np.testing.assert_allclose(prop.predicted, means[prop.indices], atol=1e-5)
+
+
+def test_dynamic_sampling_fills_exactly():
+  n = 200
+  p = np.where(np.arange(n) % 2 == 0, 0.5, 1.0)  # half the questions always give all-correct groups
+  env = Env(p)
+  s = DynamicSamplingStrategy(EpochStream(n, 1), max_rounds=10, gen_questions=12)
+  out = collect_batch(s, env, 0, None, 32)
+  assert len(out.indices) == 32 and out.rewards_BxG.shape == (32, G)
+  assert not group_stats(out.rewards_BxG)["zero_var"].any()
+  assert out.metrics["selection/effective_frac"] == 1.0
+  assert out.metrics["selection/rounds"] >= 3  # 12 per round at most half effective
+  assert out.metrics["selection/rollouts"] == out.metrics["selection/rounds"] * 12 * G
+  # the parts reproduce the batch from the payloads
+  np.testing.assert_array_equal(np.concatenate([pl[rows] for pl, rows in out.parts]), out.indices)
+
+
+def test_dynamic_sampling_backfills_when_rounds_run_out():
+  n = 50
+  env = Env(np.ones(n))
+  s = DynamicSamplingStrategy(EpochStream(n, 1), max_rounds=2)
+  out = collect_batch(s, env, 0, None, 8)
+  assert len(out.indices) == 8
+  assert out.metrics["selection/backfilled"] == 8 and out.metrics["selection/rounds"] == 2
+
+
+def test_epoch_stream_covers_each_epoch_once():
+  st = EpochStream(10, 5)
+  first = st.take(7)
+  rest = st.take(3)
+  assert sorted(np.r_[first, rest].tolist()) == list(range(10))
+  assert st.epoch == 1 and st.pos == 0
+
+
+def _planted_dots_inputs(n=400, d=16, seed=0):
+  """Embeddings whose first coordinate encodes the true pass rate; a briefly trained estimator."""
+  rng = np.random.default_rng(seed)
+  p = rng.uniform(0, 1, n)
+  emb = rng.normal(size=(n, d)).astype(np.float32) * 0.3
+  emb[:, 0] = 4 * (p - 0.5)
+  labels = (rng.random((n, 16)) < p[:, None]).mean(1).astype(np.float32)
+  model = init_estimator(EstimatorConfig(d, width=32, dropout=0.0))
+  fit_estimator(model, emb, labels, steps=150, lr=3e-3, warmup=10, batch=64, ref_size=32, seed=0)
+  return p, emb, model
+
+
+@pytest.fixture(scope="module")
+def planted():
+  return _planted_dots_inputs()
+
+
+def _config(method, **sel):
+  c = base_config()
+  c.method = method
+  c.seed = 7
+  c.selection.dots.ref_size = 24
+  c.selection.dots.round_steps = 2
+  c.selection.dots.chunk = 128
+  c.selection.greso.rollout_questions = 16
+  for k, v in sel.items():
+    section, key = k.split("__")
+    c.selection[section][key] = v
+  return c
+
+
+def test_dots_selection_concentrates_near_alpha(planted):
+  p, emb, model = planted
+  env = Env(p)
+  dots = make_strategy(_config("dots"), len(p), embeddings_NxD=emb, estimator=model)
+  uni = make_strategy(_config("grpo"), len(p))
+  dist_dots, dist_uni = [], []
+  for step in range(4):
+    a = collect_batch(dots, env, step, None, 16, seed=1)
+    b = collect_batch(uni, env, step, None, 16, seed=1)
+    dist_dots.append(np.abs(p[a.indices] - 0.5).mean())
+    dist_uni.append(np.abs(p[b.indices] - 0.5).mean())
+    assert len(a.indices) == 16
+    assert not np.isnan(a.metrics["selection/pred_pass_rate"])
+  # uniform p in [0, 1]: E|p - 0.5| = 0.25; DOTS should pick far closer to 0.5
+  assert np.mean(dist_dots) < 0.12 < np.mean(dist_uni)
+  # reference rollouts happen once per round of 2 steps and are not trained on
+  assert dots.source.rounds == 2
+
+
+def _run(strategy, env, steps, start=0):
+  out = []
+  for step in range(start, start + steps):
+    b = collect_batch(strategy, env, step, None, 16, seed=11)
+    out.append((b.indices.copy(), b.rewards_BxG.copy(),
+                {k: v for k, v in b.metrics.items() if k != "selection/overhead_s"}))
+  return out
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_deterministic_and_resumable(method, planted):
+  p, emb, model = planted
+
+  def fresh():
+    kw = {}
+    if METHODS[method][0] == "dots":
+      kw = dict(embeddings_NxD=emb, estimator=model)
+    return make_strategy(_config(method), len(p), **kw)
+
+  a, b = fresh(), fresh()
+  env_a, env_b = Env(p, seed=3), Env(p, seed=3)
+  run_a = _run(a, env_a, 5)
+  run_b = _run(b, env_b, 3)
+  state = {k: np.array(v) for k, v in b.state_dict().items()}  # a saved copy
+  c = fresh()
+  c.load_state_dict(state)
+  env_c = Env(p, seed=3)
+  env_c.calls = env_b.calls
+  run_c = _run(c, env_c, 2, start=3)
+  for x, y in zip(run_a, run_b + run_c):
+    np.testing.assert_array_equal(x[0], y[0])
+    np.testing.assert_array_equal(x[1], y[1])
+    assert x[2].keys() == y[2].keys()
+    for k in x[2]:
+      np.testing.assert_equal(x[2][k], y[2][k])
+
+
+def test_state_from_another_method_is_refused(planted):
+  p, _, _ = planted
+  g = make_strategy(_config("greso"), len(p))
+  m = make_strategy(_config("mopps"), len(p))
+  with pytest.raises(ValueError, match="greso"):
+    m.load_state_dict(g.state_dict())
+
+
+def test_unknown_method_names_the_flag():
+  with pytest.raises(ValueError, match="config.method"):
+    make_strategy(_config("nope"), 10)
+
+
+def test_dots_greso_combines_targeting_and_filtering(planted):
+  p, emb, model = planted
+  env = Env(p)
+  s = make_strategy(_config("dots_rr_greso"), len(p), embeddings_NxD=emb, estimator=model)
+  for step in range(4):
+    out = collect_batch(s, env, step, None, 16, seed=2)
+    assert len(out.indices) == 16
+    # post-rollout filtering: only groups with reward variance enter (backfill only if rounds ran out)
+    assert out.metrics["selection/effective_frac"] == 1.0 or out.metrics["selection/backfilled"] > 0
+    assert np.abs(p[out.indices] - 0.5).mean() < 0.15  # still DOTS-targeted candidates
+    assert not np.isnan(out.metrics["selection/pred_pass_rate"])
+  assert "greso/p_easy" in out.metrics and "dots/recal_slope" in out.metrics
+
+
+def test_driver_metrics_hand_case():
+  n = 8
+  pattern = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0, 1, 0],
+                      [1, 1, 0, 0, 0, 0, 0, 0]], np.float32)
+
+  def rollout(idx):
+    return RolloutResult(pattern[np.asarray(idx) % 4], None)
+
+  s = make_strategy(_config("grpo"), n)
+  out = collect_batch(s, rollout, 0, None, 4, seed=0)
+  m = out.metrics
+  obs = pattern[out.indices % 4].mean(1).mean()
+  assert m["selection/obs_pass_rate"] == pytest.approx(obs)
+  assert np.isnan(m["selection/pred_pass_rate"])  # uniform predicts nothing
+  assert m["selection/rollouts"] == 32 and m["selection/rollouts_skipped"] == 0
+  out = collect_batch(s, rollout, 1, None, 4, seed=0)
+  assert out.metrics["selection/rollouts_cumulative"] == 64
+  # rows 2 and 3 of the pattern have reward variance
+  assert out.metrics["selection/effective_frac"] == pytest.approx(np.isin(out.indices % 4, [2, 3]).mean())
+
+
+def test_dots_method_without_embeddings_is_refused():
+  with pytest.raises(ValueError, match="embeddings_NxD"):
+    make_strategy(_config("dots"), 10)
