@@ -9,7 +9,8 @@ N query heads, K key/value heads, G = N // K queries per KV head, V vocabulary, 
 Masking contract (left padding, explicit positions):
   * `positions_BxT` are the RoPE positions of the query tokens (callers use `positions_from_mask`).
   * `kv_mask_BxS` says which key slots hold real tokens. Without a cache S == T and it is the token
-    mask of the input. With a cache it covers all S cache slots, including the T being written now.
+    mask of the input. With a cache (`init_cache`: per layer [B, S, K, H]) it covers all S cache
+    slots, including the T being written now.
   * Causality is by slot index: query t (written at slot `cache_index + t`) sees slots <= its own.
 Pad queries produce finite garbage (masked scores use a large finite negative, never -inf) that callers
 mask out.
@@ -141,20 +142,26 @@ def _rope_theta(hf: dict[str, Any]) -> float:
 
 @struct.dataclass
 class KVCache:
-  """Preallocated per-layer keys/values: [L, B, S, K, H] in the compute dtype."""
+  """Preallocated keys/values in the compute dtype, one [B, S, K, H] array per layer.
 
-  k_LxBxSxKxH: jax.Array
-  v_LxBxSxKxH: jax.Array
+  Per-layer arrays (not one stacked [L, ...] array) so that a decode step inside a `while_loop`
+  updates each layer's buffer in place; slicing and re-stacking a stacked cache copies all of it.
+  """
+
+  ks: tuple[jax.Array, ...]
+  vs: tuple[jax.Array, ...]
 
   @property
   def max_len(self) -> int:
-    return self.k_LxBxSxKxH.shape[2]
+    return self.ks[0].shape[1]
 
 
 def init_cache(cfg: Qwen2Config, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-  shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+  shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
   dtype = jnp.dtype(dtype or cfg.dtype)
-  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+  layers = range(cfg.num_hidden_layers)
+  return KVCache(tuple(jnp.zeros(shape, dtype) for _ in layers),
+                 tuple(jnp.zeros(shape, dtype) for _ in layers))
 
 
 def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
@@ -296,15 +303,15 @@ class Qwen2ForCausalLM(nnx.Module):
     step = nnx.remat(_layer_forward) if self.cfg.remat else _layer_forward
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
-      kc = None if cache is None else cache.k_LxBxSxKxH[i]
-      vc = None if cache is None else cache.v_LxBxSxKxH[i]
+      kc = None if cache is None else cache.ks[i]
+      vc = None if cache is None else cache.vs[i]
       x, k, v = step(layer, x, positions_BxT, kv_mask_BxS, kc, vc, cache_index)
       new_k.append(k)
       new_v.append(v)
     x = self.norm(x)
     if cache is None:
       return x, None
-    return x, KVCache(jnp.stack(new_k), jnp.stack(new_v))
+    return x, KVCache(tuple(new_k), tuple(new_v))
 
   def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
     """Float32 logits [B, T, V]; the matmul accumulates in float32 whatever the compute dtype."""
