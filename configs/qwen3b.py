@@ -1,0 +1,16 @@
+"""Qwen2.5-3B on DeepScaleR with the DOTS reference settings (as configs/qwen1p5b_math.py).
+
+  python -m dots_jax.main --config=configs/qwen3b.py:method=dots_rr \
+      --config.model.path=/models/Qwen2.5-3B --workdir=gs://bucket/runs/q3b_dots_rr
+
+There is no Qwen2.5-Math-3B; the DOTS paper's 3B runs use the base Qwen2.5-3B.
+"""
+
+from dots_jax.train import apply_config_arg, real_model_config
+
+
+def get_config(arg: str = ""):
+  c = real_model_config(variant="3B", model_path="")
+  c.mesh.update(data=-1, fsdp=4, tensor=1)  # params + AdamW over 4 devices, data parallel beyond
+  c.rl.micro_batch = 32
+  return apply_config_arg(c, arg)

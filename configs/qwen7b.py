@@ -1,0 +1,19 @@
+"""Qwen2.5-Math-7B on DeepScaleR with the DOTS reference settings (as configs/qwen1p5b_math.py).
+
+  python -m dots_jax.main --config=configs/qwen7b.py:method=dots_rr \
+      --config.model.path=/models/Qwen2.5-Math-7B --workdir=gs://bucket/runs/q7b_dots_rr
+  python -m dots_jax.main --config=configs/qwen7b.py --config.dry_run=True \
+      --config.mesh.data=1 --config.mesh.fsdp=32   # plan for a 32-chip slice from a CPU
+
+7B params + AdamW do not fit one accelerator: parameters, gradients and Adam moments are sharded
+over `fsdp` (default: all devices), micro-batches bound the activations.
+"""
+
+from dots_jax.train import apply_config_arg, real_model_config
+
+
+def get_config(arg: str = ""):
+  c = real_model_config(variant="Math-7B", model_path="")
+  c.mesh.update(data=1, fsdp=-1, tensor=1)
+  c.rl.micro_batch = 16
+  return apply_config_arg(c, arg)

@@ -1,0 +1,80 @@
+"""The embedded default: RL on synthetic arithmetic with a tiny Qwen2 made on first use (CPU, minutes).
+
+  python -m dots_jax.main --config=configs/tiny.py --workdir=/tmp/tiny
+  python -m dots_jax.main --config=configs/tiny.py:method=dots_rr --workdir=/tmp/tiny_dots_rr
+  python -m dots_jax.main --config=configs/tiny.py:micro --workdir=/tmp/micro   # CI smoke size
+
+Nothing is downloaded: with `model.path` empty the job builds (once, then cached) a character tokenizer
+with Qwen chat tokens and a 3-layer Qwen2 fine-tuned on a synthetic SFT stream disjoint from the RL pool
+(`dots_jax.tiny.ensure_tiny_base`), and loads it like any Qwen2.5 checkpoint.
+"""
+
+from dots_jax.config_base import base_config
+from dots_jax.train import apply_config_arg
+
+
+def get_config(arg: str = ""):
+  c = base_config()
+  c.total_steps = 300
+  c.mesh.data = -1
+
+  c.model.path = ""  # empty: the cached tiny base policy (dots_jax.tiny)
+
+  c.data.train = "synthetic"
+  c.data.eval_sets = ("synthetic_heldout",)
+  c.data.system_prompt = "none"
+  c.data.chat_template = False  # short prompts ("123+456="): the tiny model's compute is per token
+  c.data.max_prompt_tokens = 16
+  c.data.prompt_buckets = (16,)
+  c.data.synthetic.train_size = 4000
+  c.data.synthetic.heldout_size = 4000  # greedy accuracy s.e. <= 0.008
+
+  c.sampling.group_size = 8
+  c.sampling.temperature = 1.0
+  c.sampling.max_new_tokens = 8  # up to 6 answer digits + EOS
+
+  c.reward.kind = "reversed_digits"
+  c.reward.workers = 0
+
+  c.rl.batch_questions = 32
+  c.rl.lr = 1e-4  # 3e-4 collapsed held-out accuracy in the prototype
+  c.rl.grad_clip = 1.0
+
+  c.replay.capacity = 128
+  c.replay.fresh_fraction = 0.5
+
+  c.selection.dots.ref_size = 32
+  c.selection.dots.round_steps = 2
+  c.selection.dots.alpha = 0.5
+  c.selection.dots.tau = 1e-3
+
+  # Held-out pass rate of temperature-1 samples (what GRPO optimises), 2 per question: on this base
+  # greedy accuracy fell under uniform GRPO (0.108 -> 0.083 in 130 steps) while sampled pass rates rose.
+  c.eval.every = 25
+  c.eval.k = 2
+  c.eval.temperature = 1.0
+  c.eval.max_new_tokens = 8
+  c.eval.batch = 1000
+
+  c.ckpt.every = 50
+  c.log.every = 5
+  return apply_config_arg(c, arg, presets={"micro": _micro})
+
+
+def _micro(c):
+  """A few-second smoke test: 1-layer width-32 model, 20 SFT steps, tiny splits."""
+  c.total_steps = 4
+  c.tiny.update(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_ratio=2,
+                sft_steps=20, sft_schedule_steps=20, sft_batch=32, sft_warmup=2)
+  c.data.synthetic.train_size = 200
+  c.data.synthetic.heldout_size = 64
+  c.sampling.group_size = 4
+  c.rl.batch_questions = 8
+  c.replay.capacity = 16
+  c.selection.dots.ref_size = 8
+  c.selection.ds.max_rounds = 2
+  c.eval.every = 2
+  c.eval.batch = 64
+  c.ckpt.every = 2
+  c.log.every = 1
+  c.log.tensorboard = False

@@ -1,0 +1,174 @@
+"""Seeded synthetic arithmetic: the tiny testbed's RL pool, held-out split and SFT stream.
+
+Why it looks like this (see ../shared/notes/tiny-testbed.md):
+  * Answers are written least-significant digit first (`dots_jax.rewards.format_reversed`), then EOS:
+    a tiny model learns carries in that order far faster than in normal order.
+  * Families differ clearly in difficulty (digits, operation, number of carries), so that under uniform
+    sampling most groups of G samples are all-correct (no-carry additions) or all-wrong (2x2 products),
+    and the middle families hold skills RL can still improve (carry chains) that the harder held-out
+    questions of the same family reuse.
+  * The SFT stream is disjoint from the RL pool and the held-out split: SFT on the pool memorises it.
+
+A question is its problem string ("123+456="); the gold `answer` is the normal-order result ("579");
+the policy must emit `dots_jax.rewards.format_reversed(answer)` ("975") then EOS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+
+_SPLIT_STREAMS = {"train": 1, "heldout": 2, "sft": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """One kind of question: `op` over operands of `digits` digits, with a carry/borrow constraint.
+
+  `min_carries`/`max_carries` bound the number of carries (addition) or borrows (subtraction); they
+  are ignored for multiplication. Operands have no leading zeros; subtraction keeps a >= b.
+  """
+
+  name: str
+  op: str  # "+", "-", "*"
+  digits: tuple[int, ...]
+  min_carries: int = 0
+  max_carries: int = 99
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("add2_nc", "+", (2, 2), 0, 0),  # no carries: near-certain after SFT
+    Family("add3_nc", "+", (3, 3), 0, 0),
+    Family("add3_c1", "+", (3, 3), 1, 1),  # one carry
+    Family("add3_c2", "+", (3, 3), 2, 3),  # carry chains: the middle skill
+    Family("add4_c", "+", (4, 4), 2, 4),  # same skill, longer: transfer target
+    Family("add5_c", "+", (5, 5), 3, 5),
+    Family("sub3_b", "-", (3, 3), 1, 3),  # with borrows
+    Family("sub4_b", "-", (4, 4), 2, 4),
+    Family("add3t", "+", (2, 2, 2)),  # three terms
+    Family("mul3x1", "*", (3, 1)),
+    Family("mul2x2", "*", (2, 2)),  # out of reach: all-wrong groups
+)}
+
+
+def _carries(values: tuple[int, ...], op: str) -> int:
+  """Number of carries (addition) or borrows (subtraction) in column arithmetic."""
+  count, carry = 0, 0
+  width = max(len(str(v)) for v in values)
+  for col in range(width):
+    digits = [(v // 10 ** col) % 10 for v in values]
+    if op == "+":
+      total = sum(digits) + carry
+      carry = total // 10
+    else:
+      total = digits[0] - sum(digits[1:]) - carry
+      carry = 1 if total < 0 else 0
+    count += carry > 0
+  return count
+
+
+def _operand(rng: np.random.Generator, digits: int, low_one_digit: int = 0) -> int:
+  if digits == 1:
+    return int(rng.integers(max(low_one_digit, 0), 10))
+  return int(rng.integers(10 ** (digits - 1), 10 ** digits))
+
+
+def sample_problem(family: Family, rng: np.random.Generator) -> tuple[str, str]:
+  """One (problem, normal-order answer) pair of `family`, by rejection on the carry constraint."""
+  for _ in range(10_000):
+    if family.op == "*":
+      a = _operand(rng, family.digits[0])
+      b = _operand(rng, family.digits[1], low_one_digit=2)  # x0 and x1 are trivial
+      return f"{a}*{b}=", str(a * b)
+    values = tuple(_operand(rng, d) for d in family.digits)
+    if family.op == "-":
+      values = tuple(sorted(values, reverse=True))
+    if family.min_carries <= _carries(values, family.op) <= family.max_carries:
+      result = values[0] - sum(values[1:]) if family.op == "-" else sum(values)
+      return family.op.join(map(str, values)) + "=", str(result)
+  raise ValueError(f"family {family.name}: carry constraint [{family.min_carries}, "
+                   f"{family.max_carries}] is unsatisfiable for digits {family.digits}")
+
+
+def _families_and_weights(syn: Any, key: str) -> tuple[list[Family], np.ndarray]:
+  names = list(syn.families)
+  weights = np.asarray(syn[key], np.float64)
+  unknown = [n for n in names if n not in FAMILIES]
+  if unknown:
+    raise ValueError(f"config.data.synthetic.families: unknown {unknown}; known: {sorted(FAMILIES)}")
+  if weights.shape != (len(names),) or (weights < 0).any() or weights.sum() <= 0:
+    raise ValueError(f"config.data.synthetic.{key} must be {len(names)} non-negative weights "
+                     f"(one per family), got {tuple(syn[key])}")
+  return [FAMILIES[n] for n in names], weights / weights.sum()
+
+
+def _counts(size: int, probs: np.ndarray) -> np.ndarray:
+  """Exact per-family counts summing to `size` (largest remainder), so splits are balanced."""
+  raw = size * probs
+  counts = np.floor(raw).astype(int)
+  for i in np.argsort(-(raw - counts))[: size - counts.sum()]:
+    counts[i] += 1
+  return counts
+
+
+def _draw_split(families: list[Family], counts: np.ndarray, rng: np.random.Generator,
+                exclude: set[str]) -> list[tuple[str, str, str]]:
+  rows = []
+  for fam, n in zip(families, counts):
+    seen: set[str] = set()
+    tries = 0
+    while len(seen) < n:
+      tries += 1
+      if tries > 50 * n + 1000:
+        raise ValueError(f"family {fam.name}: cannot draw {n} distinct questions; lower "
+                         "config.data.synthetic.train_size/heldout_size or its weight")
+      problem, answer = sample_problem(fam, rng)
+      if problem in exclude or problem in seen:
+        continue
+      seen.add(problem)
+      rows.append((problem, answer, fam.name))
+  order = rng.permutation(len(rows))
+  return [rows[i] for i in order]
+
+
+def synthetic_rows(syn: Any, split: str) -> list[tuple[str, str, str]]:
+  """(problem, answer, family) rows of split "train" or "heldout"; deterministic in `syn.seed`.
+
+  The held-out split excludes every train problem, so the two are disjoint by construction.
+  `syn` is `config.data.synthetic`.
+  """
+  if split not in ("train", "heldout"):
+    raise ValueError(f"synthetic split must be 'train' or 'heldout', got {split!r}")
+  families, probs = _families_and_weights(syn, "pool_weights")
+  train = _draw_split(families, _counts(syn.train_size, probs),
+                      np.random.default_rng([syn.seed, _SPLIT_STREAMS["train"]]), set())
+  if split == "train":
+    return train
+  return _draw_split(families, _counts(syn.heldout_size, probs),
+                     np.random.default_rng([syn.seed, _SPLIT_STREAMS["heldout"]]),
+                     {p for p, _, _ in train})
+
+
+def synthetic_questions(syn: Any, split: str) -> list:
+  """The split as `dots_jax.data.Question` records (meta holds the family name)."""
+  from dots_jax.data.question import Question
+  return [Question(id=f"synthetic-{split}-{i}", index=i, problem=p, answer=a, meta={"family": f})
+          for i, (p, a, f) in enumerate(synthetic_rows(syn, split))]
+
+
+def sft_stream(syn: Any, seed: int = 0) -> Iterator[tuple[str, str, str]]:
+  """Endless (problem, answer, family) stream for supervised warm-up, disjoint from both splits.
+
+  Families are drawn with `syn.sft_weights`; every problem in the RL pool or held-out split is
+  skipped, so SFT cannot memorise what RL and evaluation later see.
+  """
+  families, probs = _families_and_weights(syn, "sft_weights")
+  exclude = {p for split in ("train", "heldout") for p, _, _ in synthetic_rows(syn, split)}
+  rng = np.random.default_rng([syn.seed, _SPLIT_STREAMS["sft"], seed])
+  while True:
+    fam = families[int(rng.choice(len(families), p=probs))]
+    problem, answer = sample_problem(fam, rng)
+    if problem not in exclude:
+      yield problem, answer, fam.name

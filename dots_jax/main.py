@@ -1,0 +1,50 @@
+"""Entry point: `python -m dots_jax.main --config=configs/tiny.py --workdir=/tmp/run`.
+
+Config overrides are absl flags (`--config.rl.lr=3e-5`, `--config.method=dots_rr`) or config-file
+arguments (`--config=configs/qwen7b.py:method=dots_rr`). An existing workdir resumes. Multi-host runs
+(TPU pod slices, SLURM) call `jax.distributed.initialize()` first; see launch/.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/tiny.py",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "jax.distributed.initialize(): 'auto' = when a cluster environment (TPU pod, SLURM, "
+    "JAX_COORDINATOR_ADDRESS) is detected")
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", "", "jax_cpu_collectives_implementation for multi-process CPU runs (gloo)")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "host:port of process 0 (else auto-detected)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job (with --coordinator)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's id (with --coordinator)")
+
+
+def _cluster_detected() -> bool:
+  import os
+  return any(os.environ.get(k) for k in (
+      "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  import jax
+  if _CPU_COLLECTIVES.value:
+    jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _cluster_detected()):
+    jax.distributed.initialize()  # TPU pod slices, SLURM, ... describe themselves
+  from dots_jax import train
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value or "")
+  except train.ConfigError as e:
+    raise app.UsageError(str(e)) from None
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

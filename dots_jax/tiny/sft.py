@@ -1,0 +1,96 @@
+"""Supervised warm-up of the tiny policy on the synthetic SFT stream (optax, one jitted step).
+
+The loss is the mean negative log-likelihood of the completion tokens (reversed answer + EOS) under
+`sequence_logprobs`, the same per-token function the sampler and the RL trainer use, so the SFT'd
+policy is exactly the distribution RL later samples from.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dots_jax.rewards.reversed_digits import format_reversed
+from dots_jax.model.qwen2 import Qwen2ForCausalLM, sequence_logprobs
+
+
+def encode_examples(rows: list[tuple[str, str, str]], prompt_fn: Callable[[str], list[int]],
+                    encode: Callable[[str], list[int]], eos_id: int, length: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Left-padded (prompt + reversed answer + EOS) tokens, token mask and completion (loss) mask."""
+  tokens = np.zeros((len(rows), length), np.int32)
+  mask = np.zeros((len(rows), length), np.int32)
+  loss_mask = np.zeros((len(rows), length), np.float32)
+  for i, (problem, answer, _) in enumerate(rows):
+    prompt = list(prompt_fn(problem))
+    completion = list(encode(format_reversed(answer))) + [eos_id]
+    seq = prompt + completion
+    if len(seq) > length:
+      raise ValueError(f"SFT example {problem!r} needs {len(seq)} tokens > {length}; raise "
+                       "config.data.max_prompt_tokens or config.sampling.max_new_tokens")
+    tokens[i, length - len(seq):] = seq
+    mask[i, length - len(seq):] = 1
+    loss_mask[i, length - len(completion):] = 1.0
+  return tokens, mask, loss_mask
+
+
+def completion_logprob(model: Qwen2ForCausalLM, tokens_BxT: jax.Array, mask_BxT: jax.Array,
+                       loss_mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-example log p(target completion) and whether greedy decoding reproduces it exactly.
+
+  exp(log p) is the exact pass rate of temperature-1 sampling under an exact-match reward, so the
+  base policy's difficulty spread is measured without sampling noise.
+  """
+  positions = jnp.maximum(jnp.cumsum(mask_BxT, axis=-1) - 1, 0)
+  logits_BxTxV, _ = model(tokens_BxT, positions, mask_BxT)
+  logp_BxT = sequence_logprobs(model, tokens_BxT, mask_BxT)
+  pred_BxT = jnp.pad(jnp.argmax(logits_BxTxV[:, :-1], -1), ((0, 0), (1, 0)))
+  lm = loss_mask_BxT > 0
+  greedy_ok_B = jnp.all(jnp.where(lm, pred_BxT == tokens_BxT, True), axis=-1)
+  return jnp.sum(logp_BxT * loss_mask_BxT, axis=-1), greedy_ok_B
+
+
+def make_optimizer(tiny: Any) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, tiny.sft_lr, tiny.sft_warmup, max(tiny.sft_schedule_steps, tiny.sft_warmup + 1),
+      end_value=tiny.sft_lr * 0.01)
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+
+def run_sft(model: Qwen2ForCausalLM, stream: Iterator[tuple[str, str, str]], tiny: Any,
+            prompt_fn: Callable[[str], list[int]], encode: Callable[[str], list[int]],
+            eos_id: int, length: int, log: Callable[[str], None] = print) -> dict[str, float]:
+  """Trains `model` in place for `tiny.sft_steps` steps; returns timing and the last loss."""
+  graphdef, params = nnx.split(model)
+  opt = make_optimizer(tiny)
+  opt_state = opt.init(params)
+
+  @jax.jit
+  def step(params, opt_state, tokens, mask, loss_mask):
+    def loss_fn(p):
+      m = nnx.merge(graphdef, p)
+      logp_BxT = sequence_logprobs(m, tokens, mask)
+      return -jnp.sum(logp_BxT * loss_mask) / jnp.maximum(jnp.sum(loss_mask), 1.0)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  start = time.perf_counter()
+  loss = float("nan")
+  for i in range(tiny.sft_steps):
+    rows = list(itertools.islice(stream, tiny.sft_batch))
+    batch = encode_examples(rows, prompt_fn, encode, eos_id, length)
+    params, opt_state, loss_arr = step(params, opt_state, *batch)
+    if (i + 1) % max(tiny.sft_steps // 10, 1) == 0 or i + 1 == tiny.sft_steps:
+      loss = float(loss_arr)
+      log(f"  sft step {i + 1}/{tiny.sft_steps}  loss {loss:.4f}  "
+          f"{time.perf_counter() - start:.1f}s")
+  nnx.update(model, params)
+  return {"sft_seconds": time.perf_counter() - start, "sft_final_loss": loss}

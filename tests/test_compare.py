@@ -1,0 +1,64 @@
+"""compare.py: time/rollouts to reach GRPO's final accuracy, ratios, table, plot, from metrics files."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from dots_jax import compare
+
+
+def write_run(root, name, accs, secs, rolls):
+  d = root / name
+  d.mkdir()
+  with open(d / "metrics.jsonl", "w") as f:
+    for i, (a, s, r) in enumerate(zip(accs, secs, rolls)):
+      f.write(json.dumps({"step": 10 * i, "train/loss": 0.1}) + "\n")  # non-eval records are skipped
+      f.write(json.dumps({"step": 10 * i, "eval/accuracy": a, "eval/stderr": 0.01,
+                          "progress/seconds": s, "progress/rollouts": r}) + "\n")
+  return str(d)
+
+
+def test_analysis_against_same_seed_grpo(tmp_path):
+  grpo = compare.read_curve(write_run(tmp_path, "g", [0.1, 0.3, 0.5, 0.5], [0, 10, 20, 30],
+                                      [0, 100, 200, 300]))
+  fast = compare.read_curve(write_run(tmp_path, "f", [0.1, 0.5, 0.6, 0.6], [0, 8, 16, 24],
+                                      [0, 60, 120, 180]))
+  never = compare.read_curve(write_run(tmp_path, "n", [0.1, 0.2, 0.3, 0.4], [0, 5, 10, 15],
+                                       [0, 50, 100, 150]))
+  result = compare.analyze({"grpo": {0: grpo}, "dots_rr": {0: fast}, "ds": {0: never}})
+  g, f, n = (result["runs"][m]["0"] for m in ("grpo", "dots_rr", "ds"))
+  assert g["target"] == 0.5 and g["seconds_to_target"] == 20 and g["time_ratio"] == 1.0
+  assert f["seconds_to_target"] == 8 and f["rollouts_to_target"] == 60
+  assert f["time_ratio"] == pytest.approx(0.4) and f["rollout_ratio"] == pytest.approx(0.3)
+  assert math.isnan(n["seconds_to_target"])
+  s = result["summary"]
+  assert s["dots_rr"]["time_saving_pct"] == pytest.approx(60.0)
+  table = compare.markdown_table(result)
+  assert "| dots_rr |" in table and "60%" in table and "never" in table
+  compare.plot_curves({"grpo": {0: grpo}, "dots_rr": {0: fast}}, str(tmp_path / "c.png"))
+  assert os.path.getsize(tmp_path / "c.png") > 1000
+
+
+def test_main_analyze_only_writes_outputs(tmp_path):
+  for seed in (0, 1):
+    write_run(tmp_path, f"grpo_s{seed}", [0.1, 0.4], [0, 10], [0, 100])
+    write_run(tmp_path, f"greso_s{seed}", [0.1, 0.45], [0, 6], [0, 40])
+  result = compare.main(["--methods=grpo,greso", "--seeds=0,1", f"--workdir={tmp_path}",
+                         "--analyze_only"])
+  assert result["summary"]["greso"]["rollout_ratio"] == pytest.approx(0.4)
+  for name in ("compare.json", "compare.md", "curves.png"):
+    assert (tmp_path / name).exists()
+  with open(tmp_path / "compare.json") as f:
+    assert set(json.load(f)["runs"]) == {"grpo", "greso"}
+
+
+def test_errors_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+    compare.read_curve(str(tmp_path))
+  run = write_run(tmp_path, "x", [0.1], [0], [0])
+  with pytest.raises(ValueError, match="baseline 'grpo'"):
+    compare.analyze({"dots": {0: compare.read_curve(run)}})
+  with pytest.raises(SystemExit):
+    compare.main(["--methods=dots", f"--workdir={tmp_path}", "--analyze_only"])

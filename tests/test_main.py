@@ -1,0 +1,138 @@
+"""The main job: every method runs a few micro steps end to end and resumes; bad configs fail early."""
+import json
+import os
+
+import jax
+import pytest
+
+from dots_jax import train
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config(name: str, arg: str = ""):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(CONFIGS, name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """Shared tiny base + prepared data + compilation cache for the module (made once)."""
+  root = tmp_path_factory.mktemp("main_cache")
+  old = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield root
+  jax.config.update("jax_compilation_cache_dir", old)
+
+
+def micro(cache, arg: str = "", **overrides):
+  c = load_config("tiny", "micro" + ("," + arg if arg else ""))
+  c.tiny.cache_dir = str(cache / "tiny")
+  c.data.prepared_dir = str(cache / "prepared")
+  c.selection.dots.embed_path = str(cache / "embeddings")
+  c.total_steps = 2
+  for k, v in overrides.items():
+    node = c
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("method", sorted(train.METHODS))
+def test_every_method_runs(cache, tmp_path, method):
+  summary = train.train_and_evaluate(micro(cache, f"method={method}"), str(tmp_path))
+  assert summary["method"] == method and summary["steps"] == 2
+  records = read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [0, 1, 2]
+  assert "eval/accuracy" in records[0] and "eval/accuracy" in records[-1]
+  assert records[-1]["progress/rollouts"] == summary["rollouts"] >= 2 * 8 * 4
+  assert records[-1]["replay/replayed_groups"] >= 0
+  with open(tmp_path / "summary.json") as f:
+    assert json.load(f)["rollouts"] == summary["rollouts"]
+
+
+def test_resume_continues_where_it_stopped(cache, tmp_path):
+  first = train.train_and_evaluate(micro(cache, "method=dots_rr"), str(tmp_path))
+  more = train.train_and_evaluate(micro(cache, "method=dots_rr", total_steps=4), str(tmp_path))
+  records = read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+  assert more["rollouts"] > first["rollouts"]
+  assert records[2]["progress/rollouts"] == first["rollouts"]
+  # Finished runs resume to a no-op: nothing is recomputed.
+  again = train.train_and_evaluate(micro(cache, "method=dots_rr", total_steps=4), str(tmp_path))
+  assert again["rollouts"] == more["rollouts"] and len(read_metrics(tmp_path)) == 5
+
+
+def test_unknown_method(cache, tmp_path):
+  with pytest.raises(train.ConfigError, match="config.method='nope' is unknown"):
+    train.train_and_evaluate(micro(cache, method="nope"), str(tmp_path))
+
+
+def test_batch_not_divisible_by_mesh(cache, tmp_path):
+  # conftest gives 8 devices; 12 questions do not split over 8 data-parallel shards.
+  with pytest.raises(train.ConfigError, match="batch_questions=12 is not divisible.*multiple of 8"):
+    train.train_and_evaluate(micro(cache, **{"rl.batch_questions": 12}), str(tmp_path))
+
+
+def test_missing_checkpoint_dir(cache, tmp_path):
+  with pytest.raises(train.ConfigError, match="is not a directory"):
+    train.train_and_evaluate(micro(cache, **{"model.path": str(tmp_path / "absent")}),
+                             str(tmp_path / "w"))
+
+
+def test_model_not_qwen2(cache, tmp_path):
+  ckpt = tmp_path / "llama"
+  ckpt.mkdir()
+  (ckpt / "config.json").write_text(json.dumps({"model_type": "llama",
+                                                "architectures": ["LlamaForCausalLM"]}))
+  with pytest.raises(train.ConfigError, match="model_type='llama'.*Qwen2"):
+    train.train_and_evaluate(micro(cache, **{"model.path": str(ckpt)}), str(tmp_path / "w"))
+
+
+def test_real_config_without_model_path(tmp_path):
+  with pytest.raises(train.ConfigError, match="--config.model.path"):
+    train.train_and_evaluate(load_config("qwen1p5b_math"), str(tmp_path))
+
+
+def test_config_arg_parsing():
+  c = load_config("qwen7b", "method=dots_rr,rl.lr=3e-6,data.eval_sets=math500+aime24")
+  assert c.method == "dots_rr" and c.rl.lr == 3e-6 and c.data.eval_sets == ("math500", "aime24")
+  with pytest.raises(train.ConfigError, match="unknown config preset"):
+    load_config("tiny", "mikro")
+  with pytest.raises(train.ConfigError, match="no key"):
+    load_config("tiny", "rl.nope=1")
+
+
+@pytest.mark.parametrize("name", ["qwen1p5b_math", "qwen3b", "qwen7b"])
+def test_dry_run_plans_real_models_on_cpu(name, capsys):
+  c = load_config(name, "method=dots_rr")
+  c.dry_run = True
+  c.mesh.update(data=2, fsdp=16, tensor=1)
+  plan = train.train_and_evaluate(c, "")
+  assert plan["mesh"] == {"data": 2, "fsdp": 16, "tensor": 1}
+  assert plan["rows_per_step"] == 512 * 8
+  assert 0 < plan["memory"]["params"] < plan["memory"]["total"]
+  out = capsys.readouterr().out
+  assert "per device" in out and "dots_rr (replay on)" in out
+
+
+def test_reference_settings_match_dots_script():
+  c = load_config("qwen1p5b_math")
+  assert (c.rl.batch_questions, c.sampling.group_size, c.rl.lr, c.rl.schedule) == (512, 8, 1e-6,
+                                                                                    "constant")
+  assert (c.rl.weight_decay, c.rl.grad_clip, c.sampling.temperature) == (0.01, 1.0, 0.6)
+  assert c.sampling.max_new_tokens == 3072 and c.model.variant == "Math-1.5B"
+  d = c.selection.dots
+  assert (d.ref_size, d.round_steps, d.alpha, d.tau) == (256, 2, 0.5, 1e-3)
+  assert (c.replay.capacity, c.replay.fresh_fraction) == (512, 0.5)

@@ -1,0 +1,81 @@
+"""Synthetic arithmetic: determinism, answers, carry constraints, disjoint splits and SFT stream."""
+import itertools
+
+import numpy as np
+import pytest
+
+from dots_jax.config_base import base_config
+from dots_jax.data import synthetic
+from dots_jax.rewards import format_reversed, score_batch
+
+
+def _syn(**kw):
+  c = base_config().data.synthetic
+  c.update(train_size=300, heldout_size=200, **kw)
+  return c
+
+
+def test_splits_deterministic_and_disjoint():
+  syn = _syn()
+  train, held = synthetic.synthetic_rows(syn, "train"), synthetic.synthetic_rows(syn, "heldout")
+  assert train == synthetic.synthetic_rows(syn, "train")
+  assert len(train) == 300 and len(held) == 200
+  assert len({p for p, _, _ in train}) == 300
+  assert not {p for p, _, _ in train} & {p for p, _, _ in held}
+  other = synthetic.synthetic_rows(_syn(seed=syn.seed + 1), "train")
+  assert [p for p, _, _ in other] != [p for p, _, _ in train]
+
+
+def test_answers_correct_and_families_balanced():
+  syn = _syn()
+  rows = synthetic.synthetic_rows(syn, "train")
+  for problem, answer, family in rows:
+    assert eval(problem[:-1]) == int(answer), (problem, answer)  # noqa: S307 (our own digits)
+  counts = {f: sum(r[2] == f for r in rows) for f in syn.families}
+  assert max(counts.values()) - min(counts.values()) <= 1
+
+
+@pytest.mark.parametrize("name", sorted(synthetic.FAMILIES))
+def test_family_constraints(name):
+  fam = synthetic.FAMILIES[name]
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    problem, answer = synthetic.sample_problem(fam, rng)
+    operands = [int(x) for x in problem[:-1].replace("*", "+").replace("-", "+").split("+")]
+    assert [len(str(v)) for v in operands] == list(fam.digits)
+    assert int(answer) >= 0
+    if fam.op != "*":
+      assert fam.min_carries <= synthetic._carries(tuple(operands), fam.op) <= fam.max_carries
+
+
+def test_carry_counting():
+  assert synthetic._carries((123, 456), "+") == 0
+  assert synthetic._carries((159, 261), "+") == 2  # 9+1 carries, 5+6+1 carries, 1+2+1 no
+  assert synthetic._carries((503, 498), "-") == 2
+
+
+def test_sft_stream_disjoint_from_pool_and_heldout():
+  syn = _syn()
+  seen = {p for split in ("train", "heldout") for p, _, _ in synthetic.synthetic_rows(syn, split)}
+  stream = list(itertools.islice(synthetic.sft_stream(syn), 3000))
+  assert not {p for p, _, _ in stream} & seen
+  assert stream[:50] == list(itertools.islice(synthetic.sft_stream(syn), 50))
+
+
+def test_reversed_target_scores_one():
+  rows = synthetic.synthetic_rows(_syn(), "heldout")[:40]
+  golds = [a for _, a, _ in rows]
+  scores, _ = score_batch([format_reversed(a) for a in golds], golds, kind="reversed_digits",
+                          workers=0)
+  assert scores.tolist() == [1.0] * len(rows)
+  wrong, _ = score_batch(golds, golds, kind="reversed_digits", workers=0)
+  assert wrong.mean() < 0.2  # only palindromes survive normal order
+
+
+def test_bad_config_named():
+  with pytest.raises(ValueError, match="unknown"):
+    synthetic.synthetic_rows(_syn(families=("add2_nc", "nope"), pool_weights=(1.0, 1.0)), "train")
+  with pytest.raises(ValueError, match="pool_weights"):
+    synthetic.synthetic_rows(_syn(pool_weights=(1.0,)), "train")
+  with pytest.raises(ValueError, match="split"):
+    synthetic.synthetic_rows(_syn(), "test")
