@@ -139,7 +139,7 @@ class _Reader:
       return self._last[1]  # replicas of the same block (e.g. over `data`) are read once
     try:
       # The flax framework is the one that understands bfloat16; keep its arrays on the host.
-      with jax.default_device(jax.devices("cpu")[0]):
+      with jax.default_device(jax.local_devices(backend="cpu")[0]):
         data = np.asarray(self._slice(name)[hf_index] if hf_index else self._slice(name)[:])
     except (SafetensorError, OSError) as e:
       raise ValueError(f"cannot read tensor {name!r} from {self.files[name]}: {e}") from None
@@ -180,7 +180,7 @@ def load_policy(path: str | os.PathLike, *, dtype: str = "float32", param_dtype:
                                   remat=remat)
   graphdef, abstract_state = qwen2.abstract_model(cfg)
   if mesh is None:
-    one = SingleDeviceSharding(jax.devices()[0])
+    one = SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: one, abstract_state)
   else:
     shardings = sharding.param_shardings(abstract_state, mesh)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dots_jax.model.qwen2 import (KVCache, Qwen2Config, init_cache,
@@ -257,9 +258,16 @@ class Sampler:
     out = self._generate_jit(
         params, prompt_dev, pmask_dev, rng, np.float32(temperature), np.float32(top_p),
         np.int32(top_k), np.bool_(greedy), np.int32(limit), num_samples=num_samples)
-    tokens, mask, logp, lengths, finish, steps = jax.device_get(out)
+    tokens, mask, logp, lengths, finish, steps = jax.tree.map(_to_host, out)
     return SampleOutput(
         prompt_tokens_NxP=np.repeat(prompt_BxP, num_samples, axis=0),
         prompt_mask_NxP=np.repeat(pmask_BxP, num_samples, axis=0),
         tokens_NxR=tokens, mask_NxR=mask, logp_NxR=logp, lengths_N=lengths,
         finish_reason_N=finish, num_decode_steps=int(steps))
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """Whole global array on every process (outputs of a multi-process mesh span other hosts' devices)."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
