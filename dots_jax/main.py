@@ -20,6 +20,9 @@ _CPU_COLLECTIVES = flags.DEFINE_string(
 _COORDINATOR = flags.DEFINE_string("coordinator", "", "host:port of process 0 (else auto-detected)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job (with --coordinator)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's id (with --coordinator)")
+_LIBRARY_LOGS = flags.DEFINE_bool(
+    "library_logs", False, "show INFO logs of libraries (orbax logs every checkpoint file operation); "
+    "progress lines are printed either way")
 
 
 def _cluster_detected() -> bool:
@@ -31,6 +34,10 @@ def _cluster_detected() -> bool:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not _LIBRARY_LOGS.value:
+    # Orbax and JAX log through absl at INFO; at that level they drown the progress lines.
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
   import jax
   if _CPU_COLLECTIVES.value:
     jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
