@@ -154,23 +154,25 @@ def flat_metrics(report: dict, prefix: str = "eval/") -> dict[str, float]:
   return out
 
 
-def sampler_generate(config: Any, qcfg: Any, model: Any, tokenizer: Any, mesh: Any = None
-                     ) -> GenerateFn:
-  """A GenerateFn over `dots_jax.sampling.Sampler` with config.eval's sampling settings."""
-  from flax import nnx
-
-  from dots_jax.sampling.sampler import Sampler, pad_prompts
-  graphdef, params = nnx.split(model)
+def make_eval_sampler(config: Any, qcfg: Any, graphdef: Any, tokenizer: Any, mesh: Any = None) -> Any:
+  """A `Sampler` for config.eval.max_new_tokens; stop ids = the checkpoint's EOS ids + the tokenizer's."""
+  from dots_jax.sampling.sampler import Sampler
   eos_ids = sorted(set(qcfg.eos_ids) | ({tokenizer.eos_token_id} - {None}))
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-  sampler = Sampler(graphdef, qcfg, max_prompt_len=max(config.data.prompt_buckets),
-                    max_new_tokens=config.eval.max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, mesh=mesh)
+  return Sampler(graphdef, qcfg, max_prompt_len=max(config.data.prompt_buckets),
+                 max_new_tokens=config.eval.max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, mesh=mesh)
+
+
+def sampler_generate(config: Any, sampler: Any, params: Any, tokenizer: Any) -> GenerateFn:
+  """A GenerateFn over `sampler` at `params`, with config.eval's sampling settings."""
+  from dots_jax.sampling.sampler import pad_prompts
+  mesh = sampler.mesh
   shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
   def generate(prompts: list[list[int]], k: int, rng: Any) -> list[list[str]]:
     n = len(prompts)
     padded = list(prompts) + [prompts[-1]] * (-n % shards)  # the batch must split over data shards
-    tokens_BxP, mask_BxP = pad_prompts(padded, config.data.prompt_buckets, pad_id)
+    tokens_BxP, mask_BxP = pad_prompts(padded, config.data.prompt_buckets, sampler.pad_id)
     out = sampler.generate(params, tokens_BxP, mask_BxP, rng, num_samples=k,
                            temperature=config.eval.temperature, top_p=config.eval.top_p,
                            greedy=config.eval.temperature <= 0)
@@ -195,7 +197,10 @@ def evaluate_checkpoint(config: Any, path: str = "") -> dict:
   qcfg, model = load_policy(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
                             mesh=mesh)
   tokenizer = load_tokenizer(path)
-  report = Evaluator(config, tokenizer).run(sampler_generate(config, qcfg, model, tokenizer, mesh),
+  from flax import nnx
+  graphdef, params = nnx.split(model)
+  sampler = make_eval_sampler(config, qcfg, graphdef, tokenizer, mesh)
+  report = Evaluator(config, tokenizer).run(sampler_generate(config, sampler, params, tokenizer),
                                             jax.random.key(config.seed))
   report["model_path"] = path
   return report

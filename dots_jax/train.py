@@ -417,11 +417,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   g = config.sampling.group_size
   max_prompt = max(config.data.prompt_buckets)
   total_len = max_prompt + config.sampling.max_new_tokens
-  make_sampler = lambda new_tokens: Sampler(
-      graphdef, qcfg, max_prompt_len=max_prompt, max_new_tokens=new_tokens, eos_ids=eos_ids,
-      pad_id=tokenizer.pad_token_id, mesh=mesh)
-  sampler = make_sampler(config.sampling.max_new_tokens)
-  eval_sampler = make_sampler(config.eval.max_new_tokens)
+  sampler = Sampler(graphdef, qcfg, max_prompt_len=max_prompt,
+                    max_new_tokens=config.sampling.max_new_tokens, eos_ids=eos_ids,
+                    pad_id=tokenizer.pad_token_id, mesh=mesh)
+  eval_sampler = evaluate.make_eval_sampler(config, qcfg, graphdef, tokenizer, mesh)
   banner(f"policy: {path} ({qcfg.num_params() / 1e6:.2f}M params, {qcfg.num_hidden_layers} layers)")
 
   # ----- data -------------------------------------------------------------------------------------
@@ -489,22 +488,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     return rollout
 
-  def eval_generate(params_now: Any) -> evaluate.GenerateFn:
-    def generate(prompt_lists: list[list[int]], k: int, key: Any) -> list[list[str]]:
-      n = len(prompt_lists)
-      padded = list(prompt_lists) + [prompt_lists[-1]] * (-n % dp)
-      from dots_jax.sampling.sampler import pad_prompts
-      tok, mask = pad_prompts(padded, config.data.prompt_buckets, tokenizer.pad_token_id)
-      out = slice_rows(eval_sampler.generate(
-          params_now, tok, mask, key, num_samples=k, temperature=config.eval.temperature,
-          top_p=config.eval.top_p, greedy=config.eval.temperature <= 0), n * k)
-      texts = decode_completions(tokenizer, out)
-      return [texts[b * k:(b + 1) * k] for b in range(n)]
-    return generate
-
   def run_eval(step: int) -> dict[str, float]:
-    report = evaluator.run(eval_generate(state.params), jax.random.fold_in(eval_key, step),
-                           step)
+    generate = evaluate.sampler_generate(config, eval_sampler, state.params, tokenizer)
+    report = evaluator.run(generate, jax.random.fold_in(eval_key, step), step)
     flat = evaluate.flat_metrics(report)
     first = next(iter(report["sets"].values()))
     progress.last_eval = float(first[f"avg@{first['k']}"])

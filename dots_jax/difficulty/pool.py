@@ -51,9 +51,10 @@ def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, g
                         batch: int, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
   """(kept positions, pass rates) of `problems` under the initial policy."""
   import jax
+  from flax import nnx
 
   from dots_jax.data.prompts import build_prompts
-  from dots_jax.evaluate import sampler_generate
+  from dots_jax.evaluate import make_eval_sampler, sampler_generate
   from dots_jax.model.hf_io import load_policy, load_tokenizer
   from dots_jax.rewards import score_batch
 
@@ -64,7 +65,9 @@ def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, g
   gen_cfg.eval.temperature = config.sampling.temperature  # training-time sampling, not greedy eval
   gen_cfg.eval.top_p = config.sampling.top_p
   gen_cfg.eval.max_new_tokens = config.sampling.max_new_tokens
-  generate = sampler_generate(gen_cfg, qcfg, model, tokenizer)
+  graphdef, params = nnx.split(model)
+  generate = sampler_generate(gen_cfg, make_eval_sampler(gen_cfg, qcfg, graphdef, tokenizer), params,
+                              tokenizer)
   built = build_prompts(tokenizer, problems, config.data)
   kept = np.asarray(built.kept, np.int64)
   rates = np.empty(len(kept), np.float32)
