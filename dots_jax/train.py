@@ -278,30 +278,6 @@ class Progress:
     return dataclasses.asdict(self)
 
 
-_EMPTY = "__empty_array__"
-
-
-def _host_safe(tree: Any) -> Any:
-  """Host state the checkpointer can store: numpy strings (strategy names) become str and empty
-  arrays (which orbax refuses) a {dtype, shape} marker that `_host_restore` turns back."""
-  if isinstance(tree, dict):
-    return {k: _host_safe(v) for k, v in tree.items()}
-  if isinstance(tree, np.ndarray) and tree.dtype.kind in "US":
-    return str(tree)
-  if isinstance(tree, np.ndarray) and tree.size == 0:
-    return {_EMPTY: [tree.dtype.str, list(tree.shape)]}
-  return tree
-
-
-def _host_restore(tree: Any) -> Any:
-  if isinstance(tree, dict):
-    if set(tree) == {_EMPTY}:
-      dtype, shape = tree[_EMPTY]
-      return np.zeros(shape, np.dtype(dtype))
-    return {k: _host_restore(v) for k, v in tree.items()}
-  return tree
-
-
 def slice_rows(sample: Any, n: int) -> Any:
   """The first n rows of a SampleOutput (drops the rows added by `pad_to_multiple`)."""
   fields = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
@@ -453,7 +429,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep, async_save=config.ckpt.async_save)
   state, host, restored = ckpt.restore_or_init(state)
   if host is not None:
-    host = _host_restore(host)
     strategy.load_state_dict(host["selection"])
     if buffer is not None:
       buffer.load_state_dict(host["replay"])
@@ -564,7 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       host_state = {"selection": strategy.state_dict(),
                     "replay": buffer.state_dict() if buffer is not None else {},
                     "metrics": writer.state_dict(), "progress": progress.state_dict()}
-      ckpt.save(done, state, _host_safe(host_state))
+      ckpt.save(done, state, host_state)
   ckpt.wait()
   writer.flush()
   summary = {"method": config.method, "seed": config.seed, "steps": config.total_steps,

@@ -41,6 +41,21 @@ def test_host_state_round_trip_and_keep(tmp_path):
   assert none_host is None and none_step is None and fresh_state is state
 
 
+def test_empty_and_string_arrays_round_trip(tmp_path):
+  """Orbax's array store refuses these; the checkpointer keeps them (dtype, shape, values) exactly."""
+  ckpt = Checkpointer(str(tmp_path), keep=1)
+  host = {"name": np.asarray("greso"), "labels": np.asarray([["ab", "c"]]),
+          "empty_i": np.zeros((0,), np.int64), "empty_f": np.zeros((3, 0), np.float32),
+          "full": np.arange(4, dtype=np.int32)}
+  ckpt.save(1, {"w": np.ones((2,), np.float32)}, host)
+  _, back = ckpt.restore({"w": np.ones((2,), np.float32)})
+  for k, v in host.items():
+    assert back[k].dtype == v.dtype and back[k].shape == v.shape, k
+    np.testing.assert_array_equal(back[k], v)
+  assert str(back["name"]) == "greso"
+  ckpt.close()
+
+
 def test_metrics_writer_jsonl_tensorboard_and_resume(tmp_path):
   w = MetricsWriter(str(tmp_path), tensorboard=True)
   w.write(1, {"loss": np.float32(0.5), "nonfinite": np.bool_(False)})

@@ -7,7 +7,8 @@ would pick; the last `keep` steps are kept.
 Host state is any nested dict/list of JSON values and NumPy arrays (selector state, replay buffer, numpy
 RNG state, data iterator position, metric history). Arrays go to a tensorstore item, the rest to JSON with
 placeholders, and `restore` rebuilds the same structure (lists stay lists; int dict keys are not
-supported by JSON and are rejected at save time).
+supported by JSON and are rejected at save time). Empty and string arrays, which orbax's array store
+refuses, are written into the JSON with their dtype and shape and come back as equal arrays.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 _ARRAY_TAG = "__ndarray__"
+_INLINE_TAG = "__inline_ndarray__"  # [dtype str, shape, values]
 
 
 def _split_host(tree: Any, arrays: dict[str, np.ndarray], path: str = "host") -> Any:
@@ -33,8 +35,11 @@ def _split_host(tree: Any, arrays: dict[str, np.ndarray], path: str = "host") ->
   if isinstance(tree, (list, tuple)):
     return [_split_host(v, arrays, f"{path}/{i}") for i, v in enumerate(tree)]
   if isinstance(tree, (np.ndarray, jax.Array)):
+    a = np.asarray(tree)
+    if a.size == 0 or a.dtype.kind in "US":
+      return {_INLINE_TAG: [a.dtype.str, list(a.shape), a.tolist()]}
     key = f"a{len(arrays):05d}"
-    arrays[key] = np.asarray(tree)
+    arrays[key] = a
     return {_ARRAY_TAG: key}
   if isinstance(tree, np.generic):
     return tree.item()
@@ -47,6 +52,9 @@ def _join_host(tree: Any, arrays: dict[str, np.ndarray]) -> Any:
   if isinstance(tree, dict):
     if set(tree) == {_ARRAY_TAG}:
       return np.asarray(arrays[tree[_ARRAY_TAG]])
+    if set(tree) == {_INLINE_TAG}:
+      dtype, shape, values = tree[_INLINE_TAG]
+      return np.asarray(values, np.dtype(dtype)).reshape(shape)
     return {k: _join_host(v, arrays) for k, v in tree.items()}
   if isinstance(tree, list):
     return [_join_host(v, arrays) for v in tree]
