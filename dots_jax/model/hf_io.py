@@ -20,7 +20,6 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
@@ -231,13 +230,6 @@ def load_tokenizer(path: str | os.PathLike):
   return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def _host_copy(x: jax.Array) -> np.ndarray:
-  """The full value of a (possibly multi-host) array on this host; one tensor at a time."""
-  if x.is_fully_addressable:
-    return np.asarray(jax.device_get(x))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _parse_size(size: int | str) -> int:
   if isinstance(size, int):
     return size
@@ -282,7 +274,7 @@ def export_policy(cfg: qwen2.Qwen2Config, model: qwen2.Qwen2ForCausalLM,
     arrays = {}
     for name in group:
       x, transpose = tensors[name]
-      host = _host_copy(x)
+      host = sharding.to_host(x)
       arrays[name] = np.ascontiguousarray(host.T if transpose else host)
     if write:
       save_file(arrays, os.path.join(out_dir, fname), metadata={"format": "pt"})

@@ -165,3 +165,12 @@ def shard_model(model: qwen2.Qwen2ForCausalLM, mesh: Mesh) -> qwen2.Qwen2ForCaus
   """A copy of `model` with every parameter placed by the rules on `mesh`."""
   graphdef, state = nnx.split(model)
   return nnx.merge(graphdef, jax.device_put(state, param_shardings(state, mesh)))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The full value of a (possibly multi-host) array on this host: an allgather when it spans devices
+  of other processes, a plain device_get otherwise."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

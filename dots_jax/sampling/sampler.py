@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dots_jax.model.qwen2 import (KVCache, Qwen2Config, init_cache,
                                   positions_from_mask, token_logprobs)
+from dots_jax.model.sharding import batch_sharding, cache_sharding, to_host
 from dots_jax.sampling.filtering import choose_tokens
 
 FINISH_STOP = 0
@@ -75,7 +75,6 @@ def _batch_spec(mesh: Mesh | None) -> PartitionSpec | None:
   """The batch axis partitioning: the policy's `batch_sharding` spec, or None on one device."""
   if mesh is None:
     return None
-  from dots_jax.model.sharding import batch_sharding  # only needed with a mesh
   return batch_sharding(mesh).spec
 
 
@@ -120,7 +119,6 @@ class Sampler:
     """One layer's cache [B, S, K, H] in the policy's KV-cache layout (`cache_sharding` minus L)."""
     if self.mesh is None:
       return x_BxSxKxH
-    from dots_jax.model.sharding import cache_sharding
     spec = cache_sharding(self.mesh, (self.cfg.num_hidden_layers,) + x_BxSxKxH.shape).spec
     return jax.lax.with_sharding_constraint(
         x_BxSxKxH, NamedSharding(self.mesh, PartitionSpec(*spec[1:])))
@@ -258,16 +256,9 @@ class Sampler:
     out = self._generate_jit(
         params, prompt_dev, pmask_dev, rng, np.float32(temperature), np.float32(top_p),
         np.int32(top_k), np.bool_(greedy), np.int32(limit), num_samples=num_samples)
-    tokens, mask, logp, lengths, finish, steps = jax.tree.map(_to_host, out)
+    tokens, mask, logp, lengths, finish, steps = jax.tree.map(to_host, out)
     return SampleOutput(
         prompt_tokens_NxP=np.repeat(prompt_BxP, num_samples, axis=0),
         prompt_mask_NxP=np.repeat(pmask_BxP, num_samples, axis=0),
         tokens_NxR=tokens, mask_NxR=mask, logp_NxR=logp, lengths_N=lengths,
         finish_reason_N=finish, num_decode_steps=int(steps))
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-  """Whole global array on every process (outputs of a multi-process mesh span other hosts' devices)."""
-  if x.is_fully_addressable:
-    return np.asarray(jax.device_get(x))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
