@@ -336,6 +336,12 @@ def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1)[..., 0]
 
 
+def align_to_tokens(x_BxTm1: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+  """Moves per-prefix values (column t scores token t+1) onto the token they score: out[:, t+1] =
+  x[:, t]; 0 at t=0 and at pads. Shared by every per-token quantity (log-probs, entropies)."""
+  return jnp.where(mask_BxT.astype(bool), jnp.pad(x_BxTm1, ((0, 0), (1, 0))), 0.0)
+
+
 def sequence_logprobs(model: Qwen2ForCausalLM, tokens_BxT: jax.Array, mask_BxT: jax.Array,
                       temperature: float | jax.Array = 1.0) -> jax.Array:
   """Log-prob of each token given its prefix: out[:, t] = log p(tokens[:, t] | tokens[:, :t]).
@@ -345,9 +351,7 @@ def sequence_logprobs(model: Qwen2ForCausalLM, tokens_BxT: jax.Array, mask_BxT: 
   """
   positions = positions_from_mask(mask_BxT)
   logits, _ = model(tokens_BxT, positions, mask_BxT)
-  lp_BxTm1 = token_logprobs(logits[:, :-1], tokens_BxT[:, 1:], temperature)
-  lp_BxT = jnp.pad(lp_BxTm1, ((0, 0), (1, 0)))
-  return jnp.where(mask_BxT.astype(bool), lp_BxT, 0.0)
+  return align_to_tokens(token_logprobs(logits[:, :-1], tokens_BxT[:, 1:], temperature), mask_BxT)
 
 
 def init_model(cfg: Qwen2Config, seed: int = 0) -> Qwen2ForCausalLM:

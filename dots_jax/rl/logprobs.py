@@ -8,9 +8,9 @@ same logits in the same forward pass (it is needed for the metric and the option
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
-from dots_jax.model.qwen2 import Qwen2ForCausalLM, positions_from_mask, token_logprobs
+from dots_jax.model.qwen2 import (Qwen2ForCausalLM, align_to_tokens, positions_from_mask,
+                                  token_logprobs)
 from dots_jax.rl.losses import token_entropy
 
 
@@ -20,7 +20,4 @@ def logprobs_and_entropy(model: Qwen2ForCausalLM, tokens_NxT: jax.Array, mask_Nx
   logits, _ = model(tokens_NxT, positions_from_mask(mask_NxT), mask_NxT)
   lp = token_logprobs(logits[:, :-1], tokens_NxT[:, 1:], temperature)
   ent = token_entropy(logits[:, :-1], temperature)
-  real = mask_NxT.astype(bool)
-  lp = jnp.where(real, jnp.pad(lp, ((0, 0), (1, 0))), 0.0)
-  ent = jnp.where(real, jnp.pad(ent, ((0, 0), (1, 0))), 0.0)
-  return lp, ent
+  return align_to_tokens(lp, mask_NxT), align_to_tokens(ent, mask_NxT)
