@@ -34,13 +34,15 @@ def read_curve(run_dir: str) -> dict[str, np.ndarray]:
   path = os.path.join(run_dir, "metrics.jsonl")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: run the comparison without --analyze_only")
-  rows = []
+  rows, zero_var = [], []
   with open(path) as f:
     for line_no, line in enumerate(f, start=1):
       try:
         rec = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+      if "selection/effective_frac" in rec:  # share of the trained batch's groups with no signal
+        zero_var.append(1.0 - rec["selection/effective_frac"])
       if "eval/accuracy" in rec:
         rows.append((rec["step"], rec["eval/accuracy"], rec["eval/stderr"],
                      rec["progress/seconds"], rec["progress/rollouts"]))
@@ -48,7 +50,17 @@ def read_curve(run_dir: str) -> dict[str, np.ndarray]:
     raise ValueError(f"{path}: no evaluation records (config.eval.every must be > 0)")
   a = np.asarray(rows, np.float64)
   return {"step": a[:, 0], "accuracy": a[:, 1], "stderr": a[:, 2], "seconds": a[:, 3],
-          "rollouts": a[:, 4]}
+          "rollouts": a[:, 4], "zero_var": np.asarray(zero_var, np.float64)}
+
+
+def _zero_var_share(curve: dict[str, np.ndarray], part: str) -> float:
+  """Mean zero-variance share of the trained groups over the first or last tenth of the logged steps
+  (for uniform GRPO: how much of the batch teaches nothing, at the start and as skills saturate)."""
+  zv = curve["zero_var"]
+  if zv.size == 0:
+    return float("nan")
+  n = max(1, zv.size // 10)
+  return float(zv[:n].mean() if part == "first" else zv[-n:].mean())
 
 
 def first_reach(curve: dict[str, np.ndarray], target: float) -> tuple[float, float, float]:
@@ -88,6 +100,8 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]]) -> dict[str, An
           "time_ratio": _ratio(sec, base_s), "rollout_ratio": _ratio(roll, base_r),
           "total_seconds": float(curve["seconds"][-1]),
           "total_rollouts": float(curve["rollouts"][-1]),
+          "zero_var_first": _zero_var_share(curve, "first"),
+          "zero_var_last": _zero_var_share(curve, "last"),
       }
   summary = {}
   for method, by_seed in runs.items():
@@ -103,6 +117,7 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]]) -> dict[str, An
         "time_ratio": mean("time_ratio"), "rollout_ratio": mean("rollout_ratio"),
         "time_saving_pct": 100.0 * (1.0 - mean("time_ratio")),
         "rollout_saving_pct": 100.0 * (1.0 - mean("rollout_ratio")),
+        "zero_var_first": mean("zero_var_first"), "zero_var_last": mean("zero_var_last"),
     }
   if "ds" in summary:
     ds_rollouts = summary["ds"]["rollouts_to_target"]
@@ -115,13 +130,15 @@ def markdown_table(result: dict[str, Any]) -> str:
   fmt = lambda x, spec: "never" if not np.isfinite(x) else format(x, spec)
   has_ds = any("rollouts_vs_ds" in m for m in result["summary"].values())
   head = ("| method | final acc (sd) | reached | seconds to target | rollouts to target | "
-          "time vs GRPO | time saving | rollout saving |" + (" rollouts vs DS |" if has_ds else ""))
+          "time vs GRPO | time saving | rollout saving | zero-var first/last 10% |"
+          + (" rollouts vs DS |" if has_ds else ""))
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for method, m in result["summary"].items():
     row = (f"| {method} | {m['final_accuracy']:.4f} ({m['final_accuracy_sd']:.4f}) | "
            f"{m['reached']}/{m['seeds']} | {fmt(m['seconds_to_target'], '.0f')} | "
            f"{fmt(m['rollouts_to_target'], ',.0f')} | {fmt(m['time_ratio'], '.2f')} | "
-           f"{fmt(m['time_saving_pct'], '.0f')}% | {fmt(m['rollout_saving_pct'], '.0f')}% |")
+           f"{fmt(m['time_saving_pct'], '.0f')}% | {fmt(m['rollout_saving_pct'], '.0f')}% | "
+           f"{fmt(m['zero_var_first'], '.2f')}/{fmt(m['zero_var_last'], '.2f')} |")
     if has_ds:
       row += f" {fmt(m.get('rollouts_vs_ds', float('nan')), '.2f')} |"
     lines.append(row)

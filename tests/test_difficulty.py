@@ -190,3 +190,36 @@ def test_evaluate_pool_reports_trained_above_raw_on_planted_signal(tmp_path):
   assert report["heldout_questions"] == 200
   assert report["pearson_trained"] > 0.75
   assert report["pearson_trained"] > report["pearson_raw_embedding"] + 0.1
+
+
+def test_auto_estimator_is_made_once_and_refit_when_settings_change(tmp_path):
+  """estimator_path="auto": the offline stage runs on first use (micro base policy), is reused, and a
+  changed fit setting refits on the cached pool labels instead of reusing a stale estimator."""
+  import os
+
+  from config_files import load_config
+  from dots_jax.difficulty.setup import load_or_init_estimator
+  from dots_jax.difficulty.train import ensure_estimator
+
+  c = load_config("tiny", "micro")
+  c.tiny.cache_dir = str(tmp_path / "tiny")
+  c.data.prepared_dir = str(tmp_path / "prepared")
+  c.selection.dots.embed_path = str(tmp_path / "embeddings")
+  c.selection.dots.update(estimator_path="auto", width=32, layers=1)
+  c.selection.dots.fit.update(pool=96, heldout=32, group=4, steps=20, warmup=2, batch=16,
+                              ref_size=16, rollout_batch=64)
+  logs = []
+  out = ensure_estimator(c, log=logs.append)
+  assert out.startswith(str(tmp_path / "estimators"))
+  marker = os.path.join(out, "estimator.json")
+  first = os.stat(marker).st_mtime_ns
+  assert any("pool rollouts" in line for line in logs)
+  assert ensure_estimator(c, log=logs.append) == out and os.stat(marker).st_mtime_ns == first
+  est = load_or_init_estimator(c, input_dim=32)
+  assert est.cfg.width == 32
+
+  c.selection.dots.fit.steps = 25
+  logs.clear()
+  assert ensure_estimator(c, log=logs.append) == out
+  assert os.stat(marker).st_mtime_ns != first
+  assert any("reusing" in line for line in logs) and not any("pool rollouts" in l for l in logs)

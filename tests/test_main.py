@@ -5,17 +5,9 @@ import os
 import jax
 import pytest
 
+from config_files import load_config
 from dots_jax import train
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def load_config(name: str, arg: str = ""):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(CONFIGS, name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 @pytest.fixture(scope="module")

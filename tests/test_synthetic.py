@@ -26,13 +26,14 @@ def test_splits_deterministic_and_disjoint():
   assert [p for p, _, _ in other] != [p for p, _, _ in train]
 
 
-def test_answers_correct_and_families_balanced():
+def test_answers_correct_and_families_weighted():
   syn = _syn()
   rows = synthetic.synthetic_rows(syn, "train")
   for problem, answer, family in rows:
     assert eval(problem[:-1]) == int(answer), (problem, answer)  # noqa: S307 (our own digits)
-  counts = {f: sum(r[2] == f for r in rows) for f in syn.families}
-  assert max(counts.values()) - min(counts.values()) <= 1
+  counts = np.array([sum(r[2] == f for r in rows) for f in syn.families])
+  expected = 300 * np.asarray(syn.pool_weights) / np.sum(syn.pool_weights)
+  assert counts.sum() == 300 and np.abs(counts - expected).max() < 1  # exact per-weight split
 
 
 @pytest.mark.parametrize("name", sorted(synthetic.FAMILIES))

@@ -4,9 +4,11 @@ Why it looks like this (see ../shared/notes/tiny-testbed.md):
   * Answers are written least-significant digit first (`dots_jax.rewards.format_reversed`), then EOS:
     a tiny model learns carries in that order far faster than in normal order.
   * Families differ clearly in difficulty (digits, operation, number of carries), so that under uniform
-    sampling most groups of G samples are all-correct (no-carry additions) or all-wrong (2x2 products),
-    and the middle families hold skills RL can still improve (carry chains) that the harder held-out
-    questions of the same family reuse.
+    sampling most groups of G samples are all-correct or all-wrong. With the default families
+    (config.data.synthetic) the SFT'd tiny base solves 2-digit add/subtract almost always, 4-digit
+    add, three-term add and products almost never, and 3-digit add/subtract (carries, borrows) in
+    between: the skills RL can still improve. The carry-constrained families (add3_c2, ...) make
+    harder variants of the testbed.
   * The SFT stream is disjoint from the RL pool and the held-out split: SFT on the pool memorises it.
 
 A question is its problem string ("123+456="); the gold `answer` is the normal-order result ("579");
@@ -39,6 +41,12 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("add2", "+", (2, 2)),  # any number of carries
+    Family("add3", "+", (3, 3)),
+    Family("add4", "+", (4, 4)),
+    Family("sub2", "-", (2, 2)),
+    Family("sub3", "-", (3, 3)),
+    Family("mul2x1", "*", (2, 1)),
     Family("add2_nc", "+", (2, 2), 0, 0),  # no carries: near-certain after SFT
     Family("add3_nc", "+", (3, 3), 0, 0),
     Family("add3_c1", "+", (3, 3), 1, 1),  # one carry

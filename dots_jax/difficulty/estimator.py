@@ -191,10 +191,14 @@ def load_flat_params(model: nnx.Module, flat: dict[str, Any], *, where: str = "p
 
 def save_estimator(model: DifficultyEstimator, out_dir: str, extra: dict[str, Any] | None = None
                    ) -> None:
+  """Writes params.npz, then estimator.json (by rename, last): a directory with estimator.json holds
+  a complete estimator, which is what concurrent readers wait for."""
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "estimator.json"), "w") as f:
-    json.dump({"config": dataclasses.asdict(model.cfg), **(extra or {})}, f, indent=2)
   np.savez(os.path.join(out_dir, "params.npz"), **params_to_flat(model))
+  tmp = os.path.join(out_dir, f".estimator.json.{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump({"config": dataclasses.asdict(model.cfg), **(extra or {})}, f, indent=2)
+  os.replace(tmp, os.path.join(out_dir, "estimator.json"))
 
 
 def load_estimator(path: str) -> DifficultyEstimator:

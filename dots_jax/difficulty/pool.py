@@ -39,12 +39,18 @@ def default_out_dir(config: Any) -> str:
   f = config.selection.dots.fit
   if f.out_dir:
     return f.out_dir
-  key = json.dumps([config.data.train, embed.backbone_fingerprint(backbone_path(config)),
+  d = config.data
+  # Everything that changes which questions the pool holds or their labels.
+  key = json.dumps([d.train, d.synthetic.to_dict() if d.train == "synthetic" else d.manual_dir,
+                    d.max_prompt_tokens, d.prompt_overflow, d.system_prompt, d.chat_template,
+                    embed.backbone_fingerprint(backbone_path(config)),
                     embed.backbone_fingerprint(policy_path(config)), f.pool, f.heldout, f.group,
                     config.sampling.temperature, config.sampling.top_p,
-                    config.sampling.max_new_tokens, config.seed])
-  name = f"{config.data.train}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-  return os.path.join(os.path.dirname(embed.default_cache_dir()), "estimators", name)
+                    config.sampling.max_new_tokens, config.reward.kind, config.seed], default=list)
+  name = f"{d.train}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+  # Next to the embedding cache (selection.dots.embed_path, else $DOTS_JAX_CACHE/embeddings).
+  emb_dir = config.selection.dots.embed_path or embed.default_cache_dir()
+  return os.path.join(os.path.dirname(os.path.abspath(emb_dir)), "estimators", name)
 
 
 def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, group: int,

@@ -48,6 +48,9 @@ def estimator_config(config: Any, input_dim: int) -> EstimatorConfig:
 
 def load_or_init_estimator(config: Any, input_dim: int) -> DifficultyEstimator:
   path = config.selection.dots.estimator_path
+  if path == "auto":
+    from dots_jax.difficulty.train import ensure_estimator
+    path = ensure_estimator(config, log=logging.info)
   if not path:
     logging.warning("selection.dots.estimator_path is empty: DOTS runs with untrained adapters "
                     "(train one with `python -m dots_jax.difficulty.train`)")

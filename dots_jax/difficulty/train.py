@@ -3,17 +3,23 @@ fit the adapters and calibration head to the observed pass rates, save the estim
 
   python -m dots_jax.difficulty.train --config=configs/tiny.py
   then: --config.selection.dots.estimator_path=<printed directory> for DOTS runs.
+
+`selection.dots.estimator_path="auto"` (the tiny default) makes a DOTS run do this itself on first use
+and reuse the result (`ensure_estimator`), like the tiny base policy.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from typing import Any, Callable
 
 import numpy as np
 
 from dots_jax.difficulty.estimator import DifficultyEstimator, init_estimator, save_estimator
 from dots_jax.difficulty.fit import fit_estimator
-from dots_jax.difficulty.pool import Pool, prepare_pool
+from dots_jax.difficulty.pool import Pool, default_out_dir, prepare_pool
 from dots_jax.difficulty.setup import estimator_config
 
 
@@ -28,9 +34,45 @@ def train_on_pool(config: Any, pool: Pool, log: Callable[[str], None] = print
   head, tail = np.mean(losses[:50]), np.mean(losses[-50:])
   log(f"estimator: {f.steps} steps on {int(train.sum())} questions, BCE {head:.4f} -> {tail:.4f}")
   save_estimator(model, pool.out_dir, extra={
-      "train_questions": int(train.sum()), "steps": f.steps, "bce_first50": float(head),
+      "train_questions": int(train.sum()), "fit": fit_settings(config), "bce_first50": float(head),
       "bce_last50": float(tail)})
   return model
+
+
+def fit_settings(config: Any) -> dict[str, Any]:
+  """What the trained estimator depends on beyond the pool labels (which key its directory)."""
+  d = config.selection.dots
+  return {"fit": {k: d.fit[k] for k in ("steps", "lr", "warmup", "batch", "ref_size")},
+          "arch": [d.width, d.layers, d.dropout, d.score_tau], "seed": config.seed}
+
+
+def ensure_estimator(config: Any, log: Callable[[str], None] = print) -> str:
+  """Directory of the trained estimator for `config`, running the offline stage first if needed.
+
+  Reuses a saved estimator only when it was fitted with the current settings (else refits on the
+  cached pool labels). In a multi-process run process 0 does the work and the others wait for
+  estimator.json, which `save_estimator` writes last.
+  """
+  import jax
+
+  out_dir = default_out_dir(config)
+  marker = os.path.join(out_dir, "estimator.json")
+
+  def current() -> bool:
+    if not os.path.exists(marker):
+      return False
+    with open(marker) as f:
+      return json.load(f).get("fit") == json.loads(json.dumps(fit_settings(config)))
+
+  if current():
+    return out_dir
+  if jax.process_index() != 0:
+    while not current():
+      time.sleep(2.0)
+    return out_dir
+  log(f"== DOTS estimator: offline stage into {out_dir}")
+  train_on_pool(config, prepare_pool(config, log), log)
+  return out_dir
 
 
 def main(argv: Any) -> None:

@@ -45,6 +45,7 @@ class Qwen2Config:
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 32768
   head_dim_override: int | None = None
+  initializer_range: float = 0.02  # std of random init (HF's field; loading ignores it)
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   # Runtime, not architecture: compute dtype (activations, matmul inputs) and storage dtype of params.
@@ -94,6 +95,7 @@ class Qwen2Config:
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
         max_position_embeddings=hf.get("max_position_embeddings", 32768),
         head_dim_override=head_dim if head_dim and head_dim != default_head_dim else None,
+        initializer_range=hf.get("initializer_range", 0.02),
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=eos,
         **runtime,
@@ -121,7 +123,7 @@ class Qwen2Config:
         "use_sliding_window": False,
         "sliding_window": None,
         "attention_dropout": 0.0,
-        "initializer_range": 0.02,
+        "initializer_range": self.initializer_range,
         "use_cache": True,
         "torch_dtype": self.param_dtype,
         "bos_token_id": self.bos_token_id,
@@ -200,7 +202,7 @@ def _rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.A
 def _dense(din: int, dout: int, *, bias: bool, cfg: Qwen2Config, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(
       din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-      kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+      kernel_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs)
 
 
 class Attention(nnx.Module):
@@ -287,9 +289,9 @@ class Qwen2ForCausalLM(nnx.Module):
   def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
     self.cfg = cfg
     pd = jnp.dtype(cfg.param_dtype)
-    self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
-                                  param_dtype=pd, embedding_init=nnx.initializers.normal(0.02),
-                                  rngs=rngs)
+    self.embed_tokens = nnx.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype), param_dtype=pd,
+        embedding_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs)
     self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pd)
     if not cfg.tie_word_embeddings:

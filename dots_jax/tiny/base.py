@@ -51,6 +51,7 @@ def tiny_model_config(tiny: Any, vocab_size: int, eos_id: int, bos_id: int | Non
       intermediate_size=tiny.hidden_size * tiny.mlp_ratio, num_hidden_layers=tiny.num_layers,
       num_attention_heads=tiny.num_heads, num_key_value_heads=tiny.num_kv_heads,
       tie_word_embeddings=True, max_position_embeddings=tiny.max_positions,
+      rope_theta=tiny.rope_theta, initializer_range=tiny.init_std,
       bos_token_id=bos_id, eos_token_id=eos_id)
 
 
