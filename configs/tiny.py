@@ -47,7 +47,7 @@ def get_config(arg: str = ""):
   c.replay.fresh_fraction = 0.5
 
   # Reference rollouts cost ref_size / (round_steps * batch_questions) = 25% extra, the ratio of the
-  # DOTS reference script (K = 256 per 2 x 512 questions); 32 references cover the 11 families.
+  # DOTS reference script (K = 256 per 2 x 512 questions); 32 references cover all 8 families.
   c.selection.dots.ref_size = 32
   c.selection.dots.round_steps = 4
   c.selection.dots.estimator_path = "auto"  # offline stage on first use (~1 min here), then cached

@@ -62,7 +62,7 @@ def ensure_estimator(config: Any, log: Callable[[str], None] = print) -> str:
     if not os.path.exists(marker):
       return False
     with open(marker) as f:
-      return json.load(f).get("fit") == json.loads(json.dumps(fit_settings(config)))
+      return json.load(f).get("fit") == fit_settings(config)
 
   if current():
     return out_dir

@@ -45,7 +45,7 @@ class Qwen2Config:
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 32768
   head_dim_override: int | None = None
-  initializer_range: float = 0.02  # std of random init (HF's field; loading ignores it)
+  initializer_range: float = 0.02  # std of random init (HF's field; no effect on loaded weights)
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   # Runtime, not architecture: compute dtype (activations, matmul inputs) and storage dtype of params.
