@@ -420,8 +420,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ucfg = update.UpdateConfig.from_config(config)
   optimizer = update.make_optimizer(config.rl, config.total_steps, ucfg.updates_per_step)
   state_sh = update.train_state_shardings(optimizer, params, mesh)
+  # kl_beta != 0: the initial policy is the KL reference, kept as its own copy (the train state's
+  # params are donated every step) with the params' shardings.
+  ref_params = ref_sh = None
+  if config.rl.kl_beta != 0.0:
+    ref_sh = state_sh.params
+    ref_params = jax.device_put(jax.tree.map(lambda x: x.copy(), params), ref_sh)
   state = jax.device_put(update.init_train_state(params, optimizer, config.seed), state_sh)
-  update_fn = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh)
+  update_fn = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh,
+                                    ref_shardings=ref_sh)
   writer = metrics.MetricsWriter(workdir, tensorboard=config.log.tensorboard)
   progress = Progress()
 
@@ -504,7 +511,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # update
     with timer.phase("update"):
       batch = make_device_batch(rl_batch.make_batch(groups, is_replay, config.rl.adv_norm), mesh)
-      state, step_metrics = update_fn(state, batch)
+      state, step_metrics = update_fn(state, batch, ref_params)
       step_metrics = jax.device_get(step_metrics)
     update.raise_if_nonfinite(step_metrics, step)
     progress.seconds += time.perf_counter() - t_step
