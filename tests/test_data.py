@@ -178,3 +178,18 @@ def test_synthetic_sets_are_deterministic(tmp_path):
   c2.prepared_dir = str(tmp_path / "third")
   assert [q.problem for q in load_dataset(c2, "train").get_batch(range(60))] != \
       [train[i].problem for i in range(60)]
+
+
+def test_concurrent_prepare_of_the_same_content_opens_the_winner(tmp_path):
+  # Two jobs (parallel comparison runs) prepare the same set: the one that loses the final rename
+  # opens the winner's identical copy instead of failing.
+  from dots_jax.data import builder
+  rows = [Question(f"q{i}", i, f"{i}+1=", str(i + 1), {}) for i in range(5)]
+  root = str(tmp_path / "prepared")
+
+  def make_slow():  # while this job reads its source, another finishes the same preparation
+    builder.prepare("race", root, "k1", lambda: (rows, {"who": "winner"}))
+    return rows, {"who": "loser"}
+
+  source, meta = builder.prepare("race", root, "k1", make_slow)
+  assert meta["who"] == "winner" and len(source) == 5

@@ -99,11 +99,21 @@ def prepare(name: str, prepared_root: str, key: str,
   with that key exists yet.
   """
   data_dir = os.path.join(prepared_root, f"{name}-{key}")
-  builder = DotsQuestions(dataset_name=name, data_dir=data_dir, file_format="array_record")
+  open_builder = lambda: DotsQuestions(dataset_name=name, data_dir=data_dir,
+                                       file_format="array_record")
+  builder = open_builder()
   # TFDS writes dataset_info.json last, inside the atomically renamed directory.
-  if not os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json")):
+  done = lambda: os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json"))
+  if not done():
     # Read and validate everything before TFDS creates any directory: a bad row leaves no trace.
     builder.questions = make_questions()
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    try:
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    except FileExistsError:
+      # Another job (a parallel comparison run) prepared the same content, identical by key, and
+      # renamed its copy into place first.
+      if not done():
+        raise
+    builder = open_builder()  # what is on disk now, whoever wrote it
   return builder.as_data_source(split="train"), dict(builder.info.metadata)
