@@ -131,6 +131,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(every=25, k=1, temperature=0.0, top_p=1.0,
                                           max_new_tokens=16, max_questions=0, batch=256))
   c.eval.out = "eval_results.json"  # JSON report of `python -m dots_jax.evaluate`
+  # Question meta field to break accuracy down by ("" = none): "family" for the synthetic sets,
+  # "level" or "subject" for MATH-style sets.
+  c.eval.group_by = ""
+  # exact: score the one correct completion instead of sampling (synthetic sets, temperature 1):
+  # the expected accuracy with no sampling noise, from one forward pass.
+  c.eval.exact = False
 
   # Checkpoints and logs (dots_jax.rl.checkpoint, dots_jax.rl.metrics).
   c.ckpt = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False))

@@ -9,6 +9,7 @@ CLI: python -m dots_jax.evaluate --config=configs/tiny.py --config.model.path=DI
   temperature/top-p of config.eval, prints and writes JSON to config.eval.out.
 """
 
+import functools
 import json
 import math
 import os
@@ -25,6 +26,8 @@ from dots_jax.data.sources import DOTS_AVERAGE_SETS
 from dots_jax.rewards import score_batch
 
 GenerateFn = Callable[[list[list[int]], int, Any], list[list[str]]]
+# (prompt token lists, completion token lists) -> log p(completion | prompt) per row, float64 [B].
+ExactFn = Callable[[list[list[int]], list[list[int]]], np.ndarray]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -62,6 +65,37 @@ def summarize(scores_QxK: np.ndarray) -> dict:
   return out
 
 
+def summarize_exact(p_Q: np.ndarray, k: int) -> dict:
+  """Metrics from each question's exact probability of a correct temperature-1 sample.
+
+  avg@1 is the expected accuracy (the limit of avg@k over infinitely many samples); pass@k = 1 -
+  (1 - p)^k is exact for k independent samples. The standard error is over questions only: there is
+  no sampling noise left, so two policies evaluated on the same questions differ by exactly their
+  difference in expected accuracy.
+  """
+  p_Q = np.asarray(p_Q, np.float64)
+  if p_Q.ndim != 1 or p_Q.size == 0:
+    raise ValueError(f"summarize_exact expects a non-empty [questions] array, got {p_Q.shape}")
+  q = p_Q.size
+  out = {"num_questions": q, "k": 1, "exact": True, "avg@1": float(p_Q.mean()),
+         "stderr": float(p_Q.std(ddof=1) / math.sqrt(q)) if q > 1 else 0.0}
+  for kk in pass_ks(k):
+    out[f"pass@{kk}"] = float(np.mean(1.0 - (1.0 - p_Q) ** kk))
+  return out
+
+
+def group_accuracy(scores_QxK: np.ndarray, groups_Q: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Mean accuracy, question count and standard error per group label."""
+  per_question_Q = np.asarray(scores_QxK, np.float64).mean(axis=1)
+  labels_Q = np.asarray(groups_Q)
+  out = {}
+  for g in sorted(set(groups_Q)):
+    acc = per_question_Q[labels_Q == g]
+    out[g] = {"n": int(acc.size), "accuracy": float(acc.mean()),
+              "stderr": float(acc.std(ddof=1) / math.sqrt(acc.size)) if acc.size > 1 else 0.0}
+  return out
+
+
 def dots_average(results: Mapping[str, dict]) -> float | None:
   """Mean avg@k over GSM8K, MATH500, Minerva Math and OlympiadBench; None unless all four ran."""
   if not all(name in results for name in DOTS_AVERAGE_SETS):
@@ -92,11 +126,17 @@ class Evaluator:
 
   def __init__(self, config: Any, tokenizer: Any, sets: Mapping[str, QuestionSet] | None = None):
     self.config = config
+    if config.eval.exact and (config.eval.temperature != 1.0 or config.eval.top_p != 1.0):
+      raise ValueError(f"config.eval.exact=True computes the accuracy of temperature-1 sampling; it "
+                       f"needs config.eval.temperature=1.0 and top_p=1.0, got "
+                       f"{config.eval.temperature} and {config.eval.top_p}")
     if sets is None:
       sets = {name: load_dataset(config.data, name) for name in config.data.eval_sets}
     self.prompts: dict[str, list[list[int]]] = {}
     self.golds: dict[str, list[str]] = {}
     self.prompt_counts: dict[str, dict] = {}
+    self.groups: dict[str, list[str]] = {}
+    self.targets: dict[str, list[list[int]]] = {}  # exact mode: the one correct completion's tokens
     for name, qs in sets.items():
       n = len(qs) if config.eval.max_questions <= 0 else min(len(qs), config.eval.max_questions)
       questions = qs.get_batch(range(n))  # the first n: the same questions at every evaluation
@@ -107,6 +147,13 @@ class Evaluator:
       self.prompts[name] = batch.tokens
       self.golds[name] = [questions[i].answer for i in batch.kept]
       self.prompt_counts[name] = dict(batch.counts)
+      # Per-group breakdown (synthetic family, MATH level/subject): where a change in accuracy comes
+      # from. A question without the meta field counts in group "(none)".
+      key = config.eval.group_by
+      self.groups[name] = ([str(questions[i].meta.get(key, "(none)")) for i in batch.kept]
+                           if key else [])
+      if config.eval.exact:
+        self.targets[name] = exact_targets(name, self.golds[name], tokenizer)
 
   def _samples(self, name: str, generate: GenerateFn, k: int, rng: Any) -> list[list[str]]:
     import jax  # rng is a JAX key; each batch gets its own stream
@@ -121,12 +168,27 @@ class Evaluator:
       out.extend(completions)
     return out
 
-  def run(self, generate: GenerateFn, rng: Any, step: int | None = None) -> dict:
-    """Evaluates every set; returns {"sets": {name: metrics}, "dots_average", "step", ...}."""
+  def run(self, generate: GenerateFn, rng: Any, step: int | None = None,
+          exact: ExactFn | None = None) -> dict:
+    """Evaluates every set; returns {"sets": {name: metrics}, "dots_average", "step", ...}.
+
+    With config.eval.exact, `exact` scores each set's one correct completion instead of sampling.
+    """
     import jax
     k = self.config.eval.k
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
+    if self.config.eval.exact:
+      if exact is None:
+        raise ValueError("config.eval.exact=True: Evaluator.run needs the exact scoring function")
+      for name in self.prompts:
+        p_Q = self._exact_pass(name, exact)
+        metrics = summarize_exact(p_Q, k)
+        if self.groups[name]:
+          metrics["groups"] = group_accuracy(p_Q[:, None], self.groups[name])
+        metrics["prompts"] = self.prompt_counts[name]
+        results[name] = metrics
+      return self._report(results, step, t0)
     for i, name in enumerate(self.prompts):
       completions = self._samples(name, generate, k, jax.random.fold_in(rng, i))
       golds = [g for g in self.golds[name] for _ in range(k)]
@@ -135,12 +197,80 @@ class Evaluator:
                                   timeout_s=self.config.reward.timeout_s,
                                   workers=self.config.reward.workers)
       metrics = summarize(scores.reshape(-1, k))
+      if self.groups[name]:
+        metrics["groups"] = group_accuracy(scores.reshape(-1, k), self.groups[name])
       metrics["prompts"] = self.prompt_counts[name]
       metrics["reward_reasons"] = dict(stats.counts)
       results[name] = metrics
+    return self._report(results, step, t0)
+
+  def _exact_pass(self, name: str, exact: ExactFn) -> np.ndarray:
+    prompts, targets, size = self.prompts[name], self.targets[name], self.config.eval.batch
+    logp = [np.asarray(exact(prompts[s:s + size], targets[s:s + size]), np.float64)
+            for s in range(0, len(prompts), size)]
+    return np.exp(np.concatenate(logp))
+
+  def _report(self, results: dict[str, dict], step: int | None, t0: float) -> dict:
     return {"step": step, "sets": results, "dots_average": dots_average(results),
             "dots_average_sets": list(DOTS_AVERAGE_SETS), "seconds": time.perf_counter() - t0,
-            "temperature": self.config.eval.temperature, "top_p": self.config.eval.top_p}
+            "temperature": self.config.eval.temperature, "top_p": self.config.eval.top_p,
+            "exact": bool(self.config.eval.exact)}
+
+
+def exact_targets(name: str, golds: Sequence[str], tokenizer: Any) -> list[list[int]]:
+  """Token ids of the only completion the reward accepts for each gold: exact evaluation exists
+  where that completion is unique (the reversed-digit synthetic sets), not for free-form math."""
+  if reward_kind(name) != "reversed_digits":
+    raise ValueError(f"config.eval.exact=True: eval set {name!r} is scored by the math verifier, "
+                     "which accepts many completions; exact evaluation covers the synthetic sets "
+                     "only (set config.eval.exact=False to sample)")
+  from dots_jax.rewards.reversed_digits import format_reversed
+  eos = tokenizer.eos_token_id
+  return [tokenizer.encode(format_reversed(g), add_special_tokens=False) + [eos] for g in golds]
+
+
+def exact_logprob_fn(config: Any, graphdef: Any, params: Any, mesh: Any = None) -> ExactFn:
+  """An ExactFn at `params`: one forward pass per batch of config.eval.batch rows (padded to that
+  size, and to a multiple of the data-parallel shards, so every call has one compiled shape)."""
+  import jax
+
+  from dots_jax.model.sharding import batch_sharding, to_host
+  length = max(config.data.prompt_buckets) + config.eval.max_new_tokens
+  shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+  rows = -(-config.eval.batch // shards) * shards
+  score = _exact_jit(graphdef)
+
+  def exact(prompts: list[list[int]], completions: list[list[int]]) -> np.ndarray:
+    n = len(prompts)
+    if n > rows or n != len(completions):
+      raise ValueError(f"exact scoring takes up to {rows} (prompt, completion) pairs, got "
+                       f"{n} prompts and {len(completions)} completions")
+    tokens = np.zeros((rows, length), np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    loss = np.zeros((rows, length), np.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+      seq = list(p) + list(c)
+      if len(seq) > length:
+        raise ValueError(f"prompt + target of {len(seq)} tokens exceeds the eval length {length}; "
+                         "raise config.eval.max_new_tokens")
+      tokens[i, length - len(seq):], mask[i, length - len(seq):] = seq, 1
+      loss[i, length - len(c):] = 1.0
+    batch = (tokens, mask, loss)
+    if mesh is not None:  # every process passes the same rows (as the training batch)
+      batch = tuple(jax.device_put(a, batch_sharding(mesh, 2)) for a in batch)
+    return to_host(score(params, *batch))[:n]
+
+  return exact
+
+
+@functools.lru_cache(maxsize=None)
+def _exact_jit(graphdef: Any) -> Any:
+  """One jitted scorer per model structure (evaluations at new params reuse its compilation)."""
+  import jax
+  from flax import nnx
+
+  from dots_jax.tiny.sft import completion_logprob
+  return jax.jit(lambda p, t, m, l: completion_logprob(nnx.merge(graphdef, p), t, m, l)[0])
 
 
 def flat_metrics(report: dict, prefix: str = "eval/") -> dict[str, float]:
@@ -149,6 +279,8 @@ def flat_metrics(report: dict, prefix: str = "eval/") -> dict[str, float]:
   for name, m in report["sets"].items():
     for key in [f"avg@{m['k']}", "stderr"] + [f"pass@{kk}" for kk in pass_ks(m["k"])]:
       out[f"{prefix}{name}/{key}"] = m[key]
+    for group, g in m.get("groups", {}).items():
+      out[f"{prefix}{name}/group/{group}"] = g["accuracy"]
   if report["dots_average"] is not None:
     out[f"{prefix}dots_average"] = report["dots_average"]
   return out
@@ -200,8 +332,9 @@ def evaluate_checkpoint(config: Any, path: str = "") -> dict:
   from flax import nnx
   graphdef, params = nnx.split(model)
   sampler = make_eval_sampler(config, qcfg, graphdef, tokenizer, mesh)
+  exact = exact_logprob_fn(config, graphdef, params, mesh) if config.eval.exact else None
   report = Evaluator(config, tokenizer).run(sampler_generate(config, sampler, params, tokenizer),
-                                            jax.random.key(config.seed))
+                                            jax.random.key(config.seed), exact=exact)
   report["model_path"] = path
   return report
 

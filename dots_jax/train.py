@@ -472,7 +472,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def run_eval(step: int) -> dict[str, float]:
     generate = evaluate.sampler_generate(config, eval_sampler, state.params, tokenizer)
-    report = evaluator.run(generate, jax.random.fold_in(eval_key, step), step)
+    exact = (evaluate.exact_logprob_fn(config, graphdef, state.params, mesh)
+             if config.eval.exact else None)
+    report = evaluator.run(generate, jax.random.fold_in(eval_key, step), step, exact=exact)
     flat = evaluate.flat_metrics(report)
     first = next(iter(report["sets"].values()))
     progress.last_eval = float(first[f"avg@{first['k']}"])

@@ -112,6 +112,39 @@ def test_evaluator_with_fake_generate(tmp_path):
   assert json.loads(path.read_text())["sets"]["math500"]["pass@4"] == 0.5
 
 
+def test_evaluator_breaks_accuracy_down_by_meta_group():
+  tok = make_char_tokenizer()
+  c = base_config()
+  c.data.update(chat_template=False, system_prompt="none", max_prompt_tokens=12)
+  c.eval.update(k=2, batch=8, group_by="family")
+  c.reward.update(workers=0)
+  rows = [("1+1=", "2", "add"), ("2+2=", "4", "add"), ("3-1=", "2", "sub"), ("5*5=", "25", None)]
+  qs = _FakeSet("synthetic_heldout", [(p, a) for p, a, _ in rows])
+  for q, (_, _, fam) in zip(qs.rows, rows):
+    if fam:
+      q.meta["family"] = fam
+  right = {"1+1=", "3-1="}  # both samples right on these, one of two on "5*5=", none on "2+2="
+
+  def generate(prompts, k, rng):
+    out = []
+    for ids in prompts:
+      problem = tok.decode(ids)
+      gold = format_reversed(next(a for p, a, _ in rows if p == problem))
+      out.append([gold, gold] if problem in right else [gold, "0"] if problem == "5*5=" else ["0", "0"])
+    return out
+
+  report = Evaluator(c, tok, sets={"synthetic_heldout": qs}).run(generate, jax.random.key(0))
+  groups = report["sets"]["synthetic_heldout"]["groups"]
+  assert {g: (v["n"], v["accuracy"]) for g, v in groups.items()} == {
+      "add": (2, 0.5), "sub": (1, 1.0), "(none)": (1, 0.5)}
+  assert groups["add"]["stderr"] == pytest.approx(0.5)  # per-question accuracies 1 and 0
+  flat = flat_metrics(report)
+  assert flat["eval/synthetic_heldout/group/add"] == 0.5
+  c.eval.group_by = ""
+  report = Evaluator(c, tok, sets={"synthetic_heldout": qs}).run(generate, jax.random.key(0))
+  assert "groups" not in report["sets"]["synthetic_heldout"]
+
+
 def test_evaluator_rejects_wrong_number_of_completions():
   tok = make_char_tokenizer()
   c = base_config()
@@ -139,3 +172,55 @@ def test_evaluate_checkpoint_end_to_end(tmp_path):
   assert sum(m["reward_reasons"].values()) == 20  # every sample was decoded and scored
   assert 0.0 <= m["avg@2"] <= m["pass@2"] <= 1.0
   assert report["model_path"] == path
+
+
+def test_exact_scores_equal_the_samplers_log_probs_and_exact_eval_runs(tmp_path):
+  """exact_logprob_fn(prompt, completion) is log p of that completion: it equals the summed per-token
+  log-probs the sampler reported when it drew it (left padding, positions and EOS all line up, on
+  the 8-device mesh); and the exact evaluation of a checkpoint reports exp of the target's log p."""
+  from flax import nnx
+  from hf_fixtures import make_tiny_hf_checkpoint
+
+  from dots_jax.evaluate import evaluate_checkpoint, exact_logprob_fn, make_eval_sampler
+  from dots_jax.model.hf_io import load_policy, load_tokenizer
+  from dots_jax.model.sharding import make_mesh
+  from dots_jax.sampling.sampler import pad_prompts
+  path = make_tiny_hf_checkpoint(tmp_path / "ckpt")
+  c = base_config()
+  c.data.update(train="synthetic", eval_sets=("synthetic_heldout",), chat_template=False,
+                max_prompt_tokens=16, prompt_buckets=(16,), prepared_dir=str(tmp_path / "prepared"))
+  c.data.synthetic.update(train_size=24, heldout_size=10)
+  c.eval.update(k=2, temperature=1.0, max_new_tokens=4, batch=8, exact=True)
+  mesh = make_mesh(c.mesh)
+  qcfg, model = load_policy(path, mesh=mesh)
+  tok = load_tokenizer(path)
+  graphdef, params = nnx.split(model)
+  prompts = [tok.encode(p, add_special_tokens=False) for p in ("12+3=", "7+8=", "99+1=", "5=")] * 2
+  sampler = make_eval_sampler(c, qcfg, graphdef, tok, mesh)
+  out = sampler.generate(params, *pad_prompts(prompts, c.data.prompt_buckets, sampler.pad_id),
+                         jax.random.key(3), num_samples=1, temperature=1.0)
+  completions = [out.tokens_NxR[r, :out.lengths_N[r]].tolist() for r in range(len(prompts))]
+  want = np.asarray([(out.logp_NxR[r] * out.mask_NxR[r]).sum() for r in range(len(prompts))])
+  got = exact_logprob_fn(c, graphdef, params, mesh)(prompts, completions)
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  assert got.shape == (8,) and np.all(got < 0)
+
+  report = evaluate_checkpoint(c, path)
+  m = report["sets"]["synthetic_heldout"]
+  assert report["exact"] and m["exact"] and m["num_questions"] == 10 and m["k"] == 1
+  assert 0.0 < m["avg@1"] <= m["pass@2"] < 1.0
+  c.eval.temperature = 0.0
+  with pytest.raises(ValueError, match="needs config.eval.temperature=1.0"):
+    evaluate_checkpoint(c, path)
+  c.eval.temperature, c.data.eval_sets = 1.0, ("math500",)
+  with pytest.raises(ValueError, match="synthetic sets only"):
+    Evaluator(c, tok, sets={"math500": _FakeSet("math500", [("2+2?", "4")])})
+
+
+def test_summarize_exact():
+  from dots_jax.evaluate import summarize_exact
+  m = summarize_exact(np.array([0.0, 0.5, 1.0, 0.5]), k=4)
+  assert m["avg@1"] == 0.5 and m["k"] == 1 and m["exact"]
+  assert m["pass@2"] == pytest.approx((0 + 0.75 + 1 + 0.75) / 4)
+  assert m["pass@4"] == pytest.approx((0 + 0.9375 + 1 + 0.9375) / 4)
+  assert m["stderr"] == pytest.approx(np.std([0, 0.5, 1, 0.5], ddof=1) / 2)
