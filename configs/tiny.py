@@ -42,9 +42,9 @@ def get_config(arg: str = ""):
   c.rl.batch_questions = 32
   # lr 3e-5 after 20 warmup steps (Adam's first steps are sign-like: every parameter moves by ~lr).
   # Measured with exact held-out evaluation, uniform GRPO, 100 steps: 3e-5 rises steadily
-  # (0.3516 -> 0.3570, sub3 0.514 -> 0.550, no family loses); 1e-4 swings (sub3 0.41..0.53 between
-  # evaluations 10 steps apart, easy families forget) and ends flat (0.3535); kl_beta 0.1 at 1e-4
-  # damps it only partly (0.3503).
+  # (0.3516 -> 0.3570, sub3 0.514 -> 0.550, no family loses). 1e-4 (with adam_eps 1e-4) swings
+  # (sub3 0.41..0.53 between evaluations 10 steps apart, add2 0.969 -> 0.955) and ends flat at
+  # 0.3535; kl_beta 0.1 at 1e-4 ends at 0.3503.
   c.rl.lr = 3e-5
   c.rl.warmup_steps = 20
   c.rl.grad_clip = 1.0
@@ -63,8 +63,8 @@ def get_config(arg: str = ""):
   # Held-out accuracy of temperature-1 sampling (what GRPO optimises), computed exactly from each
   # question's probability of its one correct completion: no sampling noise, so methods compared on
   # these 4000 questions differ by exactly their difference in expected accuracy (the reported
-  # standard error, ~0.006, is over questions). eval.exact=False samples k answers instead.
-  c.eval.every = 10  # exact evaluation costs ~1 s: a fine curve for time-to-target
+  # standard error, 0.0067, is over questions). eval.exact=False samples k answers instead.
+  c.eval.every = 10  # exact evaluation costs ~2 s: a fine curve for time-to-target
   c.eval.exact = True
   c.eval.k = 2
   c.eval.temperature = 1.0

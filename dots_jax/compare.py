@@ -136,7 +136,9 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]]) -> dict[str, An
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-  fmt = lambda x, spec: "never" if not np.isfinite(x) else format(x, spec)
+  # ".0f%" prints a percentage of a value already in percent (format's "%" would multiply by 100).
+  fmt = lambda x, spec: "never" if not np.isfinite(x) else (
+      format(x, spec[:-1]) + "%" if spec.endswith("%") else format(x, spec))
   has_ds = any("rollouts_vs_ds" in m for m in result["summary"].values())
   head = ("| method | final acc (sd) | reached | seconds to target | rollouts to target | "
           "time vs GRPO | time saving | rollout saving | zero-var first/last 10% |"
@@ -146,7 +148,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     row = (f"| {method} | {m['final_accuracy']:.4f} ({m['final_accuracy_sd']:.4f}) | "
            f"{m['reached']}/{m['seeds']} | {fmt(m['seconds_to_target'], '.0f')} | "
            f"{fmt(m['rollouts_to_target'], ',.0f')} | {fmt(m['time_ratio'], '.2f')} | "
-           f"{fmt(m['time_saving_pct'], '.0f')}% | {fmt(m['rollout_saving_pct'], '.0f')}% | "
+           f"{fmt(m['time_saving_pct'], '.0f%')} | {fmt(m['rollout_saving_pct'], '.0f%')} | "
            f"{fmt(m['zero_var_first'], '.2f')}/{fmt(m['zero_var_last'], '.2f')} |")
     if has_ds:
       row += f" {fmt(m.get('rollouts_vs_ds', float('nan')), '.2f')} |"
