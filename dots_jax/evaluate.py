@@ -235,6 +235,7 @@ def exact_logprob_fn(config: Any, graphdef: Any, params: Any, mesh: Any = None) 
   import jax
 
   from dots_jax.model.sharding import batch_sharding, to_host
+  from dots_jax.tiny.sft import pack_completions
   length = max(config.data.prompt_buckets) + config.eval.max_new_tokens
   shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   rows = -(-config.eval.batch // shards) * shards
@@ -245,17 +246,9 @@ def exact_logprob_fn(config: Any, graphdef: Any, params: Any, mesh: Any = None) 
     if n > rows or n != len(completions):
       raise ValueError(f"exact scoring takes up to {rows} (prompt, completion) pairs, got "
                        f"{n} prompts and {len(completions)} completions")
-    tokens = np.zeros((rows, length), np.int32)
-    mask = np.zeros((rows, length), np.int32)
-    loss = np.zeros((rows, length), np.float32)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-      seq = list(p) + list(c)
-      if len(seq) > length:
-        raise ValueError(f"prompt + target of {len(seq)} tokens exceeds the eval length {length}; "
-                         "raise config.eval.max_new_tokens")
-      tokens[i, length - len(seq):], mask[i, length - len(seq):] = seq, 1
-      loss[i, length - len(c):] = 1.0
-    batch = (tokens, mask, loss)
+    batch = pack_completions(prompts, completions, length, rows=rows,
+                             name=lambda i: f"exact evaluation row {i}",
+                             hint="raise config.eval.max_new_tokens")
     if mesh is not None:  # every process passes the same rows (as the training batch)
       batch = tuple(jax.device_put(a, batch_sharding(mesh, 2)) for a in batch)
     return to_host(score(params, *batch))[:n]

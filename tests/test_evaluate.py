@@ -224,3 +224,14 @@ def test_summarize_exact():
   assert m["pass@2"] == pytest.approx((0 + 0.75 + 1 + 0.75) / 4)
   assert m["pass@4"] == pytest.approx((0 + 0.9375 + 1 + 0.9375) / 4)
   assert m["stderr"] == pytest.approx(np.std([0, 0.5, 1, 0.5], ddof=1) / 2)
+
+
+def test_pack_completions_left_pads_and_names_the_row_too_long():
+  from dots_jax.tiny.sft import pack_completions
+  tok, mask, loss = pack_completions([[5, 6], [7]], [[1, 2], [3]], 5, rows=3)
+  assert tok.tolist() == [[0, 5, 6, 1, 2], [0, 0, 0, 7, 3], [0] * 5]
+  assert mask.tolist() == [[0, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0] * 5]
+  assert loss.tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 0, 1], [0] * 5]
+  with pytest.raises(ValueError, match=r"exact row 1 needs 6 tokens > 5; raise it"):
+    pack_completions([[1], [1, 2, 3]], [[1], [4, 5, 6]], 5, name=lambda i: f"exact row {i}",
+                     hint="raise it")

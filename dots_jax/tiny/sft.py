@@ -21,24 +21,37 @@ from dots_jax.rewards.reversed_digits import format_reversed
 from dots_jax.model.qwen2 import Qwen2ForCausalLM, sequence_logprobs
 
 
-def encode_examples(rows: list[tuple[str, str, str]], prompt_fn: Callable[[str], list[int]],
-                    encode: Callable[[str], list[int]], eos_id: int, length: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Left-padded (prompt + reversed answer + EOS) tokens, token mask and completion (loss) mask."""
-  tokens = np.zeros((len(rows), length), np.int32)
-  mask = np.zeros((len(rows), length), np.int32)
-  loss_mask = np.zeros((len(rows), length), np.float32)
-  for i, (problem, answer, _) in enumerate(rows):
-    prompt = list(prompt_fn(problem))
-    completion = list(encode(format_reversed(answer))) + [eos_id]
-    seq = prompt + completion
+def pack_completions(prompts: list[list[int]], completions: list[list[int]], length: int, *,
+                     rows: int | None = None, name: Callable[[int], str] = lambda i: f"row {i}",
+                     hint: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Left-padded (prompt + completion) tokens, token mask and completion (loss) mask, [rows, length].
+
+  Rows beyond len(prompts) (`rows` pads a batch to one compiled shape) are all padding. A prompt +
+  completion longer than `length` raises ValueError naming the row (`name(i)`) and `hint`.
+  """
+  n = len(prompts) if rows is None else rows
+  tokens = np.zeros((n, length), np.int32)
+  mask = np.zeros((n, length), np.int32)
+  loss_mask = np.zeros((n, length), np.float32)
+  for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+    seq = list(prompt) + list(completion)
     if len(seq) > length:
-      raise ValueError(f"SFT example {problem!r} needs {len(seq)} tokens > {length}; raise "
-                       "config.data.max_prompt_tokens or config.sampling.max_new_tokens")
+      raise ValueError(f"{name(i)} needs {len(seq)} tokens > {length}; {hint}")
     tokens[i, length - len(seq):] = seq
     mask[i, length - len(seq):] = 1
     loss_mask[i, length - len(completion):] = 1.0
   return tokens, mask, loss_mask
+
+
+def encode_examples(rows: list[tuple[str, str, str]], prompt_fn: Callable[[str], list[int]],
+                    encode: Callable[[str], list[int]], eos_id: int, length: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Left-padded (prompt + reversed answer + EOS) tokens, token mask and completion (loss) mask."""
+  return pack_completions(
+      [list(prompt_fn(problem)) for problem, _, _ in rows],
+      [list(encode(format_reversed(answer))) + [eos_id] for _, answer, _ in rows], length,
+      name=lambda i: f"SFT example {rows[i][0]!r}",
+      hint="raise config.data.max_prompt_tokens or config.sampling.max_new_tokens")
 
 
 def completion_logprob(model: Qwen2ForCausalLM, tokens_BxT: jax.Array, mask_BxT: jax.Array,
