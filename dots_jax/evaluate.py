@@ -178,29 +178,25 @@ class Evaluator:
     k = self.config.eval.k
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
-    if self.config.eval.exact:
-      if exact is None:
-        raise ValueError("config.eval.exact=True: Evaluator.run needs the exact scoring function")
-      for name in self.prompts:
-        p_Q = self._exact_pass(name, exact)
-        metrics = summarize_exact(p_Q, k)
-        if self.groups[name]:
-          metrics["groups"] = group_accuracy(p_Q[:, None], self.groups[name])
-        metrics["prompts"] = self.prompt_counts[name]
-        results[name] = metrics
-      return self._report(results, step, t0)
+    if self.config.eval.exact and exact is None:
+      raise ValueError("config.eval.exact=True: Evaluator.run needs the exact scoring function")
     for i, name in enumerate(self.prompts):
-      completions = self._samples(name, generate, k, jax.random.fold_in(rng, i))
-      golds = [g for g in self.golds[name] for _ in range(k)]
-      flat = [c for row in completions for c in row]
-      scores, stats = score_batch(flat, golds, kind=reward_kind(name),
-                                  timeout_s=self.config.reward.timeout_s,
-                                  workers=self.config.reward.workers)
-      metrics = summarize(scores.reshape(-1, k))
+      if self.config.eval.exact:
+        scores_QxK = self._exact_pass(name, exact)[:, None]
+        metrics = summarize_exact(scores_QxK[:, 0], k)
+      else:
+        completions = self._samples(name, generate, k, jax.random.fold_in(rng, i))
+        golds = [g for g in self.golds[name] for _ in range(k)]
+        flat = [c for row in completions for c in row]
+        scores, stats = score_batch(flat, golds, kind=reward_kind(name),
+                                    timeout_s=self.config.reward.timeout_s,
+                                    workers=self.config.reward.workers)
+        scores_QxK = scores.reshape(-1, k)
+        metrics = summarize(scores_QxK)
+        metrics["reward_reasons"] = dict(stats.counts)
       if self.groups[name]:
-        metrics["groups"] = group_accuracy(scores.reshape(-1, k), self.groups[name])
+        metrics["groups"] = group_accuracy(scores_QxK, self.groups[name])
       metrics["prompts"] = self.prompt_counts[name]
-      metrics["reward_reasons"] = dict(stats.counts)
       results[name] = metrics
     return self._report(results, step, t0)
 
@@ -224,9 +220,10 @@ def exact_targets(name: str, golds: Sequence[str], tokenizer: Any) -> list[list[
     raise ValueError(f"config.eval.exact=True: eval set {name!r} is scored by the math verifier, "
                      "which accepts many completions; exact evaluation covers the synthetic sets "
                      "only (set config.eval.exact=False to sample)")
-  from dots_jax.rewards.reversed_digits import format_reversed
-  eos = tokenizer.eos_token_id
-  return [tokenizer.encode(format_reversed(g), add_special_tokens=False) + [eos] for g in golds]
+  from dots_jax.tiny.base import answer_encoder
+  from dots_jax.tiny.sft import target_tokens
+  encode = answer_encoder(tokenizer)
+  return [target_tokens(g, encode, tokenizer.eos_token_id) for g in golds]
 
 
 def exact_logprob_fn(config: Any, graphdef: Any, params: Any, mesh: Any = None) -> ExactFn:

@@ -43,13 +43,18 @@ def pack_completions(prompts: list[list[int]], completions: list[list[int]], len
   return tokens, mask, loss_mask
 
 
+def target_tokens(answer: str, encode: Callable[[str], list[int]], eos_id: int) -> list[int]:
+  """The one completion the reversed-digit reward accepts for `answer`: reversed digits, then EOS."""
+  return list(encode(format_reversed(answer))) + [eos_id]
+
+
 def encode_examples(rows: list[tuple[str, str, str]], prompt_fn: Callable[[str], list[int]],
                     encode: Callable[[str], list[int]], eos_id: int, length: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Left-padded (prompt + reversed answer + EOS) tokens, token mask and completion (loss) mask."""
   return pack_completions(
       [list(prompt_fn(problem)) for problem, _, _ in rows],
-      [list(encode(format_reversed(answer))) + [eos_id] for _, answer, _ in rows], length,
+      [target_tokens(answer, encode, eos_id) for _, answer, _ in rows], length,
       name=lambda i: f"SFT example {rows[i][0]!r}",
       hint="raise config.data.max_prompt_tokens or config.sampling.max_new_tokens")
 
