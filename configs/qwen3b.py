@@ -6,11 +6,11 @@
 There is no Qwen2.5-Math-3B; the DOTS paper's 3B runs use the base Qwen2.5-3B.
 """
 
-from dots_jax.train import apply_config_arg, real_model_config
+from dots_jax.config_common import apply_config_arg, dots_reference
 
 
 def get_config(arg: str = ""):
-  c = real_model_config(variant="3B", model_path="")
+  c = dots_reference("3B")
   c.mesh.update(data=-1, fsdp=4, tensor=1)  # params + AdamW over 4 devices, data parallel beyond
   c.rl.micro_batch = 32
   return apply_config_arg(c, arg)

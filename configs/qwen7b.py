@@ -9,11 +9,11 @@
 over `fsdp` (default: all devices), micro-batches bound the activations.
 """
 
-from dots_jax.train import apply_config_arg, real_model_config
+from dots_jax.config_common import apply_config_arg, dots_reference
 
 
 def get_config(arg: str = ""):
-  c = real_model_config(variant="Math-7B", model_path="")
+  c = dots_reference("Math-7B")
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   c.rl.micro_batch = 16
   return apply_config_arg(c, arg)

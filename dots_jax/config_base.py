@@ -49,9 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   # The tiny base policy (dots_jax.tiny): created on first use when model.path is empty, cached
   # under cache_dir (empty = $DOTS_JAX_CACHE or ~/.cache/dots_jax) keyed by a hash of this section
   # and data.synthetic.
-  # init_std ~ 1/sqrt(hidden_size): Qwen's 0.02 (made for d >= 896) left SFT at pass rate 0.02 after
-  # 500 steps where 0.088 reached 0.20; rope_theta 1e4 resolves positions in 24-token sequences
-  # better than Qwen's 1e6.
+  # init_std ~ 1/sqrt(hidden_size): Qwen's 0.02 is made for d >= 896 and slows SFT of a width-128
+  # model; rope_theta 1e4 resolves positions in short sequences better than Qwen's 1e6
+  # (docs/TESTBED.md).
   c.tiny = ml_collections.ConfigDict(dict(
       hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, mlp_ratio=4, max_positions=256,
       rope_theta=10_000.0, init_std=0.088,
@@ -93,8 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.min_lr_ratio = 0.0  # cosine decays to lr * min_lr_ratio
   c.rl.adam_eps = 1e-8
 
-  # Rollout replay (dots_jax.rl.replay).
-  c.replay = ml_collections.ConfigDict(dict(enabled=False, capacity=256, fresh_fraction=0.5))
+  # Rollout replay (dots_jax.rl.replay), on for the methods that have it (dots_jax.methods).
+  c.replay = ml_collections.ConfigDict(dict(capacity=256, fresh_fraction=0.5))
 
   # Online data selection (dots_jax.selection, dots_jax.difficulty).
   c.selection = ml_collections.ConfigDict()
@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.selection.mopps = ml_collections.ConfigDict(dict(prior_a=1.0, prior_b=1.0, forget=0.9, alpha=0.5))
   # DOTS details. embed_path: embedding cache directory ("" = $DOTS_JAX_CACHE or ~/.cache/dots_jax,
   # then /embeddings); backbone: checkpoint embedding the questions ("" = model.path, the initial
-  # policy); estimator_path: output of `python -m dots_jax.difficulty.train`, "auto" = that offline
+  # policy); estimator_path: output of `python -m dots_jax.difficulty.offline`, "auto" = that offline
   # stage run on first use and cached (affordable on the tiny default; a real model's pool rollouts
   # are a job of their own), "" = untrained adapters, for smoke runs only.
   # Estimator: width/layers/dropout of each adapter, score_tau the softmax
@@ -114,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.selection.dots.update(dict(
       backbone="", estimator_path="", embed_batch=64, embed_max_len=256, width=256, layers=3,
       dropout=0.1, score_tau=1.0, chunk=8192, online_steps=20, online_lr=1e-4, online_batch=64))
-  # Offline estimator training (dots_jax.difficulty.train) and its evaluation (...evaluate): a pool of
+  # Offline estimator training (dots_jax.difficulty.offline) and its evaluation (...evaluate): a pool of
   # questions rolled out `group` times each by the initial policy; heldout of them never trained on.
   c.selection.dots.fit = ml_collections.ConfigDict(dict(
       pool=2048, heldout=512, group=16, steps=1500, lr=1e-3, warmup=100, batch=64, ref_size=64,

@@ -9,25 +9,27 @@ CLI: python -m dots_jax.evaluate --config=configs/tiny.py --config.model.path=DI
   temperature/top-p of config.eval, prints and writes JSON to config.eval.out.
 """
 
-import functools
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
 from dots_jax.data.dataset import QuestionSet, load_dataset
 from dots_jax.data.prompts import build_prompts
 from dots_jax.data.sources import DOTS_AVERAGE_SETS
+from dots_jax.exact import ExactFn, exact_logprob_fn, target_tokens
+from dots_jax.model.hf_io import load_policy, load_tokenizer
+from dots_jax.model.sharding import make_mesh
 from dots_jax.rewards import score_batch
-
-GenerateFn = Callable[[list[list[int]], int, Any], list[list[str]]]
-# (prompt token lists, completion token lists) -> log p(completion | prompt) per row, float64 [B].
-ExactFn = Callable[[list[list[int]], list[list[int]]], np.ndarray]
+from dots_jax.rollout import Decoding, GenerateFn, Generator
+from dots_jax.tiny.base import answer_encoder, policy_path
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -156,7 +158,6 @@ class Evaluator:
         self.targets[name] = exact_targets(name, self.golds[name], tokenizer)
 
   def _samples(self, name: str, generate: GenerateFn, k: int, rng: Any) -> list[list[str]]:
-    import jax  # rng is a JAX key; each batch gets its own stream
     prompts, size = self.prompts[name], self.config.eval.batch
     out: list[list[str]] = []
     for b, start in enumerate(range(0, len(prompts), size)):
@@ -174,7 +175,6 @@ class Evaluator:
 
     With config.eval.exact, `exact` scores each set's one correct completion instead of sampling.
     """
-    import jax
     k = self.config.eval.k
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
@@ -220,47 +220,8 @@ def exact_targets(name: str, golds: Sequence[str], tokenizer: Any) -> list[list[
     raise ValueError(f"config.eval.exact=True: eval set {name!r} is scored by the math verifier, "
                      "which accepts many completions; exact evaluation covers the synthetic sets "
                      "only (set config.eval.exact=False to sample)")
-  from dots_jax.tiny.base import answer_encoder
-  from dots_jax.tiny.sft import target_tokens
   encode = answer_encoder(tokenizer)
   return [target_tokens(g, encode, tokenizer.eos_token_id) for g in golds]
-
-
-def exact_logprob_fn(config: Any, graphdef: Any, params: Any, mesh: Any = None) -> ExactFn:
-  """An ExactFn at `params`: one forward pass per batch of config.eval.batch rows (padded to that
-  size, and to a multiple of the data-parallel shards, so every call has one compiled shape)."""
-  import jax
-
-  from dots_jax.model.sharding import batch_sharding, to_host
-  from dots_jax.tiny.sft import pack_completions
-  length = max(config.data.prompt_buckets) + config.eval.max_new_tokens
-  shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-  rows = -(-config.eval.batch // shards) * shards
-  score = _exact_jit(graphdef)
-
-  def exact(prompts: list[list[int]], completions: list[list[int]]) -> np.ndarray:
-    n = len(prompts)
-    if n > rows or n != len(completions):
-      raise ValueError(f"exact scoring takes up to {rows} (prompt, completion) pairs, got "
-                       f"{n} prompts and {len(completions)} completions")
-    batch = pack_completions(prompts, completions, length, rows=rows,
-                             name=lambda i: f"exact evaluation row {i}",
-                             hint="raise config.eval.max_new_tokens")
-    if mesh is not None:  # every process passes the same rows (as the training batch)
-      batch = tuple(jax.device_put(a, batch_sharding(mesh, 2)) for a in batch)
-    return to_host(score(params, *batch))[:n]
-
-  return exact
-
-
-@functools.lru_cache(maxsize=None)
-def _exact_jit(graphdef: Any) -> Any:
-  """One jitted scorer per model structure (evaluations at new params reuse its compilation)."""
-  import jax
-  from flax import nnx
-
-  from dots_jax.tiny.sft import completion_logprob
-  return jax.jit(lambda p, t, m, l: completion_logprob(nnx.merge(graphdef, p), t, m, l)[0])
 
 
 def flat_metrics(report: dict, prefix: str = "eval/") -> dict[str, float]:
@@ -276,54 +237,59 @@ def flat_metrics(report: dict, prefix: str = "eval/") -> dict[str, float]:
   return out
 
 
-def make_eval_sampler(config: Any, qcfg: Any, graphdef: Any, tokenizer: Any, mesh: Any = None) -> Any:
-  """A `Sampler` for config.eval.max_new_tokens; stop ids = the checkpoint's EOS ids + the tokenizer's."""
-  from dots_jax.sampling.sampler import Sampler
-  eos_ids = sorted(set(qcfg.eos_ids) | ({tokenizer.eos_token_id} - {None}))
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-  return Sampler(graphdef, qcfg, max_prompt_len=max(config.data.prompt_buckets),
-                 max_new_tokens=config.eval.max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, mesh=mesh)
+def exact_fn(config: Any, graphdef: Any, params: Any, mesh: Any = None) -> ExactFn:
+  """The exact scorer at `params` for config.eval (prompt bucket + eval.max_new_tokens rows)."""
+  return exact_logprob_fn(graphdef, params,
+                          length=max(config.data.prompt_buckets) + config.eval.max_new_tokens,
+                          batch=config.eval.batch, mesh=mesh)
 
 
-def sampler_generate(config: Any, sampler: Any, params: Any, tokenizer: Any) -> GenerateFn:
-  """A GenerateFn over `sampler` at `params`, with config.eval's sampling settings."""
-  from dots_jax.sampling.sampler import pad_prompts
-  mesh = sampler.mesh
-  shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+def eval_generator(config: Any, qcfg: Any, graphdef: Any, tokenizer: Any, mesh: Any = None
+                   ) -> Generator:
+  """The generator for config.eval's completion length (training rollouts have their own)."""
+  return Generator(graphdef, qcfg, tokenizer, prompt_buckets=config.data.prompt_buckets,
+                   max_new_tokens=config.eval.max_new_tokens, mesh=mesh)
 
-  def generate(prompts: list[list[int]], k: int, rng: Any) -> list[list[str]]:
-    n = len(prompts)
-    padded = list(prompts) + [prompts[-1]] * (-n % shards)  # the batch must split over data shards
-    tokens_BxP, mask_BxP = pad_prompts(padded, config.data.prompt_buckets, sampler.pad_id)
-    out = sampler.generate(params, tokens_BxP, mask_BxP, rng, num_samples=k,
-                           temperature=config.eval.temperature, top_p=config.eval.top_p,
-                           greedy=config.eval.temperature <= 0)
-    texts = [tokenizer.decode(out.tokens_NxR[r, :out.lengths_N[r]], skip_special_tokens=True)
-             for r in range(n * k)]
-    return [texts[b * k:(b + 1) * k] for b in range(n)]
 
-  return generate
+class PolicyEval:
+  """Held-out evaluation inside training: `due(step)` and `run(params, step)` -> flat metrics
+  (`eval/accuracy` is the first set's avg@k, the run's headline figure). Its randomness is keyed by
+  (seed, step), so a resumed run evaluates as the uninterrupted one."""
+
+  def __init__(self, config: Any, evaluator: Evaluator, generator: Generator, graphdef: Any,
+               mesh: Any = None):
+    self.config, self.evaluator, self.generator = config, evaluator, generator
+    self.graphdef, self.mesh = graphdef, mesh
+    self.key = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+  def due(self, step: int) -> bool:
+    every = self.config.eval.every
+    return every > 0 and (step % every == 0 or step == self.config.total_steps)
+
+  def run(self, params: Any, step: int) -> dict[str, float]:
+    c = self.config
+    exact = exact_fn(c, self.graphdef, params, self.mesh) if c.eval.exact else None
+    report = self.evaluator.run(self.generator.text_fn(params, Decoding.evaluation(c)),
+                                jax.random.fold_in(self.key, step), step, exact=exact)
+    flat = flat_metrics(report)
+    first = next(iter(report["sets"].values()))
+    flat["eval/accuracy"] = float(first[f"avg@{first['k']}"])
+    flat["eval/stderr"] = float(first["stderr"])
+    flat["eval/seconds"] = float(report["seconds"])
+    return flat
 
 
 def evaluate_checkpoint(config: Any, path: str = "") -> dict:
-  """Loads the policy at `path` (default config.model.path; empty = the tiny base) and evaluates it."""
-  import jax
-
-  from dots_jax.model.hf_io import load_policy, load_tokenizer
-  from dots_jax.model.sharding import make_mesh
-  path = path or config.model.path
-  if not path:
-    from dots_jax.tiny.base import ensure_tiny_base  # the embedded default policy
-    path = ensure_tiny_base(config)
+  """Loads the policy at `path` (default: the initial policy of `config`) and evaluates it."""
+  path = path or policy_path(config)
   mesh = make_mesh(config.mesh)
   qcfg, model = load_policy(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
                             mesh=mesh)
   tokenizer = load_tokenizer(path)
-  from flax import nnx
   graphdef, params = nnx.split(model)
-  sampler = make_eval_sampler(config, qcfg, graphdef, tokenizer, mesh)
-  exact = exact_logprob_fn(config, graphdef, params, mesh) if config.eval.exact else None
-  report = Evaluator(config, tokenizer).run(sampler_generate(config, sampler, params, tokenizer),
+  generator = eval_generator(config, qcfg, graphdef, tokenizer, mesh)
+  exact = exact_fn(config, graphdef, params, mesh) if config.eval.exact else None
+  report = Evaluator(config, tokenizer).run(generator.text_fn(params, Decoding.evaluation(config)),
                                             jax.random.key(config.seed), exact=exact)
   report["model_path"] = path
   return report

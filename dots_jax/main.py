@@ -5,6 +5,9 @@ arguments (`--config=configs/qwen7b.py:method=dots_rr`). An existing workdir res
 (TPU pod slices, SLURM) call `jax.distributed.initialize()` first; see launch/.
 """
 
+import os
+
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -26,7 +29,6 @@ _LIBRARY_LOGS = flags.DEFINE_bool(
 
 
 def _cluster_detected() -> bool:
-  import os
   return any(os.environ.get(k) for k in (
       "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
 
@@ -38,17 +40,18 @@ def main(argv: list[str]) -> None:
     # Orbax and JAX log through absl at INFO; at that level they drown the progress lines.
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-  import jax
   if _CPU_COLLECTIVES.value:
     jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _cluster_detected()):
     jax.distributed.initialize()  # TPU pod slices, SLURM, ... describe themselves
+  # Imported only now: nothing may start a JAX backend before jax.distributed.initialize().
   from dots_jax import train
+  from dots_jax.config_common import ConfigError
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value or "")
-  except train.ConfigError as e:
+  except ConfigError as e:
     raise app.UsageError(str(e)) from None
 
 

@@ -97,25 +97,26 @@ def test_online_finetune_changes_adapters_and_survives_resume():
                       ref_size=16, round_steps=1, alpha=0.5, tau=1e-3, chunk=128,
                       online_finetune=True, online_steps=5, online_lr=1e-3, online_batch=16)
 
-  from dots_jax.selection.driver import RolloutResult, collect_batch
+  from dots_jax.rollout import Rollouts
+  from dots_jax.selection.driver import collect_batch
   from dots_jax.selection.uniform import UniformStrategy
 
   def env(step):
-    def rollout(idx):
+    def rollout(idx, round):
       rng = np.random.default_rng([step, len(idx)])
-      return RolloutResult((rng.random((len(idx), 8)) < p[idx][:, None]).astype(np.float32), None)
+      return Rollouts.rewards_only(idx, (rng.random((len(idx), 8)) < p[idx][:, None]).astype(np.float32))
     return rollout
 
   s = UniformStrategy(source())
   w0 = np.asarray(s.source.model.query.linears[0].kernel[...]).copy()
   for step in range(2):
-    collect_batch(s, env(step), step, None, 8, seed=0)
+    collect_batch(s, env(step), step, 8, seed=0)
   assert not np.allclose(w0, s.source.model.query.linears[0].kernel[...])
   state = s.state_dict()
   t = UniformStrategy(source())
   t.load_state_dict(state)
-  a = collect_batch(s, env(2), 2, None, 8, seed=0)
-  b = collect_batch(t, env(2), 2, None, 8, seed=0)
+  a = collect_batch(s, env(2), 2, 8, seed=0)
+  b = collect_batch(t, env(2), 2, 8, seed=0)
   np.testing.assert_array_equal(a.indices, b.indices)
   np.testing.assert_allclose(s.source.pred, t.source.pred, rtol=1e-6)
 
@@ -173,9 +174,9 @@ def test_dots_source_samples_near_alpha_from_predictions():
 
 def test_evaluate_pool_reports_trained_above_raw_on_planted_signal(tmp_path):
   from dots_jax.config_base import base_config
-  from dots_jax.difficulty.evaluate import evaluate_pool
-  from dots_jax.difficulty.pool import Pool
-  from dots_jax.difficulty.train import train_on_pool
+  from dots_jax.difficulty.quality import evaluate_pool
+  from dots_jax.difficulty.labels import Pool
+  from dots_jax.difficulty.offline import train_on_pool
 
   emb, labels, _ = _planted(n=900, d=32, seed=4)
   # the raw embedding carries the signal in one direction among noise dimensions
@@ -198,8 +199,8 @@ def test_auto_estimator_is_made_once_and_refit_when_settings_change(tmp_path):
   import os
 
   from config_files import load_config
-  from dots_jax.difficulty.setup import load_or_init_estimator
-  from dots_jax.difficulty.train import ensure_estimator
+  from dots_jax.difficulty.offline import load_or_init_estimator
+  from dots_jax.difficulty.offline import ensure_estimator
 
   c = load_config("tiny", "micro")
   c.tiny.cache_dir = str(tmp_path / "tiny")

@@ -175,16 +175,16 @@ def test_evaluate_checkpoint_end_to_end(tmp_path):
 
 
 def test_exact_scores_equal_the_samplers_log_probs_and_exact_eval_runs(tmp_path):
-  """exact_logprob_fn(prompt, completion) is log p of that completion: it equals the summed per-token
+  """exact_fn(prompt, completion) is log p of that completion: it equals the summed per-token
   log-probs the sampler reported when it drew it (left padding, positions and EOS all line up, on
   the 8-device mesh); and the exact evaluation of a checkpoint reports exp of the target's log p."""
   from flax import nnx
   from hf_fixtures import make_tiny_hf_checkpoint
 
-  from dots_jax.evaluate import evaluate_checkpoint, exact_logprob_fn, make_eval_sampler
+  from dots_jax.evaluate import eval_generator, evaluate_checkpoint, exact_fn
   from dots_jax.model.hf_io import load_policy, load_tokenizer
   from dots_jax.model.sharding import make_mesh
-  from dots_jax.sampling.sampler import pad_prompts
+  from dots_jax.rollout import Decoding
   path = make_tiny_hf_checkpoint(tmp_path / "ckpt")
   c = base_config()
   c.data.update(train="synthetic", eval_sets=("synthetic_heldout",), chat_template=False,
@@ -196,12 +196,11 @@ def test_exact_scores_equal_the_samplers_log_probs_and_exact_eval_runs(tmp_path)
   tok = load_tokenizer(path)
   graphdef, params = nnx.split(model)
   prompts = [tok.encode(p, add_special_tokens=False) for p in ("12+3=", "7+8=", "99+1=", "5=")] * 2
-  sampler = make_eval_sampler(c, qcfg, graphdef, tok, mesh)
-  out = sampler.generate(params, *pad_prompts(prompts, c.data.prompt_buckets, sampler.pad_id),
-                         jax.random.key(3), num_samples=1, temperature=1.0)
+  out = eval_generator(c, qcfg, graphdef, tok, mesh).generate(params, prompts, 1, jax.random.key(3),
+                                                             Decoding.evaluation(c))
   completions = [out.tokens_NxR[r, :out.lengths_N[r]].tolist() for r in range(len(prompts))]
   want = np.asarray([(out.logp_NxR[r] * out.mask_NxR[r]).sum() for r in range(len(prompts))])
-  got = exact_logprob_fn(c, graphdef, params, mesh)(prompts, completions)
+  got = exact_fn(c, graphdef, params, mesh)(prompts, completions)
   np.testing.assert_allclose(got, want, atol=1e-4)
   assert got.shape == (8,) and np.all(got < 0)
 
@@ -227,7 +226,7 @@ def test_summarize_exact():
 
 
 def test_pack_completions_left_pads_and_names_the_row_too_long():
-  from dots_jax.tiny.sft import pack_completions
+  from dots_jax.exact import pack_completions
   tok, mask, loss = pack_completions([[5, 6], [7]], [[1, 2], [3]], 5, rows=3)
   assert tok.tolist() == [[0, 5, 6, 1, 2], [0, 0, 0, 7, 3], [0] * 5]
   assert mask.tolist() == [[0, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0] * 5]

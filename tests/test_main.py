@@ -7,6 +7,8 @@ import pytest
 
 from config_files import load_config
 from dots_jax import train
+from dots_jax.config_common import ConfigError
+from dots_jax.methods import METHODS
 
 
 
@@ -41,7 +43,7 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("method", sorted(train.METHODS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs(cache, tmp_path, method):
   summary = train.train_and_evaluate(micro(cache, f"method={method}"), str(tmp_path))
   assert summary["method"] == method and summary["steps"] == 2
@@ -76,18 +78,18 @@ def test_kl_penalty_runs_against_the_initial_policy(cache, tmp_path):
 
 
 def test_unknown_method(cache, tmp_path):
-  with pytest.raises(train.ConfigError, match="config.method='nope' is unknown"):
+  with pytest.raises(ConfigError, match="config.method='nope' is unknown"):
     train.train_and_evaluate(micro(cache, method="nope"), str(tmp_path))
 
 
 def test_batch_not_divisible_by_mesh(cache, tmp_path):
   # conftest gives 8 devices; 12 questions do not split over 8 data-parallel shards.
-  with pytest.raises(train.ConfigError, match="batch_questions=12 is not divisible.*multiple of 8"):
+  with pytest.raises(ConfigError, match="batch_questions=12 is not divisible.*multiple of 8"):
     train.train_and_evaluate(micro(cache, **{"rl.batch_questions": 12}), str(tmp_path))
 
 
 def test_missing_checkpoint_dir(cache, tmp_path):
-  with pytest.raises(train.ConfigError, match="is not a directory"):
+  with pytest.raises(ConfigError, match="is not a directory"):
     train.train_and_evaluate(micro(cache, **{"model.path": str(tmp_path / "absent")}),
                              str(tmp_path / "w"))
 
@@ -97,21 +99,21 @@ def test_model_not_qwen2(cache, tmp_path):
   ckpt.mkdir()
   (ckpt / "config.json").write_text(json.dumps({"model_type": "llama",
                                                 "architectures": ["LlamaForCausalLM"]}))
-  with pytest.raises(train.ConfigError, match="model_type='llama'.*Qwen2"):
+  with pytest.raises(ConfigError, match="model_type='llama'.*Qwen2"):
     train.train_and_evaluate(micro(cache, **{"model.path": str(ckpt)}), str(tmp_path / "w"))
 
 
 def test_real_config_without_model_path(tmp_path):
-  with pytest.raises(train.ConfigError, match="--config.model.path"):
+  with pytest.raises(ConfigError, match="--config.model.path"):
     train.train_and_evaluate(load_config("qwen1p5b_math"), str(tmp_path))
 
 
 def test_config_arg_parsing():
   c = load_config("qwen7b", "method=dots_rr,rl.lr=3e-6,data.eval_sets=math500+aime24")
   assert c.method == "dots_rr" and c.rl.lr == 3e-6 and c.data.eval_sets == ("math500", "aime24")
-  with pytest.raises(train.ConfigError, match="unknown config preset"):
+  with pytest.raises(ConfigError, match="unknown config preset"):
     load_config("tiny", "mikro")
-  with pytest.raises(train.ConfigError, match="no key"):
+  with pytest.raises(ConfigError, match="no key"):
     load_config("tiny", "rl.nope=1")
 
 

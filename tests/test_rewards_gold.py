@@ -14,7 +14,7 @@ import pytest
 from dots_jax.data.sources import shared_data_dir
 from dots_jax.config_base import base_config
 from dots_jax.rewards import score_batch
-from dots_jax.rewards.pool import get_pool
+from dots_jax.rewards.verify_pool import get_pool
 
 FILES = ("math500", "gsm8k_test", "minerva_math", "olympiadbench", "aime24", "amc23", "math_train")
 ALL_FILES = FILES + ("math_test", "gsm8k_train", "dapo_math_17k", "deepscaler_10240")

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from dots_jax.model.qwen2 import Qwen2Config, init_model, sequence_logprobs
-from dots_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Sampler, pad_prompts
+from dots_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
+from dots_jax.data.prompts import pad_prompts
 
 PAD = 0
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [1], [20, 21, 22, 23]]

@@ -7,8 +7,10 @@ from dots_jax.config_base import base_config
 from dots_jax.difficulty.estimator import EstimatorConfig, init_estimator
 from dots_jax.difficulty.fit import fit_estimator
 from dots_jax.selection.base import EpochStream, Proposal, StepContext, group_stats, step_rng
-from dots_jax.selection.driver import RolloutResult, collect_batch
-from dots_jax.selection.factory import METHODS, make_strategy
+from dots_jax.rollout import Rollouts
+from dots_jax.selection.driver import collect_batch
+from dots_jax.methods import METHODS
+from dots_jax.selection.factory import make_strategy
 from dots_jax.selection.greso import GresoStrategy
 from dots_jax.selection.mopps import MoppsStrategy
 from dots_jax.selection.uniform import DynamicSamplingStrategy
@@ -23,11 +25,11 @@ class Env:
     self.p = np.asarray(pass_rates, np.float64)
     self.seed, self.calls = seed, 0
 
-  def __call__(self, indices):
+  def __call__(self, indices, round):
     rng = np.random.default_rng([self.seed, self.calls])
     self.calls += 1
     rewards = (rng.random((len(indices), G)) < self.p[indices][:, None]).astype(np.float32)
-    return RolloutResult(rewards, payload=np.asarray(indices))
+    return Rollouts.rewards_only(indices, rewards)
 
 
 def _ctx(**kw):
@@ -88,10 +90,10 @@ def test_greso_p_moves_only_once_candidates_have_history():
   n = 32
   env = Env(np.ones(n))  # every group all-correct: far above the easy target
   s = _greso(n=n, rollout_questions=16, max_rounds=1)
-  collect_batch(s, env, 0, None, 16, seed=0)
-  collect_batch(s, env, 1, None, 16, seed=0)  # the rest of epoch 0: still no history
+  collect_batch(s, env, 0, 16, seed=0)
+  collect_batch(s, env, 1, 16, seed=0)  # the rest of epoch 0: still no history
   assert s.p_easy == 0.5
-  collect_batch(s, env, 2, None, 16, seed=0)  # epoch 1: candidates were seen before
+  collect_batch(s, env, 2, 16, seed=0)  # epoch 1: candidates were seen before
   assert s.p_easy == pytest.approx(0.49)
 
 
@@ -112,7 +114,7 @@ def test_greso_skips_easy_questions_in_a_run():
   s = _greso(n=n, rollout_questions=16)
   skipped = 0
   for step in range(12):
-    out = collect_batch(s, env, step, None, 16, seed=3)
+    out = collect_batch(s, env, step, 16, seed=3)
     assert len(out.indices) == 16
     skipped += out.metrics["selection/questions_skipped"]
   assert skipped > 0
@@ -150,21 +152,21 @@ def test_dynamic_sampling_fills_exactly():
   p = np.where(np.arange(n) % 2 == 0, 0.5, 1.0)  # half the questions always give all-correct groups
   env = Env(p)
   s = DynamicSamplingStrategy(EpochStream(n, 1), max_rounds=10, gen_questions=12)
-  out = collect_batch(s, env, 0, None, 32)
+  out = collect_batch(s, env, 0, 32)
   assert len(out.indices) == 32 and out.rewards_BxG.shape == (32, G)
   assert not group_stats(out.rewards_BxG)["zero_var"].any()
   assert out.metrics["selection/effective_frac"] == 1.0
   assert out.metrics["selection/rounds"] >= 3  # 12 per round at most half effective
   assert out.metrics["selection/rollouts"] == out.metrics["selection/rounds"] * 12 * G
-  # the parts reproduce the batch from the payloads
-  np.testing.assert_array_equal(np.concatenate([pl[rows] for pl, rows in out.parts]), out.indices)
+  # the collected groups are the chosen questions', in the same order
+  np.testing.assert_array_equal(out.rollouts.groups.qid_Q, out.indices)
 
 
 def test_dynamic_sampling_backfills_when_rounds_run_out():
   n = 50
   env = Env(np.ones(n))
   s = DynamicSamplingStrategy(EpochStream(n, 1), max_rounds=2)
-  out = collect_batch(s, env, 0, None, 8)
+  out = collect_batch(s, env, 0, 8)
   assert len(out.indices) == 8
   assert out.metrics["selection/backfilled"] == 8 and out.metrics["selection/rounds"] == 2
 
@@ -215,8 +217,8 @@ def test_dots_selection_concentrates_near_alpha(planted):
   uni = make_strategy(_config("grpo"), len(p))
   dist_dots, dist_uni = [], []
   for step in range(4):
-    a = collect_batch(dots, env, step, None, 16, seed=1)
-    b = collect_batch(uni, env, step, None, 16, seed=1)
+    a = collect_batch(dots, env, step, 16, seed=1)
+    b = collect_batch(uni, env, step, 16, seed=1)
     dist_dots.append(np.abs(p[a.indices] - 0.5).mean())
     dist_uni.append(np.abs(p[b.indices] - 0.5).mean())
     assert len(a.indices) == 16
@@ -230,7 +232,7 @@ def test_dots_selection_concentrates_near_alpha(planted):
 def _run(strategy, env, steps, start=0):
   out = []
   for step in range(start, start + steps):
-    b = collect_batch(strategy, env, step, None, 16, seed=11)
+    b = collect_batch(strategy, env, step, 16, seed=11)
     out.append((b.indices.copy(), b.rewards_BxG.copy(),
                 {k: v for k, v in b.metrics.items() if k != "selection/overhead_s"}))
   return out
@@ -242,7 +244,7 @@ def test_deterministic_and_resumable(method, planted):
 
   def fresh():
     kw = {}
-    if METHODS[method][0] == "dots":
+    if METHODS[method].source == "dots":
       kw = dict(embeddings_NxD=emb, estimator=model)
     return make_strategy(_config(method), len(p), **kw)
 
@@ -282,7 +284,7 @@ def test_dots_greso_combines_targeting_and_filtering(planted):
   env = Env(p)
   s = make_strategy(_config("dots_rr_greso"), len(p), embeddings_NxD=emb, estimator=model)
   for step in range(4):
-    out = collect_batch(s, env, step, None, 16, seed=2)
+    out = collect_batch(s, env, step, 16, seed=2)
     assert len(out.indices) == 16
     # post-rollout filtering: only groups with reward variance enter (backfill only if rounds ran out)
     assert out.metrics["selection/effective_frac"] == 1.0 or out.metrics["selection/backfilled"] > 0
@@ -296,17 +298,17 @@ def test_driver_metrics_hand_case():
   pattern = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0, 1, 0],
                       [1, 1, 0, 0, 0, 0, 0, 0]], np.float32)
 
-  def rollout(idx):
-    return RolloutResult(pattern[np.asarray(idx) % 4], None)
+  def rollout(idx, round):
+    return Rollouts.rewards_only(idx, pattern[np.asarray(idx) % 4])
 
   s = make_strategy(_config("grpo"), n)
-  out = collect_batch(s, rollout, 0, None, 4, seed=0)
+  out = collect_batch(s, rollout, 0, 4, seed=0)
   m = out.metrics
   obs = pattern[out.indices % 4].mean(1).mean()
   assert m["selection/obs_pass_rate"] == pytest.approx(obs)
   assert np.isnan(m["selection/pred_pass_rate"])  # uniform predicts nothing
   assert m["selection/rollouts"] == 32 and m["selection/rollouts_skipped"] == 0
-  out = collect_batch(s, rollout, 1, None, 4, seed=0)
+  out = collect_batch(s, rollout, 1, 4, seed=0)
   assert out.metrics["selection/rollouts_cumulative"] == 64
   # rows 2 and 3 of the pattern have reward variance
   assert out.metrics["selection/effective_frac"] == pytest.approx(np.isin(out.indices % 4, [2, 3]).mean())

@@ -18,7 +18,7 @@ import numpy as np
 from dots_jax.config_base import base_config
 from dots_jax.data.sources import shared_data_dir
 from dots_jax.rewards import score_batch
-from dots_jax.rewards.pool import get_pool
+from dots_jax.rewards.verify_pool import get_pool
 
 _FILLER = ("We expand the expression and collect like terms, then check the boundary cases. " * 20)
 

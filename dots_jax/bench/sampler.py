@@ -22,6 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from dots_jax.model.hf_io import export_policy  # noqa: E402
 from dots_jax.model.qwen2 import Qwen2Config, init_model  # noqa: E402
 from dots_jax.sampling.sampler import Sampler  # noqa: E402
 
@@ -49,7 +50,6 @@ def _hf_model(cfg: Qwen2Config, graphdef: nnx.GraphDef, params: nnx.State, workd
   import torch
   import transformers
 
-  from dots_jax.model.hf_io import export_policy
 
   export_policy(cfg, nnx.merge(graphdef, params), workdir)
   return transformers.Qwen2ForCausalLM.from_pretrained(workdir, dtype=torch.float32).eval()

@@ -22,8 +22,10 @@ import numpy as np
 from dots_jax.config_base import base_config
 from dots_jax.difficulty.estimator import (EstimatorConfig, init_estimator, predict_all,
                                            predict_from_projections, project_queries)
-from dots_jax.selection.driver import RolloutResult, collect_batch
-from dots_jax.selection.factory import METHODS, make_strategy
+from dots_jax.methods import METHODS
+from dots_jax.rollout import Rollouts
+from dots_jax.selection.driver import collect_batch
+from dots_jax.selection.factory import make_strategy
 
 
 def _parse() -> argparse.Namespace:
@@ -48,13 +50,13 @@ class FakeRollout:
   def __init__(self, pass_rates: np.ndarray, group: int, seed: int):
     self.p, self.group, self.seed, self.calls, self.seconds = pass_rates, group, seed, 0, 0.0
 
-  def __call__(self, indices: np.ndarray) -> RolloutResult:
+  def __call__(self, indices: np.ndarray, round: int) -> Rollouts:
     t0 = time.perf_counter()
     rng = np.random.default_rng([self.seed, self.calls])
     self.calls += 1
     r = (rng.random((len(indices), self.group)) < self.p[indices][:, None]).astype(np.float32)
     self.seconds += time.perf_counter() - t0
-    return RolloutResult(r, None)
+    return Rollouts.rewards_only(indices, r)
 
 
 def _best_of(fn, repeats: int = 3) -> float:
@@ -90,16 +92,16 @@ def main() -> None:
     c.method = method
     c.selection.dots.update(ref_size=args.ref_size, round_steps=args.round_steps, chunk=args.chunk)
     kw = {}
-    if METHODS[method][0] == "dots":
+    if METHODS[method].source == "dots":
       kw = dict(embeddings_NxD=emb, estimator=model)
     strategy = make_strategy(c, args.questions, **kw)
     env = FakeRollout(pass_rates, args.group, seed=1)
-    collect_batch(strategy, env, 0, None, args.batch)  # warm-up: compiles, fills the projection cache
+    collect_batch(strategy, env, 0, args.batch)  # warm-up: compiles, fills the projection cache
     per_step, rounds = [], []
     for step in range(1, args.steps + 1):
       env.seconds = 0.0
       t0 = time.perf_counter()
-      out = collect_batch(strategy, env, step, None, args.batch)
+      out = collect_batch(strategy, env, step, args.batch)
       per_step.append(time.perf_counter() - t0 - env.seconds)
       rounds.append(out.metrics["selection/rounds"])
     results["methods"][method] = {"step_overhead_s": float(np.mean(per_step)),

@@ -27,8 +27,9 @@ from flax import nnx
 
 from dots_jax.config_base import base_config
 from dots_jax.model import qwen2
+from dots_jax.model.hf_io import export_policy
 from dots_jax.rl import update
-from dots_jax.rl.synthetic import random_batch
+from dots_jax.rl.random_batch import random_batch
 
 
 def bench_cfg(args: argparse.Namespace) -> qwen2.Qwen2Config:
@@ -146,7 +147,6 @@ def main(argv: list[str] | None = None) -> None:
         f"{jax_tps:,.0f} tokens/s, final mean logp {jloss:.6f}")
   if args.skip_torch:
     return
-  from dots_jax.model.hf_io import export_policy
   with tempfile.TemporaryDirectory() as tmp:
     export_policy(cfg, model, os.path.join(tmp, "m"))
     del model

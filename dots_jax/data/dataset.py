@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from dots_jax.data import builder, sources
+from dots_jax.data import builder, sources, synthetic
 from dots_jax.data.question import Question, read_questions
 
 SYNTHETIC_SPLITS = {"synthetic": "train", "synthetic_heldout": "heldout"}
@@ -60,7 +60,6 @@ def prepared_root(data_cfg: Any) -> str:
 
 
 def _synthetic(data_cfg: Any, name: str) -> QuestionSet:
-  from dots_jax.data import synthetic  # owned by the main-job engineer
   split = SYNTHETIC_SPLITS[name]
   key = builder.fingerprint(builder.FORMAT_VERSION, split, data_cfg.synthetic.to_json(sort_keys=True))
 

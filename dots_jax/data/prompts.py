@@ -10,6 +10,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from dots_jax.config_common import ConfigError
+
 SYSTEM_PROMPTS: dict[str, str | None] = {
     "none": None,
     "qwen_math": "Please reason step by step, and put your final answer within \\boxed{}.",  # Qwen2.5-Math
@@ -71,3 +75,64 @@ def build_prompts(tokenizer: Any, problems: Sequence[str], data_cfg: Any) -> Pro
     batch.kept.append(i)
   batch.counts["kept"] = len(batch.kept)
   return batch
+
+
+def pad_prompts(token_lists: Sequence[Sequence[int]], buckets: Sequence[int],
+                pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads prompts to the smallest bucket that holds the longest one -> (tokens_BxP, mask_BxP)."""
+  if not token_lists:
+    raise ValueError("pad_prompts: empty list of prompts")
+  if not buckets:
+    raise ValueError("pad_prompts: no prompt length buckets given")
+  lengths = [len(t) for t in token_lists]
+  for row, n in enumerate(lengths):
+    if n == 0:
+      raise ValueError(f"pad_prompts: prompt at row {row} is empty")
+  longest = max(lengths)
+  fitting = [b for b in sorted(buckets) if b >= longest]
+  if not fitting:
+    row = lengths.index(longest)
+    raise ValueError(f"pad_prompts: prompt at row {row} has {longest} tokens, more than the largest "
+                     f"bucket {max(buckets)} (config.data.prompt_buckets)")
+  p = fitting[0]
+  tokens_BxP = np.full((len(token_lists), p), pad_id, np.int32)
+  mask_BxP = np.zeros((len(token_lists), p), np.int32)
+  for row, toks in enumerate(token_lists):
+    tokens_BxP[row, p - len(toks):] = np.asarray(toks, np.int32)
+    mask_BxP[row, p - len(toks):] = 1
+  return tokens_BxP, mask_BxP
+
+
+class PromptTable:
+  """Prompt token ids of a question set, built once (prompts are reused every epoch).
+
+  Questions whose prompt overflows config.data.max_prompt_tokens are dropped or truncated per
+  config.data.prompt_overflow; `question(i)` maps the i-th kept prompt (what selection strategies and
+  the replay buffer index) back to its Question.
+  """
+
+  def __init__(self, tokenizer: Any, data: Any, questions: Any):
+    self.questions = questions
+    self.buckets = tuple(sorted(data.prompt_buckets))
+    self.pad_id = int(tokenizer.pad_token_id)
+    if self.buckets[-1] < data.max_prompt_tokens:
+      raise ConfigError(f"config.data.prompt_buckets={self.buckets} must reach "
+                        f"config.data.max_prompt_tokens={data.max_prompt_tokens}")
+    problems = [questions[i].problem for i in range(len(questions))]
+    built = build_prompts(tokenizer, problems, data)
+    if not built.kept:
+      raise ConfigError(f"{questions.name}: every prompt exceeds config.data.max_prompt_tokens="
+                        f"{data.max_prompt_tokens}")
+    self.tokens, self.kept, self.counts = built.tokens, np.asarray(built.kept), built.counts
+
+  def __len__(self) -> int:
+    return len(self.kept)
+
+  def question(self, i: int) -> Any:
+    return self.questions[int(self.kept[int(i)])]
+
+  def problems(self) -> list[str]:
+    return [self.question(i).problem for i in range(len(self))]
+
+  def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return pad_prompts([self.tokens[int(i)] for i in indices], self.buckets, self.pad_id)

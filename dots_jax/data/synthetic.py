@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dots_jax.data.question import Question
+
 _SPLIT_STREAMS = {"train": 1, "heldout": 2, "sft": 3}
 
 
@@ -161,7 +163,6 @@ def synthetic_rows(syn: Any, split: str) -> list[tuple[str, str, str]]:
 
 def synthetic_questions(syn: Any, split: str) -> list:
   """The split as `dots_jax.data.Question` records (meta holds the family name)."""
-  from dots_jax.data.question import Question
   return [Question(id=f"synthetic-{split}-{i}", index=i, problem=p, answer=a, meta={"family": f})
           for i, (p, a, f) in enumerate(synthetic_rows(syn, split))]
 

@@ -205,7 +205,7 @@ def load_estimator(path: str) -> DifficultyEstimator:
   cfg_path = os.path.join(path, "estimator.json")
   if not os.path.exists(cfg_path):
     raise FileNotFoundError(f"no estimator.json in {path!r} (selection.dots.estimator_path); train "
-                            "one with `python -m dots_jax.difficulty.train`")
+                            "one with `python -m dots_jax.difficulty.offline`")
   with open(cfg_path) as f:
     cfg = EstimatorConfig(**json.load(f)["config"])
   model = init_estimator(cfg)

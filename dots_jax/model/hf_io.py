@@ -230,6 +230,17 @@ def load_tokenizer(path: str | os.PathLike):
   return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def stop_token_ids(cfg: qwen2.Qwen2Config, tokenizer: Any) -> list[int]:
+  """Every token that ends a completion: the checkpoint's EOS ids and the tokenizer's EOS (chat
+  checkpoints name <|im_end|> in one place and <|endoftext|> in the other)."""
+  return sorted(set(cfg.eos_ids) | ({tokenizer.eos_token_id} - {None}))
+
+
+def pad_token_id(tokenizer: Any, stop_ids: list[int]) -> int:
+  """The tokenizer's pad id, else the first stop id (pads are masked out everywhere)."""
+  return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0])
+
+
 def _parse_size(size: int | str) -> int:
   if isinstance(size, int):
     return size

@@ -135,6 +135,25 @@ def mesh_axis_sizes(mesh: Mesh) -> dict[str, int]:
   return dict(zip(mesh.axis_names, mesh.devices.shape))
 
 
+def data_parallel_size(mesh: Mesh | Mapping[str, int] | None) -> int:
+  """How many shards the batch axis is split into ('data' x 'fsdp'); 1 without a mesh."""
+  if mesh is None:
+    return 1
+  sizes = mesh_axis_sizes(mesh) if isinstance(mesh, Mesh) else mesh
+  return int(math.prod(sizes[a] for a in BATCH_AXES))
+
+
+def pad_to_multiple(rows: Any, multiple: int) -> Any:
+  """A list or array with its last row repeated up to a multiple of `multiple` rows (batches must
+  split over the data-parallel shards; callers drop the extra rows' results)."""
+  extra = (-len(rows)) % multiple
+  if not extra:
+    return rows
+  if isinstance(rows, np.ndarray):
+    return np.concatenate([rows, np.repeat(rows[-1:], extra, axis=0)])
+  return list(rows) + [rows[-1]] * extra
+
+
 def param_shardings(abstract_state: Any, mesh: Mesh) -> Any:
   """Pytree of NamedSharding matching `abstract_state` (an nnx.State, or any tree with such paths)."""
   sizes = mesh_axis_sizes(mesh)

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dots_jax.rewards import extract, normalize, pool, reversed_digits
+from dots_jax.config_base import base_config  # the one place defaults live
+from dots_jax.rewards import extract, normalize, reversed_digits, verify_pool
 
 KINDS = ("math", "reversed_digits")
 CORRECT_REASONS = ("exact", "numeric", "verified")
@@ -47,7 +48,6 @@ class RewardStats:
 
 
 def _reward_defaults():
-  from dots_jax.config_base import base_config  # the one place defaults live
   return base_config().reward
 
 
@@ -88,7 +88,7 @@ def score_batch(responses: Sequence[str], golds: Sequence[str], *, kind: str = "
   """Scores responses against gold answers: (float32 scores in {0, 1}, RewardStats).
 
   timeout_s bounds each math-verify call (per distinct answer); workers is the pool size (0 = verify
-  in this process, without a hard timeout: see `pool.run_inline`); None takes `config.reward` defaults
+  in this process, without a hard timeout: see `verify_pool.run_inline`); None takes `config.reward` defaults
   from `dots_jax.config_base`.
   """
   if kind not in KINDS:
@@ -115,12 +115,12 @@ def score_batch(responses: Sequence[str], golds: Sequence[str], *, kind: str = "
   if pending:
     jobs = list(pending)
     if workers == 0:
-      outcomes = pool.run_inline(jobs, timeout_s)
+      outcomes = verify_pool.run_inline(jobs, timeout_s)
     else:
-      verify_pool = pool.get_pool(workers)
-      replaced_before = verify_pool.replaced
-      outcomes = verify_pool.run(jobs, timeout_s)
-      stats.workers_replaced = verify_pool.replaced - replaced_before
+      workers_pool = verify_pool.get_pool(workers)
+      replaced_before = workers_pool.replaced
+      outcomes = workers_pool.run(jobs, timeout_s)
+      stats.workers_replaced = workers_pool.replaced - replaced_before
     for job, outcome in zip(jobs, outcomes):
       for i in pending[job]:
         reasons[i] = outcome.split(":")[0]

@@ -19,6 +19,24 @@ import numpy as np
 
 from dots_jax.rl.losses import AdvNorm, group_advantages
 
+# Rewards are 1.0 for a correct completion and below it otherwise (0, or a format score).
+_SOLVED = 1.0 - 1e-6
+_FAILED = 1e-6
+
+
+def group_stats(rewards_NxG: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-group pass rate, zero-variance flag and all-correct / all-wrong flags."""
+  r = np.asarray(rewards_NxG, np.float32)
+  if r.ndim != 2:
+    raise ValueError(f"rewards must be [N, G], got shape {r.shape}")
+  zero_var = np.ptp(r, axis=1) == 0 if r.shape[0] else np.zeros((0,), bool)
+  return dict(
+      pass_rate=np.clip(r, 0.0, 1.0).mean(axis=1),
+      zero_var=zero_var,
+      all_correct=r.min(axis=1, initial=np.inf) >= _SOLVED,
+      all_wrong=r.max(axis=1, initial=-np.inf) <= _FAILED,
+  )
+
 
 @dataclasses.dataclass
 class Groups:

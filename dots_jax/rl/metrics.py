@@ -1,4 +1,5 @@
-"""Run metrics: JSON lines (<workdir>/metrics.jsonl) + TensorBoard events (tensorboardX), process 0 only.
+"""Run metrics: JSON lines (<workdir>/metrics.jsonl) + TensorBoard events (tensorboardX), process 0 only;
+the run's whole-run counters (`Progress`) and its console lines.
 
 The writer keeps the history of everything written; the history goes into checkpoints
 (`state_dict`) and `load_state_dict` rewrites metrics.jsonl from it, so after a resume the file holds
@@ -9,6 +10,7 @@ dropped). TensorBoard event files are append-only: after a resume they may show 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +19,42 @@ from typing import Any, Iterator
 
 import jax
 import numpy as np
+
+from dots_jax.rl.batch import group_stats
+
+
+def log_line(text: str) -> None:
+  """Progress output of the lead process (stdout, flushed: runs are watched live)."""
+  if jax.process_index() == 0:
+    print(text, flush=True)
+
+
+def banner(text: str) -> None:
+  log_line(f"== {text}")
+
+
+def format_eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@dataclasses.dataclass
+class Progress:
+  """Whole-run counters kept in checkpoints (wall-clock excludes time before a restart's restore)."""
+
+  rollouts: int = 0  # completions generated (training + reference; evaluation excluded)
+  seconds: float = 0.0  # training wall-clock (rollout + selection + update), evaluation excluded
+  last_reward: float = float("nan")
+  last_eval: float = float("nan")
+
+  def state_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def metrics(self) -> dict[str, float]:
+    return {"progress/rollouts": float(self.rollouts), "progress/seconds": self.seconds}
 
 
 def _scalar(v: Any) -> float | int | bool:
@@ -34,7 +72,7 @@ def batch_stats(rewards_QxG: np.ndarray, lengths_N: np.ndarray, pass_threshold: 
   return {
       "reward_mean": float(r.mean()),
       "pass_rate": float(np.mean(r >= pass_threshold)),
-      "zero_var_frac": float(np.mean(r.std(axis=1) == 0)),
+      "zero_var_frac": float(np.mean(group_stats(r)["zero_var"])),
       "response_len_mean": float(lengths.mean()),
       "response_len_max": float(lengths.max()),
   }

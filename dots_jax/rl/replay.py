@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dots_jax.rl.batch import Groups
+from dots_jax.rl.batch import Groups, group_stats
 
 _ARRAYS = ("tokens_QxGxT", "mask_QxGxT", "loss_mask_QxGxT", "logp_QxGxT", "rewards_QxG", "qid_Q")
 
@@ -55,7 +55,7 @@ class ReplayBuffer:
     if (g, t) != (self.group_size, self.total_len):
       raise ValueError(f"replay buffer holds groups of shape (G={self.group_size}, "
                        f"T={self.total_len}); got (G={g}, T={t})")
-    keep = np.flatnonzero(groups.rewards_QxG.std(axis=1) > 0)
+    keep = np.flatnonzero(~group_stats(groups.rewards_QxG)["zero_var"])
     for i in keep:
       qid = int(groups.qid_Q[i])
       self.seq_Q[(self.qid_Q == qid) & (self.seq_Q >= 0)] = -1
@@ -115,3 +115,16 @@ class ReplayBuffer:
       cur = getattr(self, name)
       setattr(self, name, np.asarray(state[name], cur.dtype).copy())
     self.next_seq = int(state["next_seq"])
+
+
+def mix_replay(buffer: ReplayBuffer | None, fresh: Groups, batch_groups: int, fresh_fraction: float,
+               seed: int, step: int) -> tuple[Groups, np.ndarray]:
+  """The step's training groups and which of them are replayed: buffered groups mixed in (`mix`),
+  then the fresh ones added, so a group is never replayed in the step that made it. Without a buffer
+  every group is fresh."""
+  if buffer is None:
+    return fresh, np.zeros(fresh.num_groups, bool)
+  groups, is_replay = buffer.mix(fresh, batch_groups, fresh_fraction,
+                                 np.random.default_rng([seed, step, 0xBEEF]))
+  buffer.add(fresh, step)
+  return groups, is_replay

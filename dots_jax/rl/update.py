@@ -23,10 +23,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dots_jax.model.sharding import batch_sharding, param_shardings
 from dots_jax.rl import losses
 from dots_jax.rl.logprobs import logprobs_and_entropy
 
@@ -117,7 +119,6 @@ def train_state_shardings(optimizer: optax.GradientTransformation, abstract_para
                           mesh: Mesh) -> TrainState:
   """TrainState of NamedShardings: params by `sharding.param_shardings`, Adam moments follow their
   parameter, step/rng/counters replicated."""
-  from dots_jax.model.sharding import param_shardings
   params_sharding = param_shardings(abstract_params, mesh)
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
@@ -146,7 +147,6 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
   if (mesh is None) != (state_shardings is None):
     raise ValueError("make_update_fn: pass both mesh and state_shardings, or neither")
   if mesh is not None:
-    from dots_jax.model.sharding import batch_sharding
     row_sharding = lambda ndim: batch_sharding(mesh, ndim)
 
   def logp_fn(params, tokens, mask):
@@ -253,6 +253,12 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     return jitted(state, {key: batch[key] for key in BATCH_KEYS}, ref_params)
 
   return call
+
+
+def device_batch(batch: Any, mesh: Mesh) -> dict[str, jax.Array]:
+  """An `RLBatch` on the mesh, rows over the data-parallel axes (every process passes the same
+  global batch)."""
+  return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.as_dict().items()}
 
 
 class NonFiniteError(RuntimeError):

@@ -14,28 +14,11 @@ from typing import Any
 
 import numpy as np
 
-# Rewards are 1.0 for a correct completion and 0.0 (or below, for format penalties) otherwise.
-_SOLVED = 1.0 - 1e-6
-_FAILED = 1e-6
-
+from dots_jax.rl.batch import group_stats
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
   """The Generator a strategy uses at `step`: a pure function of (seed, step, stream)."""
   return np.random.default_rng([int(seed), int(step), int(stream), 0x5E1EC7])
-
-
-def group_stats(rewards_NxG: np.ndarray) -> dict[str, np.ndarray]:
-  """Per-group pass rate, zero-variance flag and all-correct / all-wrong flags."""
-  r = np.asarray(rewards_NxG, np.float32)
-  if r.ndim != 2:
-    raise ValueError(f"rewards must be [N, G], got shape {r.shape}")
-  zero_var = np.ptp(r, axis=1) == 0 if r.shape[0] else np.zeros((0,), bool)
-  return dict(
-      pass_rate=np.clip(r, 0.0, 1.0).mean(axis=1),
-      zero_var=zero_var,
-      all_correct=r.min(axis=1, initial=np.inf) >= _SOLVED,
-      all_wrong=r.max(axis=1, initial=-np.inf) <= _FAILED,
-  )
 
 
 @dataclasses.dataclass

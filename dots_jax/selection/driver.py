@@ -1,53 +1,56 @@
 """One training step's data collection, for every strategy: propose -> roll out -> observe, repeated
-until the strategy is done, then exactly `batch_questions` groups form the training batch.
+until the strategy is done, then exactly `num_groups` groups form the training batch.
 
-The main loop supplies `rollout_fn(indices) -> RolloutResult`: rollout + reward for those question
-indices, G completions each, rows question-major. Its payload (e.g. the sampler output) is opaque here:
-the batch says which group rows of which payload to train on (`CollectedBatch.parts`).
+The main loop supplies `rollout_fn(indices, round) -> Rollouts` (`dots_jax.rollout`): rollout + reward
+for those question indices, G completions each, rows question-major; `round` numbers the rollout
+calls of the step (its randomness is keyed by it). The chosen groups come back concatenated in
+rollout order (`CollectedBatch.rollouts`), with every call's reward statistics.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from dots_jax.selection.base import StepContext, Strategy, group_stats, step_rng
+from dots_jax.rewards import RewardStats
+from dots_jax.rollout import Rollouts
+from dots_jax.selection.base import Proposal, StepContext, Strategy, group_stats, step_rng
 
-
-@dataclasses.dataclass
-class RolloutResult:
-  rewards_NxG: np.ndarray
-  payload: Any
+RolloutFn = Callable[[np.ndarray, int], Rollouts]
 
 
 @dataclasses.dataclass
 class CollectedBatch:
-  """`parts[i] = (payload, group_rows)`: take groups `group_rows` (question positions of that rollout
-  call; completions rows g*G..g*G+G-1) of that payload; concatenating the parts in order gives the
-  batch, aligned with `indices`, `rewards_BxG` and `predicted`."""
+  """The step's training groups (`rollouts`, in rollout order), aligned with the question `indices`
+  and the strategy's `predicted` pass rates; `reward_stats` covers every rollout of the step
+  (label-only and rejected groups too)."""
 
+  rollouts: Rollouts
   indices: np.ndarray
-  rewards_BxG: np.ndarray
   predicted: np.ndarray
-  parts: list[tuple[Any, np.ndarray]]
+  reward_stats: RewardStats
   metrics: dict[str, float]
 
+  @property
+  def rewards_BxG(self) -> np.ndarray:
+    return self.rollouts.rewards_QxG
 
-def collect_batch(strategy: Strategy, rollout_fn: Callable[[np.ndarray], RolloutResult], step: int,
-                  rng: np.random.Generator | None, batch_questions: int, *,
-                  seed: int = 0) -> CollectedBatch:
-  """Runs the strategy's rollout rounds for `step`. `rng=None` derives it from (seed, step), which
-  is what makes a resumed run repeat the same choices."""
-  if batch_questions < 1:
-    raise ValueError(f"batch_questions must be >= 1, got {batch_questions}")
+
+def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_groups: int, *,
+                  rng: np.random.Generator | None = None, seed: int = 0) -> CollectedBatch:
+  """Runs the strategy's rollout rounds for `step` until `num_groups` trainable groups exist.
+  `rng=None` derives it from (seed, step), which is what makes a resumed run repeat the same
+  choices."""
+  if num_groups < 1:
+    raise ValueError(f"num_groups must be >= 1, got {num_groups}")
   ctx = StepContext(step=int(step), rng=rng if rng is not None else step_rng(seed, step),
-                    batch_questions=int(batch_questions))
+                    batch_questions=int(num_groups))
   overhead = 0.0
   kept_parts, spare_parts = [], []  # (call number, group rows) of trainable groups, in order
-  calls: list[tuple[RolloutResult, Any]] = []
+  calls: list[tuple[Rollouts, Proposal]] = []
   rollouts = ref_rollouts = skipped_rollouts = 0
   group_size = 0
   while True:
@@ -59,8 +62,8 @@ def collect_batch(strategy: Strategy, rollout_fn: Callable[[np.ndarray], Rollout
     ctx.skipped += proposal.skipped
     if len(proposal.indices) == 0:
       raise RuntimeError(f"strategy {strategy.name} proposed an empty rollout at step {step}")
-    result = rollout_fn(proposal.indices)
-    rewards = np.asarray(result.rewards_NxG, np.float32)
+    result = rollout_fn(proposal.indices, ctx.round)
+    rewards = np.asarray(result.rewards_QxG, np.float32)
     group_size = rewards.shape[1]
     t0 = time.perf_counter()
     keep = np.asarray(strategy.observe(ctx, proposal, rewards), bool)
@@ -103,12 +106,14 @@ def collect_batch(strategy: Strategy, rollout_fn: Callable[[np.ndarray], Rollout
   if need:
     raise RuntimeError(f"strategy {strategy.name} rolled out {ctx.generated} trainable groups at "
                        f"step {step}, fewer than batch_questions={ctx.batch_questions}")
-  chosen.sort(key=lambda cr: cr[0])  # payload order, so consumers can concatenate calls in order
-  parts = [(calls[c][0].payload, rows) for c, rows in chosen]
+  chosen.sort(key=lambda cr: cr[0])  # rollout order
+  chosen_rollouts = Rollouts.concat([calls[c][0].take(rows) for c, rows in chosen])
+  rewards_BxG = chosen_rollouts.rewards_QxG
   indices = np.concatenate([calls[c][1].indices[rows] for c, rows in chosen])
-  rewards_BxG = np.concatenate([np.asarray(calls[c][0].rewards_NxG, np.float32)[rows]
-                                for c, rows in chosen])
   predicted = np.concatenate([calls[c][1].predicted[rows] for c, rows in chosen])
+  reward_stats = RewardStats()
+  for result, _ in calls:
+    reward_stats = reward_stats.merge(result.reward_stats)
 
   strategy.totals["rollouts"] += rollouts
   strategy.totals["skipped_rollouts"] += skipped_rollouts
@@ -134,4 +139,4 @@ def collect_batch(strategy: Strategy, rollout_fn: Callable[[np.ndarray], Rollout
       "selection/overhead_s": overhead,
   }
   metrics.update(strat_metrics)
-  return CollectedBatch(indices, rewards_BxG, predicted, parts, metrics)
+  return CollectedBatch(chosen_rollouts, indices, predicted, reward_stats, metrics)

@@ -1,5 +1,5 @@
-"""`config.method` -> strategy. Rollout replay (the `_rr` methods) is mixed in by the main loop, so
-for selection `dots_rr` is `dots` and `dots_rr_greso` is `dots_greso`."""
+"""`config.method` -> strategy, from the method table's (source, filter) (`dots_jax.methods`).
+Rollout replay is switched by the main loop, so for selection `dots_rr` is `dots`."""
 
 from __future__ import annotations
 
@@ -7,33 +7,15 @@ import ml_collections
 import numpy as np
 
 from dots_jax.difficulty.estimator import DifficultyEstimator
+from dots_jax.methods import get_method
 from dots_jax.selection.base import EpochStream, Strategy
 from dots_jax.selection.dots import DotsSource
 from dots_jax.selection.greso import GresoStrategy
 from dots_jax.selection.mopps import MoppsStrategy
 from dots_jax.selection.uniform import DynamicSamplingStrategy, UniformStrategy
 
-# method -> (candidate source, strategy kind)
-METHODS = {
-    "grpo": ("stream", "uniform"),
-    "ds": ("stream", "ds"),
-    "greso": ("stream", "greso"),
-    "mopps": ("stream", "mopps"),
-    "dots": ("dots", "uniform"),
-    "dots_rr": ("dots", "uniform"),
-    "dots_greso": ("dots", "greso"),
-    "dots_rr_greso": ("dots", "greso"),
-}
-
-
 def uses_dots(method: str) -> bool:
-  return _lookup(method)[0] == "dots"
-
-
-def _lookup(method: str) -> tuple[str, str]:
-  if method not in METHODS:
-    raise ValueError(f"config.method={method!r} is not one of {sorted(METHODS)}")
-  return METHODS[method]
+  return get_method(method).source == "dots"
 
 
 def make_strategy(config: ml_collections.ConfigDict, num_questions: int, *,
@@ -41,7 +23,8 @@ def make_strategy(config: ml_collections.ConfigDict, num_questions: int, *,
                   estimator: DifficultyEstimator | None = None) -> Strategy:
   """The strategy for `config.method` over a training set of `num_questions` questions. DOTS methods
   need the question embeddings and the estimator (`dots_jax.difficulty.setup.dots_inputs`)."""
-  source_kind, kind = _lookup(config.method)
+  method = get_method(config.method)
+  source_kind, kind = method.source, method.filter
   sel = config.selection
   if source_kind == "dots":
     if embeddings_NxD is None or estimator is None:
@@ -55,7 +38,7 @@ def make_strategy(config: ml_collections.ConfigDict, num_questions: int, *,
         online_lr=d.online_lr, online_batch=d.online_batch, seed=config.seed)
   else:
     source = EpochStream(num_questions, config.seed)
-  if kind == "uniform":
+  if kind == "none":
     strategy = UniformStrategy(source)
   elif kind == "ds":
     strategy = DynamicSamplingStrategy(source, max_rounds=sel.ds.max_rounds,

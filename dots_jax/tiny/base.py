@@ -18,9 +18,12 @@ from typing import Any, Callable
 
 import jax
 
+from dots_jax.data.prompts import build_prompt
 from dots_jax.data.synthetic import sft_stream
+from dots_jax.model.hf_io import export_policy, load_tokenizer
 from dots_jax.model.qwen2 import Qwen2Config, init_model
 from dots_jax.tiny import sft
+from dots_jax.tiny.tokenizer import make_char_tokenizer
 
 _DONE = "tiny_base.json"
 
@@ -57,12 +60,16 @@ def tiny_model_config(tiny: Any, vocab_size: int, eos_id: int, bos_id: int | Non
 
 def prompt_encoder(tokenizer: Any, data: Any) -> Callable[[str], list[int]]:
   """problem -> prompt token ids, built exactly as the RL job and the evaluator build prompts."""
-  from dots_jax.data.prompts import build_prompt
   return lambda problem: build_prompt(tokenizer, problem, data.system_prompt, data.chat_template)
 
 
 def answer_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
   return lambda text: tokenizer.encode(text, add_special_tokens=False)
+
+
+def policy_path(config: Any, log: Callable[[str], None] = print) -> str:
+  """The initial policy: config.model.path, or the cached tiny base (made now if missing)."""
+  return config.model.path or ensure_tiny_base(config, log)
 
 
 def ensure_tiny_base(config: Any, log: Callable[[str], None] = print) -> str:
@@ -100,8 +107,6 @@ def ensure_tiny_base(config: Any, log: Callable[[str], None] = print) -> str:
 def build_tiny_base(config: Any, out_dir: str, log: Callable[[str], None] = print
                     ) -> dict[str, Any]:
   """Tokenizer + random tiny Qwen2 + SFT, written to `out_dir` as a Hugging Face directory."""
-  from dots_jax.model.hf_io import export_policy, load_tokenizer
-  from dots_jax.tiny.tokenizer import make_char_tokenizer
 
   tok_dir = os.path.join(out_dir, "_tokenizer")
   make_char_tokenizer(tok_dir)

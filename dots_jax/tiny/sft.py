@@ -2,7 +2,8 @@
 
 The loss is the mean negative log-likelihood of the completion tokens (reversed answer + EOS) under
 `sequence_logprobs`, the same per-token function the sampler and the RL trainer use, so the SFT'd
-policy is exactly the distribution RL later samples from.
+policy is exactly the distribution RL later samples from. Examples are packed as the exact
+evaluation packs them (`dots_jax.exact`).
 """
 
 from __future__ import annotations
@@ -17,35 +18,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dots_jax.rewards.reversed_digits import format_reversed
+from dots_jax.exact import pack_completions, target_tokens
 from dots_jax.model.qwen2 import Qwen2ForCausalLM, sequence_logprobs
-
-
-def pack_completions(prompts: list[list[int]], completions: list[list[int]], length: int, *,
-                     rows: int | None = None, name: Callable[[int], str] = lambda i: f"row {i}",
-                     hint: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Left-padded (prompt + completion) tokens, token mask and completion (loss) mask, [rows, length].
-
-  Rows beyond len(prompts) (`rows` pads a batch to one compiled shape) are all padding. A prompt +
-  completion longer than `length` raises ValueError naming the row (`name(i)`) and `hint`.
-  """
-  n = len(prompts) if rows is None else rows
-  tokens = np.zeros((n, length), np.int32)
-  mask = np.zeros((n, length), np.int32)
-  loss_mask = np.zeros((n, length), np.float32)
-  for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-    seq = list(prompt) + list(completion)
-    if len(seq) > length:
-      raise ValueError(f"{name(i)} needs {len(seq)} tokens > {length}; {hint}")
-    tokens[i, length - len(seq):] = seq
-    mask[i, length - len(seq):] = 1
-    loss_mask[i, length - len(completion):] = 1.0
-  return tokens, mask, loss_mask
-
-
-def target_tokens(answer: str, encode: Callable[[str], list[int]], eos_id: int) -> list[int]:
-  """The one completion the reversed-digit reward accepts for `answer`: reversed digits, then EOS."""
-  return list(encode(format_reversed(answer))) + [eos_id]
 
 
 def encode_examples(rows: list[tuple[str, str, str]], prompt_fn: Callable[[str], list[int]],
@@ -57,22 +31,6 @@ def encode_examples(rows: list[tuple[str, str, str]], prompt_fn: Callable[[str],
       [target_tokens(answer, encode, eos_id) for _, answer, _ in rows], length,
       name=lambda i: f"SFT example {rows[i][0]!r}",
       hint="raise config.data.max_prompt_tokens or config.sampling.max_new_tokens")
-
-
-def completion_logprob(model: Qwen2ForCausalLM, tokens_BxT: jax.Array, mask_BxT: jax.Array,
-                       loss_mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-example log p(target completion) and whether greedy decoding reproduces it exactly.
-
-  exp(log p) is the exact pass rate of temperature-1 sampling under an exact-match reward, so the
-  base policy's difficulty spread is measured without sampling noise.
-  """
-  positions = jnp.maximum(jnp.cumsum(mask_BxT, axis=-1) - 1, 0)
-  logits_BxTxV, _ = model(tokens_BxT, positions, mask_BxT)
-  logp_BxT = sequence_logprobs(model, tokens_BxT, mask_BxT)
-  pred_BxT = jnp.pad(jnp.argmax(logits_BxTxV[:, :-1], -1), ((0, 0), (1, 0)))
-  lm = loss_mask_BxT > 0
-  greedy_ok_B = jnp.all(jnp.where(lm, pred_BxT == tokens_BxT, True), axis=-1)
-  return jnp.sum(logp_BxT * loss_mask_BxT, axis=-1), greedy_ok_B
 
 
 def make_optimizer(tiny: Any) -> optax.GradientTransformation:

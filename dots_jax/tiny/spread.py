@@ -7,7 +7,7 @@ correct iff the argmax at every target position is the target token.
 
   python -m dots_jax.tiny.spread --config=configs/tiny.py [--split=train] [--samples=8]
 
-`--samples` also draws G real samples per question with `dots_jax.sampling.Sampler` and scores them
+`--samples` also draws G real samples per question with the rollout generator and scores them
 with the reward, as a check of the exact figures.
 """
 
@@ -20,10 +20,14 @@ import jax
 import numpy as np
 from flax import nnx
 
+from dots_jax import exact
 from dots_jax.data.synthetic import synthetic_rows
 from dots_jax.model.hf_io import load_policy, load_tokenizer
+from dots_jax.rewards import score_batch
+from dots_jax.rl.batch import group_stats
+from dots_jax.rollout import Decoding, Generator
 from dots_jax.tiny import sft
-from dots_jax.tiny.base import answer_encoder, prompt_encoder
+from dots_jax.tiny.base import answer_encoder, policy_path, prompt_encoder
 
 
 def exact_pass_rates(config: Any, path: str, rows: list[tuple[str, str, str]], batch: int = 500
@@ -32,7 +36,7 @@ def exact_pass_rates(config: Any, path: str, rows: list[tuple[str, str, str]], b
   tokenizer = load_tokenizer(path)
   _, model = load_policy(path)
   graphdef, params = nnx.split(model)
-  score = jax.jit(lambda p, t, m, l: sft.completion_logprob(nnx.merge(graphdef, p), t, m, l))
+  score = exact.scorer(graphdef)
   length = config.data.max_prompt_tokens + config.sampling.max_new_tokens
   lps, oks = [], []
   for i in range(0, len(rows), batch):
@@ -65,39 +69,34 @@ def spread_report(p_N: np.ndarray, greedy_N: np.ndarray, families_N: np.ndarray,
 
 def sampled_zero_var(config: Any, path: str, rows: list[tuple[str, str, str]], group_size: int,
                      seed: int = 0) -> dict[str, float]:
-  """Zero-variance share and pass rate from real samples (Sampler + reward), as a cross-check."""
-  from dots_jax import rewards
-  from dots_jax.sampling.sampler import Sampler, pad_prompts
+  """Zero-variance share and pass rate from real samples (rollout generator + reward), as a
+  cross-check of the exact figures."""
   tokenizer = load_tokenizer(path)
   cfg, model = load_policy(path)
   graphdef, params = nnx.split(model)
-  sampler = Sampler(graphdef, cfg, max_prompt_len=max(config.data.prompt_buckets),
-                    max_new_tokens=config.sampling.max_new_tokens, eos_ids=[tokenizer.eos_token_id],
-                    pad_id=tokenizer.pad_token_id)
+  decoding = Decoding(temperature=1.0, top_p=1.0, top_k=0,
+                      max_new_tokens=config.sampling.max_new_tokens)
+  generator = Generator(graphdef, cfg, tokenizer, prompt_buckets=config.data.prompt_buckets,
+                        max_new_tokens=decoding.max_new_tokens)
   encode = prompt_encoder(tokenizer, config.data)
   scores = []
   for i in range(0, len(rows), 256):
     chunk = rows[i:i + 256]
-    tok, mask = pad_prompts([encode(p) for p, _, _ in chunk], config.data.prompt_buckets,
-                            tokenizer.pad_token_id)
-    out = sampler.generate(params, tok, mask, jax.random.fold_in(jax.random.key(seed), i),
-                           num_samples=group_size, temperature=1.0)
-    texts = tokenizer.batch_decode([t[m > 0].tolist() for t, m in zip(out.tokens_NxR, out.mask_NxR)],
-                                   skip_special_tokens=True)
+    sample = generator.generate(params, [encode(p) for p, _, _ in chunk], group_size,
+                                jax.random.fold_in(jax.random.key(seed), i), decoding)
     golds = [a for _, a, _ in chunk for _ in range(group_size)]
-    s, _ = rewards.score_batch(texts, golds, kind="reversed_digits", workers=0)
+    s, _ = score_batch(generator.texts(sample), golds, kind="reversed_digits", workers=0)
     scores.append(s.reshape(len(chunk), group_size))
-  r = np.concatenate(scores)
-  return {"pass_rate": float(r.mean()), "zero_var": float(np.mean(r.std(axis=1) == 0)),
-          "all_correct": float(np.mean(r.min(axis=1) == 1)),
-          "all_wrong": float(np.mean(r.max(axis=1) == 0))}
+  st = group_stats(np.concatenate(scores))
+  return {"pass_rate": float(st["pass_rate"].mean()), "zero_var": float(st["zero_var"].mean()),
+          "all_correct": float(st["all_correct"].mean()),
+          "all_wrong": float(st["all_wrong"].mean())}
 
 
 def main(argv: list[str]) -> None:
   del argv
-  from dots_jax.tiny.base import ensure_tiny_base
   config = _CONFIG.value
-  path = config.model.path or ensure_tiny_base(config)
+  path = policy_path(config)
   rows = synthetic_rows(config.data.synthetic, _SPLIT.value)
   g = config.sampling.group_size
   p, greedy = exact_pass_rates(config, path, rows)

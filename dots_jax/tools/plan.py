@@ -1,4 +1,5 @@
-"""Per-device memory plan for GRPO on a Qwen2.5 shape: params, AdamW state, grads, KV cache.
+"""Per-device memory plan for GRPO on a Qwen2.5 shape: params, AdamW state, grads, KV cache; and the
+main job's dry run (`dry_run(config)`, `--config.dry_run=True`), which prints it for a config.
 
 Numbers come from the real sharding rules applied to the abstract (shape-only) model, so they are
 the bytes each device holds, not an estimate divided by the device count. Activations and XLA
@@ -13,12 +14,18 @@ import argparse
 import math
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
+from dots_jax.methods import get_method
 from dots_jax.model import hf_io, qwen2, sharding, variants
+from dots_jax.startup import validate_config
+from dots_jax.tiny.base import tiny_model_config
+from dots_jax.tiny.tokenizer import make_char_tokenizer
 
 _ADAM_BYTES = 2 * 4  # AdamW keeps mu and nu in float32 for every parameter element.
 
@@ -51,6 +58,62 @@ def plan(cfg: qwen2.Qwen2Config, mesh: Mapping[str, int] | str, *, batch: int, s
   out["devices"] = math.prod(sizes.values())
   out["param_count"] = cfg.num_params()
   return out
+
+
+def _log(text: str) -> None:
+  if jax.process_index() == 0:
+    print(text, flush=True)
+
+
+def policy_shape(config: ml_collections.ConfigDict) -> tuple[qwen2.Qwen2Config, str]:
+  """The policy architecture a config trains, without loading weights: model.variant's shapes, else
+  model.path's config.json, else the tiny base's; and where it came from."""
+  runtime = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                 remat=config.model.remat)
+  if config.model.variant:
+    return variants.get_variant(config.model.variant, **runtime), f"variant {config.model.variant}"
+  if config.model.path:
+    return (qwen2.Qwen2Config.from_hf(hf_io.read_hf_config(config.model.path), **runtime),
+            config.model.path)
+  tok = make_char_tokenizer()
+  return (tiny_model_config(config.tiny, len(tok), tok.eos_token_id, tok.bos_token_id),
+          "tiny base policy (made on first real run)")
+
+
+def planned_mesh(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """The mesh the config describes: explicit sizes need not exist here (a 7B pod plan on a laptop);
+  a -1 axis takes this machine's devices, or 1 if they do not divide."""
+  mesh_cfg = {a: config.mesh[a] for a in sharding.AXES}
+  fixed = math.prod(n for n in mesh_cfg.values() if n != -1)
+  free = [a for a, n in mesh_cfg.items() if n == -1]
+  devices = fixed * max(jax.device_count() // fixed, 1) if free else fixed
+  return sharding.resolve_axis_sizes(mesh_cfg, devices)
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Prints the plan (mesh, per-device memory, steps, rollouts) without loading weights or data."""
+  cfg, source = policy_shape(config)
+  sizes = planned_mesh(config)
+  validate_config(config, sizes)
+  dp = sharding.data_parallel_size(sizes)
+  g = config.sampling.group_size
+  seq = max(config.data.prompt_buckets) + config.sampling.max_new_tokens
+  rows = config.rl.batch_questions * g
+  mem = plan(cfg, sizes, batch=-(-rows // dp) * dp, seq=seq)
+  gib = lambda n: f"{n / 2**30:.2f} GiB"
+  _log("== dry run: plan only (no weights, no data)")
+  _log(f"model      {source}: {cfg.num_params() / 1e9:.3f}B params, {cfg.num_hidden_layers} "
+       f"layers, compute {cfg.dtype}, params {cfg.param_dtype}, remat {cfg.remat}")
+  _log(f"mesh       {sizes} = {math.prod(sizes.values())} devices ({dp} data-parallel shards)")
+  _log(f"per device params {gib(mem['params'])} + AdamW {gib(mem['adam'])} + grads "
+       f"{gib(mem['grads'])} + KV cache {gib(mem['kv_cache'])} (rollout of {rows} sequences x "
+       f"{seq} slots) = {gib(mem['total'])} (activations not included)")
+  _log(f"method     {config.method} (replay {'on' if get_method(config.method).replay else 'off'})")
+  _log(f"steps      {config.total_steps} x {config.rl.batch_questions} questions x G={g} = "
+       f"{config.total_steps * rows:,} training rollouts (selection may add more)")
+  _log(f"eval       every {config.eval.every} steps on {', '.join(config.data.eval_sets)}; "
+       f"checkpoint every {config.ckpt.every}")
+  return {"mesh": sizes, "memory": mem, "steps": config.total_steps, "rows_per_step": rows}
 
 
 def _gib(n: int) -> str:

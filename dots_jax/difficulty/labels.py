@@ -1,7 +1,7 @@
 """The offline stage's data: a pool of training questions rolled out `group` times each by the initial
 policy (sampling settings of config.sampling), their pass rates, and the backbone embeddings.
 
-Shared by `dots_jax.difficulty.train` (fits the estimator) and `...evaluate` (held-out Pearson); the
+Shared by `dots_jax.difficulty.offline` (fits the estimator) and `...quality` (held-out Pearson); the
 labels are cached in the output directory so the two commands roll the pool out once.
 """
 
@@ -13,10 +13,18 @@ import json
 import os
 from typing import Any, Callable
 
+import jax
 import numpy as np
+from flax import nnx
 
+from dots_jax.data.dataset import load_dataset
+from dots_jax.data.prompts import build_prompts
 from dots_jax.difficulty import embed
 from dots_jax.difficulty.setup import backbone_path, question_embeddings
+from dots_jax.model.hf_io import load_policy, load_tokenizer
+from dots_jax.rewards import score_batch
+from dots_jax.rollout import Decoding, Generator
+from dots_jax.tiny.base import policy_path
 
 
 @dataclasses.dataclass
@@ -26,13 +34,6 @@ class Pool:
   emb: np.ndarray  # embeddings of `rows`, float32 [P, D]
   heldout: np.ndarray  # bool [P]: never trained on, used by evaluate
   out_dir: str
-
-
-def policy_path(config: Any) -> str:
-  if config.model.path:
-    return config.model.path
-  from dots_jax.tiny.base import ensure_tiny_base
-  return ensure_tiny_base(config)
 
 
 def default_out_dir(config: Any) -> str:
@@ -55,25 +56,15 @@ def default_out_dir(config: Any) -> str:
 
 def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, group: int,
                         batch: int, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
-  """(kept positions, pass rates) of `problems` under the initial policy."""
-  import jax
-  from flax import nnx
-
-  from dots_jax.data.prompts import build_prompts
-  from dots_jax.evaluate import make_eval_sampler, sampler_generate
-  from dots_jax.model.hf_io import load_policy, load_tokenizer
-  from dots_jax.rewards import score_batch
-
+  """(kept positions, pass rates) of `problems` under the initial policy (training sampling)."""
   path = policy_path(config)
   qcfg, model = load_policy(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
   tokenizer = load_tokenizer(path)
-  gen_cfg = config.copy_and_resolve_references()
-  gen_cfg.eval.temperature = config.sampling.temperature  # training-time sampling, not greedy eval
-  gen_cfg.eval.top_p = config.sampling.top_p
-  gen_cfg.eval.max_new_tokens = config.sampling.max_new_tokens
   graphdef, params = nnx.split(model)
-  generate = sampler_generate(gen_cfg, make_eval_sampler(gen_cfg, qcfg, graphdef, tokenizer), params,
-                              tokenizer)
+  decoding = Decoding.training(config)
+  generator = Generator(graphdef, qcfg, tokenizer, prompt_buckets=config.data.prompt_buckets,
+                        max_new_tokens=decoding.max_new_tokens)
+  generate = generator.text_fn(params, decoding)
   built = build_prompts(tokenizer, problems, config.data)
   kept = np.asarray(built.kept, np.int64)
   rates = np.empty(len(kept), np.float32)
@@ -93,8 +84,6 @@ def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, g
 def prepare_pool(config: Any, log: Callable[[str], None] = print) -> Pool:
   """Labels (or reloads) the pool: the first pool + heldout questions of a seeded permutation of the
   training set; the last `heldout` of them are the held-out split."""
-  from dots_jax.data.dataset import load_dataset
-
   f = config.selection.dots.fit
   out_dir = default_out_dir(config)
   os.makedirs(out_dir, exist_ok=True)

@@ -1,7 +1,8 @@
 """Offline stage of the DOTS estimator: roll out a pool of training questions with the initial policy,
-fit the adapters and calibration head to the observed pass rates, save the estimator.
+fit the adapters and calibration head to the observed pass rates, save the estimator; and what a DOTS
+run loads before its first step (`dots_inputs`: embeddings + estimator).
 
-  python -m dots_jax.difficulty.train --config=configs/tiny.py
+  python -m dots_jax.difficulty.offline --config=configs/tiny.py
   then: --config.selection.dots.estimator_path=<printed directory> for DOTS runs.
 
 `selection.dots.estimator_path="auto"` (the tiny default) makes a DOTS run do this itself on first use
@@ -13,14 +14,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
+from absl import logging
 
-from dots_jax.difficulty.estimator import DifficultyEstimator, init_estimator, save_estimator
+from dots_jax.difficulty.estimator import (DifficultyEstimator, init_estimator, load_estimator,
+                                           save_estimator)
 from dots_jax.difficulty.fit import fit_estimator
-from dots_jax.difficulty.pool import Pool, default_out_dir, prepare_pool
-from dots_jax.difficulty.setup import estimator_config
+from dots_jax.difficulty.labels import Pool, default_out_dir, prepare_pool
+from dots_jax.difficulty.setup import estimator_config, question_embeddings
 
 
 def train_on_pool(config: Any, pool: Pool, log: Callable[[str], None] = print
@@ -53,8 +57,6 @@ def ensure_estimator(config: Any, log: Callable[[str], None] = print) -> str:
   cached pool labels). In a multi-process run process 0 does the work and the others wait for
   estimator.json, which `save_estimator` writes last.
   """
-  import jax
-
   out_dir = default_out_dir(config)
   marker = os.path.join(out_dir, "estimator.json")
 
@@ -73,6 +75,27 @@ def ensure_estimator(config: Any, log: Callable[[str], None] = print) -> str:
   log(f"== DOTS estimator: offline stage into {out_dir}")
   train_on_pool(config, prepare_pool(config, log), log)
   return out_dir
+
+
+def load_or_init_estimator(config: Any, input_dim: int) -> DifficultyEstimator:
+  path = config.selection.dots.estimator_path
+  if path == "auto":
+    path = ensure_estimator(config, log=logging.info)
+  if not path:
+    logging.warning("selection.dots.estimator_path is empty: DOTS runs with untrained adapters "
+                    "(train one with `python -m dots_jax.difficulty.offline`)")
+    return init_estimator(estimator_config(config, input_dim), seed=config.seed)
+  model = load_estimator(path)
+  if model.cfg.input_dim != input_dim:
+    raise ValueError(f"estimator {path} takes {model.cfg.input_dim}-dim embeddings, the backbone "
+                     f"gives {input_dim} (selection.dots.backbone / estimator_path mismatch)")
+  return model
+
+
+def dots_inputs(config: Any, problems: Sequence[str]) -> tuple[np.ndarray, DifficultyEstimator]:
+  """(embeddings [N, D], estimator) for `factory.make_strategy`."""
+  emb = question_embeddings(config, problems)
+  return emb, load_or_init_estimator(config, emb.shape[1])
 
 
 def main(argv: Any) -> None:

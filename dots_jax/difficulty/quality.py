@@ -1,7 +1,7 @@
 """Estimator quality: Pearson correlation between predicted and observed pass rates on held-out
 questions (observed from selection.dots.fit.group >= 16 rollouts each by the initial policy).
 
-  python -m dots_jax.difficulty.evaluate --config=configs/tiny.py
+  python -m dots_jax.difficulty.quality --config=configs/tiny.py
 
 Compares the trained estimator (adapters + calibration head, then the online linear recalibration on
 the reference set) with a raw-embedding baseline (softmax over cosine similarities of the frozen
@@ -21,7 +21,8 @@ import numpy as np
 
 from dots_jax.difficulty.estimator import (DifficultyEstimator, init_estimator, linear_recalibration,
                                            predict_all)
-from dots_jax.difficulty.pool import Pool, prepare_pool
+from dots_jax.difficulty.labels import Pool, prepare_pool
+from dots_jax.difficulty.offline import train_on_pool
 from dots_jax.difficulty.setup import estimator_config
 
 _REF_SETS = 5
@@ -112,7 +113,6 @@ def evaluate_pool(config: Any, pool: Pool, model: DifficultyEstimator,
 
 def main(argv: Any) -> None:
   del argv
-  from dots_jax.difficulty.train import train_on_pool
   config = _CONFIG.value
   pool = prepare_pool(config)
   model = train_on_pool(config, pool)

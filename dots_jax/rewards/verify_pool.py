@@ -126,7 +126,7 @@ class VerifyPool:
     # math-verify once (`warm`); each worker is forked from it and is ready in milliseconds, so
     # replacing a killed worker does not leave the pool short for the seconds a sympy import takes.
     self._ctx = mp.get_context("forkserver")
-    self._ctx.set_forkserver_preload(["dots_jax.rewards.warm", "dots_jax.rewards.pool"])
+    self._ctx.set_forkserver_preload(["dots_jax.rewards.warm", "dots_jax.rewards.verify_pool"])
     self._workers = [_Worker(self._ctx) for _ in range(workers)]
     self.replaced = 0
     self._startup_failures = 0

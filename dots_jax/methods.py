@@ -1,0 +1,42 @@
+"""The method table: what `config.method` means, in one place.
+
+A method is three independent switches:
+  * source: where candidate questions come from: "stream" (a seeded epoch-by-epoch shuffle, the
+    reference trainers' dataloader) or "dots" (difficulty-targeted sampling, `selection.dots`);
+  * filter: what happens around the rollout: "none" (train on every group), "ds" (dynamic sampling:
+    drop zero-variance groups after rollout, roll out more), "greso" (skip predicted zero-variance
+    questions before rollout, then as "ds"), "mopps" (Thompson-sampled pass rates pick the batch);
+  * replay: rollout replay (GRPO-RR, `rl.replay`) on or off.
+The selection factory builds the strategy from (source, filter); the main loop switches replay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  source: str  # "stream" | "dots"
+  filter: str  # "none" | "ds" | "greso" | "mopps"
+  replay: bool
+
+
+METHODS: dict[str, Method] = {
+    "grpo": Method("stream", "none", False),  # uniform GRPO
+    "ds": Method("stream", "ds", False),  # DAPO dynamic sampling
+    "greso": Method("stream", "greso", False),  # GRESO selective rollout
+    "mopps": Method("stream", "mopps", False),  # MoPPS
+    "dots": Method("dots", "none", False),  # DOTS
+    "dots_rr": Method("dots", "none", True),  # DOTS + rollout replay
+    "dots_greso": Method("dots", "greso", False),
+    "dots_rr_greso": Method("dots", "greso", True),
+}
+
+
+def get_method(name: str) -> Method:
+  """The method `name`; ValueError naming the known ones otherwise."""
+  if name not in METHODS:
+    raise ValueError(f"config.method={name!r} is unknown; use one of {sorted(METHODS)} "
+                     "(e.g. --config.method=dots_rr or configs/<name>.py:method=dots_rr)")
+  return METHODS[name]

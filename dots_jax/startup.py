@@ -1,0 +1,69 @@
+"""Start-up checks: fail before any expensive work, in one line that says what to change."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import ml_collections
+
+from dots_jax.config_common import ConfigError
+from dots_jax.methods import get_method
+from dots_jax.model.sharding import data_parallel_size
+
+
+def validate_config(config: ml_collections.ConfigDict,
+                    mesh_shape: Mapping[str, int] | None = None) -> None:
+  """Raises ConfigError for settings that cannot work; `mesh_shape` adds the divisibility checks."""
+  try:
+    get_method(config.method)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.total_steps < 1:
+    raise ConfigError(f"config.total_steps={config.total_steps} must be >= 1")
+  if config.rl.batch_questions < 1 or config.sampling.group_size < 2:
+    raise ConfigError("config.rl.batch_questions must be >= 1 and config.sampling.group_size >= 2 "
+                      "(GRPO advantages need at least two samples per question)")
+  if config.model.path:
+    check_model_path(config.model.path)
+  elif config.data.train != "synthetic" and not config.dry_run:
+    raise ConfigError(f"config.model.path is empty; data.train={config.data.train!r} needs a real "
+                      "Qwen2.5 checkpoint: pass --config.model.path=/path/to/hf_dir (or set "
+                      "--config.dry_run=True to plan with config.model.variant shapes)")
+  if mesh_shape is not None:
+    dp = data_parallel_size(mesh_shape)
+    if config.rl.batch_questions % dp:
+      raise ConfigError(
+          f"config.rl.batch_questions={config.rl.batch_questions} is not divisible by the "
+          f"{dp} data-parallel shards of mesh {dict(mesh_shape)} (data x fsdp); use a multiple of "
+          f"{dp} or change config.mesh")
+
+
+def check_model_path(path: str) -> None:
+  """A local Hugging Face Qwen2/Qwen2.5 directory (remote paths are checked when read)."""
+  if path.startswith("gs://"):
+    return
+  if not os.path.isdir(path):
+    raise ConfigError(f"config.model.path={path!r} is not a directory; point it at a local Hugging "
+                      "Face checkpoint (config.json + *.safetensors + tokenizer files)")
+  cfg_file = os.path.join(path, "config.json")
+  if not os.path.isfile(cfg_file):
+    raise ConfigError(f"config.model.path={path!r} has no config.json; it must be a Hugging Face "
+                      "Qwen2/Qwen2.5 checkpoint directory")
+  with open(cfg_file) as f:
+    hf = json.load(f)
+  if hf.get("model_type") != "qwen2" and "Qwen2ForCausalLM" not in hf.get("architectures", []):
+    raise ConfigError(
+        f"config.model.path={path!r} holds model_type={hf.get('model_type')!r} "
+        f"(architectures {hf.get('architectures')}); this trainer implements Qwen2/Qwen2.5 "
+        "(model_type 'qwen2') only: point config.model.path at a Qwen2.5 checkpoint")
+
+
+def check_workdir(workdir: str) -> None:
+  """An existing workdir must be one of ours (resume) or empty; a file is refused."""
+  if not workdir:
+    raise ConfigError("--workdir is required: checkpoints, metrics.jsonl and summary.json go there "
+                      "(an existing workdir resumes)")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir!r} exists and is not a directory")

@@ -1,0 +1,103 @@
+"""The package's shape: every module imports, imports form no cycle, and the README's "one RL step"
+names functions that exist and that the main loop calls in that order."""
+import ast
+import importlib
+import os
+import pkgutil
+import re
+
+import dots_jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = os.path.join(ROOT, "dots_jax")
+
+
+def _modules() -> dict[str, str]:
+  """module name -> file, for every module of the package (packages as their __init__)."""
+  out = {"dots_jax": os.path.join(PKG, "__init__.py")}
+  for m in pkgutil.walk_packages([PKG], "dots_jax."):
+    rel = m.name.split(".")[1:]
+    path = os.path.join(PKG, *rel)
+    out[m.name] = os.path.join(path, "__init__.py") if m.ispkg else path + ".py"
+  return out
+
+
+def _import_graph() -> dict[str, set[str]]:
+  """Edges of every `import` statement (module level or not) between package modules."""
+  mods = _modules()
+  graph = {m: set() for m in mods}
+  for name, path in mods.items():
+    with open(path) as f:
+      tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+      targets = []
+      if isinstance(node, ast.Import):
+        targets = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                   for a in node.names]
+      for t in targets:
+        # A submodule importing its own package's other submodules goes through the package's
+        # __init__ without executing it again; only real module-to-module edges count.
+        if t in mods and t != name and not name.startswith(t + "."):
+          graph[name].add(t)
+  return graph
+
+
+def test_every_module_imports():
+  for name in _modules():
+    importlib.import_module(name)
+
+
+def test_imports_form_no_cycle():
+  graph = _import_graph()
+  state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+  stack: list[str] = []
+
+  def visit(m):
+    state[m] = 1
+    stack.append(m)
+    for n in sorted(graph[m]):
+      if state.get(n) == 1:
+        cycle = stack[stack.index(n):] + [n]
+        raise AssertionError("import cycle: " + " -> ".join(cycle))
+      if n not in state:
+        visit(n)
+    stack.pop()
+    state[m] = 2
+
+  for m in sorted(graph):
+    if m not in state:
+      visit(m)
+
+
+def test_readme_rl_step_names_the_functions_the_loop_calls_in_order():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    readme = f.read()
+  para = re.search(r"\*\*One RL step\*\*(.*?)\n\n", readme, re.S)
+  assert para, "README.md has no '**One RL step**' paragraph"
+  names = re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)`", para.group(1))
+  assert len(names) >= 6, names
+  with open(os.path.join(PKG, "train.py")) as f:
+    train_src = f.read()
+  loop = train_src[train_src.index("  for step in range(start, config.total_steps):"):]
+  pos = 0
+  for name in names:
+    parts = name.split(".")
+    # The longest importable prefix is the module; the rest are attributes that must exist.
+    for cut in range(len(parts), 0, -1):
+      try:
+        obj = importlib.import_module("dots_jax." + ".".join(parts[:cut]))
+        break
+      except ImportError:
+        continue
+    else:
+      raise AssertionError(f"README names {name!r}, which is no dots_jax module")
+    for attr in parts[cut:]:
+      assert hasattr(obj, attr), f"README names {name!r}, but {attr!r} does not exist"
+      obj = getattr(obj, attr)
+    # A factory `make_x` is called through what it returns, `x`.
+    called = parts[-1][len("make_"):] if parts[-1].startswith("make_") else parts[-1]
+    found = loop.find(called, pos)
+    assert found >= 0, f"the main loop does not call {called!r} after position {pos} (README order)"
+    pos = found
