@@ -1,13 +1,17 @@
-"""The DOTS reference script: Qwen2.5-Math-1.5B on DeepScaleR (GRPO + DOTS + rollout replay settings).
+"""The DOTS reference script: Qwen2.5-Math-1.5B on the 10,240-question DeepScaleR subset, DOTS + RR.
 
   python -m dots_jax.main --config=configs/qwen1p5b_math.py:method=dots_rr \
-      --config.model.path=/models/Qwen2.5-Math-1.5B --workdir=gs://bucket/runs/q1p5b_dots_rr
+      --config.model.path=/models/Qwen2.5-Math-1.5B \
+      --config.selection.dots.backbone=/models/Qwen2.5-Math-1.5B-Instruct \
+      --workdir=gs://bucket/runs/q1p5b_dots_rr
   python -m dots_jax.main --config=configs/qwen1p5b_math.py --config.dry_run=True  # plan on a CPU
 
-Settings (`dots_jax.config_common.dots_reference`): 512 questions x G=8 per step, lr 1e-6 constant, AdamW
-weight decay 0.01, gradient clip 1.0, sampling temperature 0.6, responses up to 3072 tokens; DOTS with
-K=256 reference questions, difficulty re-predicted every mu=2 steps, alpha=0.5, tau=1e-3; rollout
-replay buffer of 512 groups with sigma=0.5 of each batch fresh.
+Settings (`dots_jax.config_common.dots_reference`, each with its source line in docs/REPRODUCTION.md):
+60 steps (30 epochs x mu = 2) of 512 questions x G=8 in 8 mini-batches of 64 questions, lr 1e-6
+constant, AdamW weight decay 0.01, gradient clip 1.0, temperature 0.6, responses up to 3072 tokens,
+system message "dots"; DOTS with K=256 references every mu=2 steps, alpha=0.5, tau=1e-3, estimator
+width 896 fitted with K=256, batch 256, 20 epochs; replay buffer 512 groups, sigma=0.5, the first mu
+steps fresh only. Where we differ from the script (and why) is in the same document.
 """
 
 from dots_jax.config_common import apply_config_arg, dots_reference
@@ -15,6 +19,7 @@ from dots_jax.config_common import apply_config_arg, dots_reference
 
 def get_config(arg: str = ""):
   c = dots_reference("Math-1.5B")
+  c.method = "dots_rr"
   c.mesh.update(data=-1, fsdp=1, tensor=1)  # 1.5B + AdamW fits one 80 GB accelerator
   c.rl.micro_batch = 64
   return apply_config_arg(c, arg)

@@ -3,7 +3,8 @@
   python -m dots_jax.main --config=configs/qwen3b.py:method=dots_rr \
       --config.model.path=/models/Qwen2.5-3B --workdir=gs://bucket/runs/q3b_dots_rr
 
-There is no Qwen2.5-Math-3B; the DOTS paper's 3B runs use the base Qwen2.5-3B.
+There is no Qwen2.5-Math-3B; the DOTS paper's 3B runs use the base Qwen2.5-3B, and its script gives
+non-Math models responses of up to 4096 tokens.
 """
 
 from dots_jax.config_common import apply_config_arg, dots_reference
@@ -13,4 +14,5 @@ def get_config(arg: str = ""):
   c = dots_reference("3B")
   c.mesh.update(data=-1, fsdp=4, tensor=1)  # params + AdamW over 4 devices, data parallel beyond
   c.rl.micro_batch = 32
+  c.sampling.max_new_tokens = c.eval.max_new_tokens = 4096
   return apply_config_arg(c, arg)

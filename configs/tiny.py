@@ -85,7 +85,7 @@ def _micro(c):
   c.replay.capacity = 16
   c.selection.dots.ref_size = 8
   c.selection.dots.estimator_path = ""  # untrained adapters: the smoke test skips the offline stage
-  c.selection.ds.max_rounds = 2
+  c.selection.rounds.max_rounds = 2
   c.eval.every = 2
   c.eval.batch = 64
   c.ckpt.every = 2

@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_sets = ("synthetic_heldout",)
   c.data.system_prompt = "none"  # none | qwen_math | dots
   c.data.chat_template = True
+  c.data.user_template = "plain"  # plain | greso (dots_jax.data.prompts.USER_TEMPLATES)
   c.data.max_prompt_tokens = 64
   c.data.prompt_overflow = "drop"  # over-long prompts: drop | left (truncate, keep the end) | error
   c.data.prompt_buckets = (64,)
@@ -70,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   # kind: math | reversed_digits; timeout_s bounds one math-verify call; answers longer than
   # max_answer_chars score 0 without parsing (the longest benchmark gold is ~210 chars).
   c.reward = ml_collections.ConfigDict(dict(kind="math", timeout_s=5.0, workers=2, max_answer_chars=1000))
+  # Score of a wrong answer that has the asked-for format (a \boxed{} answer, or a parsable one for
+  # reversed_digits); no answer scores 0 and a correct one 1. GRESO's reward uses 0.1.
+  c.reward.format_score = 0.0
 
   # RL update (dots_jax.rl).
   c.rl = ml_collections.ConfigDict()
@@ -88,22 +92,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.kl_beta = 0.0
   c.rl.entropy_coef = 0.0
   c.rl.micro_batch = 0  # sequences per gradient micro-batch; 0 = whole mini-batch
+  # Positions per vocabulary-projection chunk of the update (0 = all): bounds the logits held in
+  # memory to micro_batch x logits_chunk x vocab (dots_jax.rl.logprobs).
+  c.rl.logits_chunk = 0
   c.rl.mini_batches = 1  # PPO mini-batches per RL step
+  c.rl.shuffle = True  # permute rows before the mini-batch split (verl's actor.shuffle=False: off)
   c.rl.ppo_epochs = 1
   c.rl.min_lr_ratio = 0.0  # cosine decays to lr * min_lr_ratio
   c.rl.adam_eps = 1e-8
 
   # Rollout replay (dots_jax.rl.replay), on for the methods that have it (dots_jax.methods).
-  c.replay = ml_collections.ConfigDict(dict(capacity=256, fresh_fraction=0.5))
+  # warmup_steps: steps trained on fresh groups only (the official first round: mu steps); -1 = the
+  # DOTS re-prediction interval selection.dots.round_steps.
+  c.replay = ml_collections.ConfigDict(dict(capacity=256, fresh_fraction=0.5, warmup_steps=-1))
 
   # Online data selection (dots_jax.selection, dots_jax.difficulty).
   c.selection = ml_collections.ConfigDict()
   c.selection.dots = ml_collections.ConfigDict(dict(
       ref_size=32, round_steps=2, alpha=0.5, tau=1e-3, embed_path="", online_finetune=False))
   c.selection.greso = ml_collections.ConfigDict(dict(
-      alpha=0.25, p_init=0.5, p_step=0.01, p_min=0.05, p_max=0.95, min_keep=0.01, batch_slack=1.25))
-  c.selection.ds = ml_collections.ConfigDict(dict(max_rounds=8))
-  c.selection.mopps = ml_collections.ConfigDict(dict(prior_a=1.0, prior_b=1.0, forget=0.9, alpha=0.5))
+      alpha=0.25, p_init=0.5, p_step=0.01, p_min=0.05, p_max=0.95, min_keep=0.01))
+  # Rollout rounds of dynamic sampling and GRESO (dots_jax.selection.base.RolloutRounds), in units of
+  # rl.batch_questions: first round, floor of the adaptive later ones (GRESO: 384 and 64 for 256).
+  c.selection.rounds = ml_collections.ConfigDict(dict(first=1.5, floor=0.25, slack=1.25,
+                                                      max_rounds=8))
+  # MoPPS (its math recipe): lambda = forget = 1.0 (no decay), 16 x batch_questions candidates.
+  c.selection.mopps = ml_collections.ConfigDict(dict(prior_a=1.0, prior_b=1.0, forget=1.0, alpha=0.5))
   # DOTS details. embed_path: embedding cache directory ("" = $DOTS_JAX_CACHE or ~/.cache/dots_jax,
   # then /embeddings); backbone: checkpoint embedding the questions ("" = model.path, the initial
   # policy); estimator_path: output of `python -m dots_jax.difficulty.offline`, "auto" = that offline
@@ -114,18 +128,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.selection.dots.update(dict(
       backbone="", estimator_path="", embed_batch=64, embed_max_len=256, width=256, layers=3,
       dropout=0.1, score_tau=1.0, chunk=8192, online_steps=20, online_lr=1e-4, online_batch=64))
-  # Offline estimator training (dots_jax.difficulty.offline) and its evaluation (...evaluate): a pool of
-  # questions rolled out `group` times each by the initial policy; heldout of them never trained on.
+  # Offline estimator training (dots_jax.difficulty.offline) and its evaluation (...quality): a pool of
+  # questions rolled out `group` times each by the initial policy (and by every checkpoint in
+  # label_policies: labels of several policies, as the official estimator is trained); heldout of them
+  # never trained on. epochs > 0 replaces steps by that many passes over the (policy, question) pairs.
   c.selection.dots.fit = ml_collections.ConfigDict(dict(
       pool=2048, heldout=512, group=16, steps=1500, lr=1e-3, warmup=100, batch=64, ref_size=64,
-      rollout_batch=256, out_dir=""))
-  # Dynamic sampling: questions per rollout round (0 = batch_questions).
-  c.selection.ds.gen_questions = 0
-  # GRESO rollout rounds: first round rollout_questions (0 = batch_questions), later rounds adaptive
-  # but at least min_rollout_questions; at most max_rounds rounds a step.
-  c.selection.greso.update(dict(rollout_questions=0, min_rollout_questions=4, max_rounds=8))
+      rollout_batch=256, out_dir="", epochs=0, label_policies=()))
   # MoPPS: candidates per step = candidate_factor * batch_questions, drawn from the epoch stream.
-  c.selection.mopps.candidate_factor = 4
+  c.selection.mopps.candidate_factor = 16
 
   # Evaluation (dots_jax.evaluate).
   c.eval = ml_collections.ConfigDict(dict(every=25, k=1, temperature=0.0, top_p=1.0,

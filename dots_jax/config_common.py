@@ -91,42 +91,109 @@ def apply_config_arg(c: ml_collections.ConfigDict, arg: str,
   return c
 
 
-def dots_reference(variant: str) -> ml_collections.ConfigDict:
-  """The DOTS reference script's settings, shared by the real-model configs (`variant` gives the
-  shapes for dry runs; `model.path` must point at the checkpoint for real runs)."""
+def _verl_run(variant: str) -> ml_collections.ConfigDict:
+  """What both reference scripts share: a Qwen2.5 shape in bfloat16 with float32 master weights and
+  remat, verl's actor defaults (AdamW lr 1e-6 constant, weight decay 0.01, grad clip 1.0, clip
+  ratio 0.2, one PPO epoch over mini-batches in order), G = 8, math rewards, async checkpoints."""
   c = base_config()
-  c.total_steps = 200
-  c.data.train = "deepscaler"
-  c.rl.batch_questions = 512
-  c.selection.dots.ref_size = 256
-  c.selection.dots.round_steps = 2
-  c.selection.dots.alpha = 0.5
-  c.selection.dots.tau = 1e-3
-  c.replay.capacity = 512
-  c.replay.fresh_fraction = 0.5
   c.model.variant = variant
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
   c.model.remat = True
-  c.data.system_prompt = "qwen_math"
-  c.data.chat_template = True
-  c.data.max_prompt_tokens = 1024
-  c.data.prompt_buckets = (256, 512, 1024)
-  c.data.eval_sets = ("math500", "gsm8k_test", "minerva_math", "olympiadbench")
-  c.sampling.group_size = 8
-  c.sampling.temperature = 0.6
-  c.sampling.max_new_tokens = 3072
-  c.reward.kind = "math"
-  c.reward.workers = 16
+  c.rl.shuffle = False
+  c.rl.ppo_epochs = 1
   c.rl.lr = 1e-6
   c.rl.schedule = "constant"
+  c.rl.warmup_steps = 0
   c.rl.weight_decay = 0.01
   c.rl.grad_clip = 1.0
+  c.rl.clip_eps_low = c.rl.clip_eps_high = 0.2
   c.rl.kl_beta = 0.0
-  c.eval.every = 10
-  c.eval.temperature = 0.0
-  c.eval.max_new_tokens = 3072
+  c.rl.logits_chunk = 256  # never hold [rows, T, 151936] float32 logits
+  c.data.chat_template = True
+  c.sampling.group_size = 8
+  c.reward.kind = "math"
+  c.reward.workers = 16
   c.eval.batch = 256
-  c.ckpt.every = 10
   c.ckpt.async_save = True
+  return c
+
+
+def dots_reference(variant: str) -> ml_collections.ConfigDict:
+  """The DOTS reference script (`final_ds_teacher_replay.sh` + its ray_trainer.py; values and line
+  numbers in docs/REPRODUCTION.md). `variant` gives the shapes for dry runs; real runs set
+  `model.path` (the policy) and `selection.dots.backbone` (the embedding model: the official script
+  embeds with Qwen2.5-Math-1.5B-Instruct, not the policy)."""
+  c = _verl_run(variant)
+  # 30 epochs x mu = 2 steps; each step 512 questions x n = 8, in 8 PPO mini-batches of 64
+  # questions taken in order (verl's batch.split, actor.shuffle False). use_kl_loss=True with
+  # kl_loss_coef=0: no KL term.
+  c.total_steps = 60
+  c.rl.batch_questions = 512
+  c.rl.mini_batches = 8
+  c.rl.entropy_coef = 0.0
+  c.data.train = "deepscaler_10240"
+  c.data.system_prompt = "dots"
+  c.data.max_prompt_tokens = 1024
+  c.data.prompt_overflow = "error"  # the script's truncation='error'
+  c.data.prompt_buckets = (256, 512, 1024)
+  c.data.eval_sets = ("math500", "gsm8k_test", "minerva_math", "olympiadbench", "aime24", "amc23")
+  c.sampling.temperature = 0.6
+  c.sampling.max_new_tokens = 3072  # Math models; 4096 for the others (configs/qwen3b.py)
+  # DOTS: K = 256 references re-rolled every mu = 2 steps, selection softmax(-|p - 0.5| / 1e-3).
+  d = c.selection.dots
+  d.ref_size = 256
+  d.round_steps = 2
+  d.alpha = 0.5
+  d.tau = 1e-3
+  d.embed_max_len = 0  # no truncation below the backbone's context
+  d.width = 896  # teacher_model.hidden_size
+  d.layers = 3
+  d.estimator_path = "auto"
+  # The estimator fit (run_train.sh): K = 256, batch 256, 20 epochs, lr 1e-3 with warmup then
+  # linear decay; labels from several policies belong in fit.label_policies.
+  d.fit.update(ref_size=256, batch=256, epochs=20, lr=1e-3, warmup=100)
+  # Rollout replay: buffer 512 groups, sigma = 0.5 fresh, random replay; the first mu steps fresh only.
+  c.replay.capacity = 512
+  c.replay.fresh_fraction = 0.5
+  c.replay.warmup_steps = -1
+  # The script's validation settings (val_temperature 0.6, n_val 8); it sets test_freq=1e7, so the
+  # official run itself never evaluates during training: we evaluate every 10 steps.
+  c.eval.every = 10
+  c.eval.temperature = 0.6
+  c.eval.k = 8
+  c.eval.max_new_tokens = 3072
+  c.ckpt.every = 10
+  return c
+
+
+def greso_reference(variant: str) -> ml_collections.ConfigDict:
+  """The GRESO reference script (`train-scripts/math_qwen_1_5b_dm_greso.sh` + its ray_trainer.py and
+  ppo_trainer.yaml; docs/REPRODUCTION.md): DAPO-17k + MATH, 256 questions trained of a first round
+  of 384, mini-batch 64, temperature 1, entropy bonus 0.001, reward 1 / 0.1 / 0."""
+  c = _verl_run(variant)
+  c.method = "greso"
+  c.total_steps = 1000  # trainer.max_steps=1001
+  c.rl.batch_questions = 256  # real_train_batch_size
+  c.rl.mini_batches = 4  # ppo_mini_batch_size 64 questions
+  c.rl.entropy_coef = 0.001  # ppo_trainer.yaml actor.entropy_coeff; use_kl_loss=False
+  c.data.train = "dapo_math_17k+math_train"
+  c.data.system_prompt = "none"
+  c.data.user_template = "greso"
+  c.data.max_prompt_tokens = 1536
+  c.data.prompt_buckets = (256, 512, 1024, 1536)
+  c.data.eval_sets = ("math500", "amc23", "aime24", "minerva_math", "olympiadbench")
+  c.sampling.temperature = 1.0
+  c.sampling.max_new_tokens = 2560
+  c.reward.format_score = 0.1  # latex_math.compute_score(format_score=0.1)
+  # sampling_batch_size 384 = 1.5 x 256, adaptive later rounds with a floor of 64 = 0.25 x 256.
+  c.selection.rounds.update(first=1.5, floor=0.25, slack=1.25)
+  c.selection.greso.update(alpha=0.25, p_init=0.5, p_step=0.01, p_min=0.05, p_max=0.95)
+  # Validation: n=4 samples, top_p 0.7, temperature 1 (val_kwargs), every 50 steps (test_freq).
+  c.eval.every = 50
+  c.eval.k = 4
+  c.eval.temperature = 1.0
+  c.eval.top_p = 0.7
+  c.eval.max_new_tokens = 2560
+  c.ckpt.every = 40  # save_freq
   return c

@@ -172,7 +172,8 @@ class Roller:
                                      self.decoding, row_multiple=self.quantum)
     golds = [self.prompts.question(i).answer for i in indices for _ in range(g)]
     scores_N, stats = score_batch(self.generator.texts(sample), golds, kind=self.reward.kind,
-                                  timeout_s=self.reward.timeout_s, workers=self.reward.workers)
+                                  timeout_s=self.reward.timeout_s, workers=self.reward.workers,
+                                  format_score=self.reward.format_score)
     q = len(indices)
     groups = groups_from_samples(sample, scores_N, indices, g, self.total_len, self.generator.pad_id)
     return Rollouts(groups, sample.lengths_N.reshape(q, g),

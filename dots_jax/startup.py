@@ -25,6 +25,20 @@ def validate_config(config: ml_collections.ConfigDict,
   if config.rl.batch_questions < 1 or config.sampling.group_size < 2:
     raise ConfigError("config.rl.batch_questions must be >= 1 and config.sampling.group_size >= 2 "
                       "(GRPO advantages need at least two samples per question)")
+  rows = config.rl.batch_questions * config.sampling.group_size
+  if rows % config.rl.mini_batches:
+    raise ConfigError(f"config.rl.mini_batches={config.rl.mini_batches} does not divide the "
+                      f"{rows} rows of a batch (batch_questions x group_size)")
+  mb = rows // config.rl.mini_batches
+  if config.rl.micro_batch and mb % config.rl.micro_batch:
+    raise ConfigError(f"config.rl.micro_batch={config.rl.micro_batch} does not divide the {mb} rows "
+                      f"of a mini-batch (batch_questions x group_size / mini_batches)")
+  if get_method(config.method).replay:
+    fresh = int(config.replay.fresh_fraction * config.rl.batch_questions)
+    if not 0.0 <= config.replay.fresh_fraction <= 1.0 or config.replay.capacity < fresh:
+      raise ConfigError(f"config.replay: fresh_fraction={config.replay.fresh_fraction} must be in "
+                        f"[0, 1] and capacity={config.replay.capacity} at least the {fresh} fresh "
+                        "groups of a step")
   if config.model.path:
     check_model_path(config.model.path)
   elif config.data.train != "synthetic" and not config.dry_run:

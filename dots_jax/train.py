@@ -2,7 +2,7 @@
 
 Phases under banners (setup, mesh, policy, data, selection, train state, restore), then the loop, whose
 body reads as one RL step: select -> rollout -> reward (`collect_batch`) -> replay (`mix_replay`) ->
-update -> log -> evaluate -> checkpoint. Every process runs the same program on the same global batch
+pi_old (`old_logp`, then `admit` to the buffer) -> update -> log -> evaluate -> checkpoint. Every process runs the same program on the same global batch
 (selection is a pure function of (seed, step, its state), so all processes agree); only process 0
 writes logs and checkpoint metadata.
 """
@@ -80,8 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     emb, estimator = dots_inputs(config, prompts.problems())
     dots_kwargs = dict(embeddings_NxD=emb, estimator=estimator)
   strategy = factory.make_strategy(config, len(prompts), **dots_kwargs)
-  buffer = (replay.ReplayBuffer(config.replay.capacity, config.sampling.group_size,
-                                roller.total_len) if method.replay else None)
+  buffer = replay.ReplayBuffer.from_config(config, roller.total_len) if method.replay else None
 
   # ----- train state + update ---------------------------------------------------------------------
   ucfg = update.UpdateConfig.from_config(config)
@@ -124,27 +123,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   for step in range(start, config.total_steps):
     t_step = time.perf_counter()
     # select -> rollout -> reward: the strategy decides which questions, the driver rolls them out.
-    num_fresh = (buffer.plan(config.rl.batch_questions, config.replay.fresh_fraction)[0]
-                 if buffer is not None else config.rl.batch_questions)
+    num_fresh = buffer.plan(step)[0] if buffer is not None else config.rl.batch_questions
     with timer.phase("rollout"):
       collected = driver.collect_batch(strategy, functools.partial(roller.run, state.params, step),
                                        step, num_fresh, seed=config.seed)
-    # replay: buffered groups join this step's batch, then this step's groups join the buffer.
-    groups, is_replay = replay.mix_replay(buffer, collected.rollouts.groups,
-                                          config.rl.batch_questions, config.replay.fresh_fraction,
-                                          config.seed, step)
-    # update
+    fresh = collected.rollouts.groups
+    # replay: buffered groups join this step's batch (a short batch is padded to the planned shape).
+    groups, is_replay = replay.mix_replay(buffer, fresh, config.seed, step)
     with timer.phase("update"):
-      batch = update.device_batch(make_batch(groups, is_replay, config.rl.adv_norm), mesh)
+      batch = update.device_batch(
+          make_batch(groups, is_replay, config.rl.adv_norm, config.rl.batch_questions), mesh)
+      # pi_old, then the fresh groups join the buffer with it as their behaviour log-probs.
+      batch[update.OLD_LOGP] = update_fn.old_logp(state.params, batch)
+      admitted = replay.admit(buffer, fresh, batch[update.OLD_LOGP], step)
+      # update
       state, step_metrics = update_fn(state, batch, ref_params)
       step_metrics = jax.device_get(step_metrics)
     update.raise_if_nonfinite(step_metrics, step)
     progress.seconds += time.perf_counter() - t_step
     progress.rollouts += int(collected.metrics["selection/rollouts"])
-    progress.last_reward = float(collected.rewards_BxG.mean())
     done = step + 1
     # log
-    record = _step_record(step_metrics, collected, is_replay, buffer, timer)
+    record = _step_record(step_metrics, collected, is_replay, buffer, admitted, timer)
+    progress.last_reward = record["reward_mean"]
     # evaluate
     if held_out.due(done):
       record.update(held_out.run(state.params, done))
@@ -176,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _step_record(step_metrics: dict[str, Any], collected: driver.CollectedBatch,
-                 is_replay: np.ndarray, buffer: replay.ReplayBuffer | None,
+                 is_replay: np.ndarray, buffer: replay.ReplayBuffer | None, admitted: int,
                  timer: metrics.StepTimer) -> dict[str, Any]:
   """One step's metrics: update, rollout batch, selection, timing, rewards, replay."""
   record = {f"train/{k}": v for k, v in step_metrics.items()}
@@ -184,9 +185,10 @@ def _step_record(step_metrics: dict[str, Any], collected: driver.CollectedBatch,
   record.update(collected.metrics)
   record.update(timer.metrics())
   record.update({f"reward/{k}": float(v)
-                 for k, v in collected.rollouts.reward_stats.counts.items()})
+                 for k, v in collected.reward_stats.counts.items()})
   record["replay/size"] = float(len(buffer)) if buffer is not None else 0.0
   record["replay/replayed_groups"] = float(is_replay.sum())
+  record["replay/admitted"] = float(admitted)
   return record
 
 

@@ -15,7 +15,8 @@ def tok():
 def test_system_prompts_are_the_published_strings():
   assert SYSTEM_PROMPTS["qwen_math"] == ("Please reason step by step, and put your final answer within "
                                          "\\boxed{}.")
-  assert SYSTEM_PROMPTS["dots"] == "Let's think step by step and output the final answer within \\boxed{}."
+  # The DOTS parquet's system message, trailing space included.
+  assert SYSTEM_PROMPTS["dots"] == "Let's think step by step and output the final answer within \\boxed{}. "
 
 
 def test_chat_template_from_tokenizer(tok):
@@ -56,3 +57,14 @@ def test_length_limit_error_mode(tok):
   data.update(chat_template=False, max_prompt_tokens=4, prompt_overflow="error")
   with pytest.raises(ValueError, match="question 1: prompt has 12 tokens > config.data.max_prompt_tokens=4"):
     build_prompts(tok, ["1+2", "123456789+1="], data)
+
+
+def test_greso_user_template_wraps_the_problem(tok):
+  from dots_jax.data.prompts import USER_TEMPLATES
+  text = USER_TEMPLATES["greso"].replace("{problem}", "1+1=?")
+  assert text.startswith("Please solve the following math problem: 1+1=?. The assistant first")
+  assert text.endswith("for example \\boxed{1}. Let's solve this step by step. ")
+  with pytest.raises(ValueError, match="user_template"):
+    build_prompt(tok, "x", "none", chat_template=False, user_template="nope")
+  assert tok.decode(build_prompt(tok, "7", "none", chat_template=False, user_template="greso")) == \
+      USER_TEMPLATES["greso"].replace("{problem}", "7")

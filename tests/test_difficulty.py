@@ -43,6 +43,30 @@ def test_trained_estimator_beats_raw_and_untrained():
   assert after > 0.75 and after > before + 0.2, (before, after)
 
 
+def test_estimator_trained_on_several_policies_follows_each_policys_references():
+  """Two policies label the same questions (a strong one: p ** 0.3, a weak one: p ** 3). Fitted on
+  both, the estimator predicts each policy's pass rates from that policy's reference labels, and
+  per-query reference labels give the same result as one policy's [K] labels."""
+  emb, _, p = _planted(seed=2)
+  rng = np.random.default_rng(3)
+  strong, weak = ((rng.random((len(p), 16)) < (p ** e)[:, None]).mean(1).astype(np.float32)
+                  for e in (0.3, 3.0))
+  tr, te = np.arange(900), np.arange(900, 1200)
+  model = init_estimator(EstimatorConfig(32, width=64, dropout=0.0))
+  losses = fit_estimator(model, emb[tr], np.stack([strong, weak])[:, tr], steps=300, lr=2e-3,
+                         warmup=25, batch=64, ref_size=64, seed=0)
+  assert np.mean(losses[-20:]) < np.mean(losses[:20])
+  refs = rng.choice(tr, 64, replace=False)
+  for labels in (strong, weak):
+    pred = predict_all(model, emb[te], emb[refs], labels[refs], chunk=256)
+    assert abs(pred.mean() - labels[te].mean()) < 0.08, (pred.mean(), labels[te].mean())
+    assert np.corrcoef(pred, labels[te])[0, 1] > 0.6
+  per_query = jnp.broadcast_to(jnp.asarray(weak[refs]), (len(te), len(refs)))
+  a = model(jnp.asarray(emb[te]), jnp.asarray(emb[refs]), per_query)
+  b = model(jnp.asarray(emb[te]), jnp.asarray(emb[refs]), jnp.asarray(weak[refs]))
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
 def test_prediction_is_calibrated_weighted_mean():
   cfg = EstimatorConfig(8, width=16, dropout=0.0, tau=1e9)  # tau -> inf: uniform weights
   model = init_estimator(cfg)

@@ -139,3 +139,40 @@ def test_reference_settings_match_dots_script():
   d = c.selection.dots
   assert (d.ref_size, d.round_steps, d.alpha, d.tau) == (256, 2, 0.5, 1e-3)
   assert (c.replay.capacity, c.replay.fresh_fraction) == (512, 0.5)
+  # The script's step structure, data set, prompt and estimator (docs/REPRODUCTION.md).
+  assert (c.rl.mini_batches, c.rl.shuffle, c.total_steps) == (8, False, 60)
+  assert (c.data.train, c.data.system_prompt, c.data.max_prompt_tokens) == ("deepscaler_10240",
+                                                                          "dots", 1024)
+  assert (d.width, d.layers, d.embed_max_len) == (896, 3, 0)
+  assert (d.fit.ref_size, d.fit.batch, d.fit.epochs, d.fit.lr) == (256, 256, 20, 1e-3)
+
+
+def test_reference_settings_match_greso_script():
+  c = load_config("qwen1p5b_greso")
+  assert (c.method, c.rl.batch_questions, c.rl.mini_batches, c.sampling.group_size) == (
+      "greso", 256, 4, 8)
+  assert (c.data.train, c.data.max_prompt_tokens, c.sampling.max_new_tokens) == (
+      "dapo_math_17k+math_train", 1536, 2560)
+  assert (c.sampling.temperature, c.rl.entropy_coef, c.reward.format_score, c.rl.lr) == (
+      1.0, 0.001, 0.1, 1e-6)
+  assert (c.selection.rounds.first * 256, c.selection.rounds.floor * 256) == (384, 64)
+
+
+@pytest.mark.parametrize("name,method,expect", [
+    ("qwen1p5b_math", "dots_rr", ["the first 2 steps train on 512 fresh questions",
+                                  "then 256 fresh + up to 256 replayed groups",
+                                  "256 reference questions x G=8 rolled out every 2 steps",
+                                  "8 mini-batches of 64 questions x 1 epoch(s) = 8 optimizer steps"]),
+    ("qwen1p5b_greso", "greso", ["round 1 = 384 questions that survive GRESO's skip",
+                                 "adaptive in [64, 384] until 256 groups",
+                                 "4 mini-batches of 64 questions x 1 epoch(s) = 4 optimizer steps"]),
+    ("qwen1p5b_greso", "ds", ["round 1 = 384 questions x G=8"]),
+])
+def test_dry_run_prints_the_published_step_structure(name, method, expect, capsys):
+  c = load_config(name, f"method={method}")
+  c.dry_run = True
+  plan = train.train_and_evaluate(c, "")
+  out = capsys.readouterr().out
+  for text in expect:
+    assert text in out, (text, out)
+  assert plan["step_structure"]["optimizer_steps"] == c.rl.mini_batches

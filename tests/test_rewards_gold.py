@@ -7,6 +7,8 @@ on the shared 2-core machine; numbers in the data engineer's report).
 """
 
 import json
+
+import numpy as np
 import os
 
 import pytest
@@ -64,3 +66,15 @@ def test_perturbed_golds_score_zero(name):
                               timeout_s=10, workers=2)
   accepted = [pair for pair, s in zip(pairs, scores) if s != 0.0]
   assert not accepted, (len(accepted), accepted[:10], stats.counts)
+
+
+def test_format_score_for_boxed_but_wrong_answers():
+  """GRESO's reward: 1 correct, 0.1 with a \\boxed{} answer that is wrong, 0 without one."""
+  from dots_jax.rewards import score_batch
+  responses = ["so \\boxed{4}", "so \\boxed{5}", "the answer is 4", "\\boxed{4"]
+  scores, stats = score_batch(responses, ["4"] * 4, workers=0, format_score=0.1)
+  np.testing.assert_allclose(scores, [1.0, 0.1, 0.0, 0.0])
+  plain, _ = score_batch(responses, ["4"] * 4, workers=0)
+  np.testing.assert_allclose(plain, [1.0, 0.0, 0.0, 0.0])
+  with pytest.raises(ValueError, match="format_score"):
+    score_batch(responses, ["4"] * 4, workers=0, format_score=1.0)

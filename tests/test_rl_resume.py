@@ -28,7 +28,7 @@ def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
   from dots_jax.rl.batch import Groups, make_batch
   from dots_jax.rl.checkpoint import Checkpointer
   from dots_jax.rl.metrics import MetricsWriter
-  from dots_jax.rl.replay import ReplayBuffer
+  from dots_jax.rl.replay import ReplayBuffer, admit
   from dots_jax.rl.random_batch import random_batch
 
   cfg = qwen2.Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -44,7 +44,8 @@ def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
   opt = update.make_optimizer(config.rl, total_steps=steps, updates_per_step=ucfg.updates_per_step)
   fn = update.make_update_fn(graphdef, opt, ucfg)
   state = update.init_train_state(params, opt, seed=0)
-  buffer = ReplayBuffer(capacity=3, group_size=G, total_len=P + R)
+  buffer = ReplayBuffer(capacity=3, group_size=G, total_len=P + R, batch_groups=Q,
+                        fresh_fraction=0.5, warmup_steps=2)
   host_rng = np.random.default_rng(0)
   writer = MetricsWriter(workdir, tensorboard=False)
   ckpt = Checkpointer(workdir, keep=2)
@@ -62,9 +63,12 @@ def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
     fresh = Groups(b.tokens_NxT.reshape(Q, G, -1), b.mask_NxT.reshape(Q, G, -1),
                    b.loss_mask_NxT.reshape(Q, G, -1), b.behav_logp_NxT.reshape(Q, G, -1), rewards,
                    np.arange(Q) + 10 * step)
-    groups, is_replay = buffer.mix(fresh, Q, 0.5, host_rng)
-    buffer.add(fresh, step)
-    state, metrics = fn(state, make_batch(groups, is_replay, "grpo").as_dict())
+    fresh = fresh.take(np.arange(buffer.plan(step)[0]))
+    groups, is_replay = buffer.mix(fresh, step, host_rng)
+    batch = make_batch(groups, is_replay, "grpo", Q).as_dict()
+    batch[update.OLD_LOGP] = fn.old_logp(state.params, batch)
+    admit(buffer, fresh, batch[update.OLD_LOGP], step)
+    state, metrics = fn(state, batch)
     metrics = jax.device_get(metrics)
     update.raise_if_nonfinite(metrics, step)
     metrics["reward_mean"] = float(groups.rewards_QxG.mean())

@@ -193,3 +193,71 @@ def test_sharded_update_matches_single_device():
   assert q_kernel.value.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert_trees_close(state.params, expected.params, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-4, atol=1e-7)
+
+
+def test_clipping_acts_from_the_second_mini_batch():
+  """With one mini-batch the only update sees pi == pi_old, so no fresh token can be clipped; with
+  the reference scripts' several mini-batches the later ones move away from pi_old and clip."""
+  batch = batch_dict(seed=3, replay_fraction=0.0)
+  _, one = run(rl_config(lr=0.3, mini_batches=1), batch)
+  _, four = run(rl_config(lr=0.3, mini_batches=4), batch)
+  assert one["clip_frac"] == 0.0 and one["optimizer_updates"] == 1
+  assert four["clip_frac"] > 0.0 and four["optimizer_updates"] == 4
+
+
+def test_padding_rows_are_left_out_and_empty_mini_batches_skipped():
+  """A short batch padded to the planned shape trains exactly like the short batch alone: padding
+  rows are last (no shuffle), their mini-batch has no loss tokens, so its optimizer update (Adam
+  moments, step count, weight decay) does not happen."""
+  real = batch_dict(seed=5, replay_fraction=0.0)
+  padded = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in real.items()}
+  short, m_short = run(rl_config(mini_batches=1, shuffle=False, weight_decay=0.1), real, steps=2)
+  long, m_long = run(rl_config(mini_batches=2, shuffle=False, weight_decay=0.1), padded, steps=2)
+  assert m_long["optimizer_updates"] == 1 and not m_long["nonfinite"]
+  assert_trees_close(short.params, long.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m_short["loss"], m_long["loss"], rtol=1e-5)
+
+
+def test_shuffle_keeps_padding_last():
+  real = batch_dict(seed=6, replay_fraction=0.0)
+  padded = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in real.items()}
+  _, m = run(rl_config(mini_batches=2, shuffle=True), padded)
+  assert m["optimizer_updates"] == 1  # the shuffled real rows fill the first mini-batch
+
+
+def test_old_logp_program_is_the_updates_pi_old():
+  config = rl_config(mini_batches=2)
+  params, opt, fn = get_fn(config)
+  batch = batch_dict(seed=7)
+  old = fn.old_logp(params, batch)
+  graphdef, _ = nnx.split(qwen2.init_model(CFG, 0))
+  ref = logprobs_and_entropy(nnx.merge(graphdef, params), batch["tokens_NxT"], batch["mask_NxT"])[0]
+  np.testing.assert_allclose(np.asarray(old), np.asarray(ref), atol=1e-6)
+  a, ma = run(config, batch)
+  b, mb = run(config, {**batch, update.OLD_LOGP: old})
+  assert_trees_close(a.params, b.params, rtol=0, atol=0)
+
+
+def test_chunked_logprobs_match_and_do_not_hold_the_full_logits():
+  """The chunked vocabulary projection gives the same log-probs, entropies and gradients (<= 1e-6),
+  and the compiled backward pass needs less scratch memory than with [N, T, V] logits."""
+  cfg = qwen2.Qwen2Config(vocab_size=4096, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+  graphdef, params = nnx.split(qwen2.init_model(cfg, 0))
+  b = random_batch(1, rows=8, prompt_len=24, completion_len=40, vocab_size=cfg.vocab_size).as_dict()
+  w = jnp.asarray(np.random.default_rng(0).normal(size=b["tokens_NxT"].shape), jnp.float32)
+
+  def loss(p, chunk):
+    lp, ent = logprobs_and_entropy(nnx.merge(graphdef, p), b["tokens_NxT"], b["mask_NxT"], 0.8,
+                                   chunk)
+    return jnp.sum(w * lp) + 0.1 * jnp.sum(w * ent), (lp, ent)
+
+  fns = {c: jax.jit(jax.value_and_grad(lambda p, c=c: loss(p, c), has_aux=True)) for c in (0, 16)}
+  (_, (lp0, ent0)), g0 = fns[0](params)
+  (_, (lp1, ent1)), g1 = fns[16](params)
+  np.testing.assert_allclose(np.asarray(lp1), np.asarray(lp0), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(ent1), np.asarray(ent0), atol=1e-6)
+  assert_trees_close(g1, g0, rtol=1e-5, atol=1e-6)
+  temp = {c: f.lower(params).compile().memory_analysis().temp_size_in_bytes for c, f in fns.items()}
+  full_logits = 8 * 63 * cfg.vocab_size * 4
+  assert temp[0] >= full_logits and temp[16] < temp[0] / 2, temp

@@ -6,7 +6,8 @@ import pytest
 from dots_jax.config_base import base_config
 from dots_jax.difficulty.estimator import EstimatorConfig, init_estimator
 from dots_jax.difficulty.fit import fit_estimator
-from dots_jax.selection.base import EpochStream, Proposal, StepContext, group_stats, step_rng
+from dots_jax.selection.base import (EpochStream, Proposal, RolloutRounds, StepContext, group_stats,
+                                     step_rng)
 from dots_jax.rollout import Rollouts
 from dots_jax.selection.driver import collect_batch
 from dots_jax.methods import METHODS
@@ -38,20 +39,21 @@ def _ctx(**kw):
   return StepContext(**base)
 
 
-def _greso(n=10, **kw):
+def _greso(n=10, first=1.0, max_rounds=8, **kw):
   args = dict(alpha=0.25, p_init=0.5, p_step=0.01, p_min=0.05, p_max=0.95, min_keep=0.01,
-              batch_slack=1.25, rollout_questions=16, min_rollout_questions=4, max_rounds=8)
+              rounds=RolloutRounds(first=first, floor=0.25, slack=1.25, max_rounds=max_rounds))
   args.update(kw)
   return GresoStrategy(EpochStream(n, 0), n, **args)
 
 
 def test_group_stats_hand_case():
-  r = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1], [0.5, 0.5, 0.5]], np.float32)
+  # The last two groups score only a format reward (0.1): wrong, so "all wrong" (GRESO's hard).
+  r = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1], [0.1, 0.1, 0.1], [0.1, 0, 0.1]], np.float32)
   st = group_stats(r)
-  np.testing.assert_allclose(st["pass_rate"], [1, 0, 2 / 3, 0.5], rtol=1e-6)
-  assert st["zero_var"].tolist() == [True, True, False, True]
-  assert st["all_correct"].tolist() == [True, False, False, False]
-  assert st["all_wrong"].tolist() == [False, True, False, False]
+  np.testing.assert_allclose(st["pass_rate"], [1, 0, 2 / 3, 0, 0], rtol=1e-6)
+  assert st["zero_var"].tolist() == [True, True, False, True, False]
+  assert st["all_correct"].tolist() == [True, False, False, False, False]
+  assert st["all_wrong"].tolist() == [False, True, False, True, True]
 
 
 def test_greso_skip_probabilities_hand_computed():
@@ -89,7 +91,7 @@ def test_greso_p_updates_toward_targets_and_clamp():
 def test_greso_p_moves_only_once_candidates_have_history():
   n = 32
   env = Env(np.ones(n))  # every group all-correct: far above the easy target
-  s = _greso(n=n, rollout_questions=16, max_rounds=1)
+  s = _greso(n=n, max_rounds=1)
   collect_batch(s, env, 0, 16, seed=0)
   collect_batch(s, env, 1, 16, seed=0)  # the rest of epoch 0: still no history
   assert s.p_easy == 0.5
@@ -97,25 +99,38 @@ def test_greso_p_moves_only_once_candidates_have_history():
   assert s.p_easy == pytest.approx(0.49)
 
 
-def test_greso_never_skips_without_history_and_adapts_round_size():
-  s = _greso(n=100)
+def test_greso_never_skips_without_history():
+  s = _greso(n=100, first=1.5)
   prop = s.propose(_ctx())
-  assert len(prop.indices) == 16 and prop.skipped == 0
-  # remaining 10 / (1 - 0.5) * 1.25 = 25 -> capped at the first-round size 16
-  assert s._round_size(_ctx(train_rounds=1, kept=6, last_zero_var_ratio=0.5)) == 16
-  # remaining 2 / 0.8 * 1.25 = 3.1 -> floor 3 -> raised to min_rollout_questions 4
-  assert s._round_size(_ctx(train_rounds=1, kept=14, last_zero_var_ratio=0.2)) == 4
-  assert s._round_size(_ctx(train_rounds=1, kept=6, last_zero_var_ratio=1.0)) == 16
+  assert len(prop.indices) == 24 and prop.skipped == 0  # first round: 1.5 x 16
+
+
+def test_rollout_rounds_follow_the_greso_trainer():
+  rounds = RolloutRounds(first=1.5, floor=0.25, slack=1.25, max_rounds=8)
+  assert rounds.next_size(_ctx()) == 24  # 384 for 256 in the reference script
+  # remaining 10 / (1 - 0.5) * 1.25 = 25 > 24: capped at the first-round size, not the last round
+  ctx = _ctx(train_rounds=1, kept=6, last_zero_var_ratio=0.5)
+  assert rounds.next_size(ctx) == 24 and not ctx.final_round_planned
+  # remaining 2 / 0.8 * 1.25 = 3.1 -> 3 <= 24: the last round, raised to the floor 0.25 x 16 = 4
+  ctx = _ctx(train_rounds=1, kept=14, last_zero_var_ratio=0.2)
+  assert rounds.next_size(ctx) == 4 and ctx.final_round_planned
+  ctx.train_rounds, ctx.kept = 2, 15
+  assert rounds.next_size(ctx) is None  # after the last round the step trains on 15 groups
+  # a round of only zero-variance groups: another first-sized round (the estimate is undefined)
+  assert rounds.next_size(_ctx(train_rounds=1, kept=6, last_zero_var_ratio=1.0)) == 24
+  assert rounds.next_size(_ctx(train_rounds=1, kept=16, last_zero_var_ratio=0.5)) is None
+  assert rounds.next_size(_ctx(train_rounds=8, kept=3, last_zero_var_ratio=0.5)) is None
 
 
 def test_greso_skips_easy_questions_in_a_run():
   n = 64
   env = Env(np.r_[np.ones(n // 2), np.full(n // 2, 0.5)])
-  s = _greso(n=n, rollout_questions=16)
+  s = _greso(n=n)
   skipped = 0
   for step in range(12):
     out = collect_batch(s, env, step, 16, seed=3)
-    assert len(out.indices) == 16
+    assert len(out.indices) + out.metrics["selection/short_groups"] == 16
+    assert not group_stats(out.rewards_BxG)["zero_var"].any()
     skipped += out.metrics["selection/questions_skipped"]
   assert skipped > 0
   assert s.p_easy < 0.5  # half the rolled-out groups were all-correct: above the easy target
@@ -147,28 +162,51 @@ def test_mopps_picks_nearest_target():
   np.testing.assert_allclose(prop.predicted, means[prop.indices], atol=1e-5)
 
 
-def test_dynamic_sampling_fills_exactly():
+def test_dynamic_sampling_fills_with_variance_groups():
   n = 200
   p = np.where(np.arange(n) % 2 == 0, 0.5, 1.0)  # half the questions always give all-correct groups
   env = Env(p)
-  s = DynamicSamplingStrategy(EpochStream(n, 1), max_rounds=10, gen_questions=12)
+  s = DynamicSamplingStrategy(EpochStream(n, 1), rounds=RolloutRounds(first=1.5, max_rounds=10))
   out = collect_batch(s, env, 0, 32)
-  assert len(out.indices) == 32 and out.rewards_BxG.shape == (32, G)
+  assert out.rewards_BxG.shape == (len(out.indices), G)
+  assert len(out.indices) + out.metrics["selection/short_groups"] == 32
   assert not group_stats(out.rewards_BxG)["zero_var"].any()
   assert out.metrics["selection/effective_frac"] == 1.0
-  assert out.metrics["selection/rounds"] >= 3  # 12 per round at most half effective
-  assert out.metrics["selection/rollouts"] == out.metrics["selection/rounds"] * 12 * G
   # the collected groups are the chosen questions', in the same order
   np.testing.assert_array_equal(out.rollouts.groups.qid_Q, out.indices)
 
 
-def test_dynamic_sampling_backfills_when_rounds_run_out():
-  n = 50
-  env = Env(np.ones(n))
-  s = DynamicSamplingStrategy(EpochStream(n, 1), max_rounds=2)
+def test_dynamic_sampling_rounds_and_short_last_batch():
+  """12 questions, 3 of them with reward variance, batch 8, first round 1.5 x 8 = 12: round 1 keeps
+  3 (zero-variance ratio 0.75, estimate 5 / 0.25 * 1.25 = 25 > 12: size 12); round 2 keeps 3 more
+  (estimate 2 / 0.25 * 1.25 = 10 <= 12: the last round, 10 questions); then the step trains on what
+  it kept, fewer than 8 when round 3's 10 questions miss a variance question."""
+  mixed = np.r_[np.ones(G // 2), np.zeros(G // 2)].astype(np.float32)
+  sizes = []
+
+  def rollout(idx, round):
+    sizes.append(len(idx))
+    return Rollouts.rewards_only(idx, np.stack([mixed if i < 3 else np.ones(G, np.float32)
+                                                for i in idx]))
+
+  for seed in range(6):
+    sizes.clear()
+    s = DynamicSamplingStrategy(EpochStream(12, seed), rounds=RolloutRounds(first=1.5))
+    out = collect_batch(s, rollout, 0, 8)
+    assert sizes == [12, 12, 10]
+    third = s.source._order(2)[:10]
+    kept = 6 + int(np.sum(third < 3))
+    assert len(out.indices) == min(kept, 8)
+    assert out.metrics["selection/short_groups"] == 8 - min(kept, 8)
+    assert set(out.indices.tolist()) <= {0, 1, 2}
+
+
+def test_dynamic_sampling_trains_on_nothing_when_no_group_varies():
+  env = Env(np.ones(50))
+  s = DynamicSamplingStrategy(EpochStream(50, 1), rounds=RolloutRounds(first=1.0, max_rounds=2))
   out = collect_batch(s, env, 0, 8)
-  assert len(out.indices) == 8
-  assert out.metrics["selection/backfilled"] == 8 and out.metrics["selection/rounds"] == 2
+  assert len(out.indices) == 0 and out.metrics["selection/short_groups"] == 8
+  assert out.metrics["selection/rounds"] == 2 and out.metrics["selection/rollouts"] == 2 * 8 * G
 
 
 def test_epoch_stream_covers_each_epoch_once():
@@ -203,7 +241,6 @@ def _config(method, **sel):
   c.selection.dots.ref_size = 24
   c.selection.dots.round_steps = 2
   c.selection.dots.chunk = 128
-  c.selection.greso.rollout_questions = 16
   for k, v in sel.items():
     section, key = k.split("__")
     c.selection[section][key] = v
@@ -285,9 +322,9 @@ def test_dots_greso_combines_targeting_and_filtering(planted):
   s = make_strategy(_config("dots_rr_greso"), len(p), embeddings_NxD=emb, estimator=model)
   for step in range(4):
     out = collect_batch(s, env, step, 16, seed=2)
-    assert len(out.indices) == 16
-    # post-rollout filtering: only groups with reward variance enter (backfill only if rounds ran out)
-    assert out.metrics["selection/effective_frac"] == 1.0 or out.metrics["selection/backfilled"] > 0
+    assert len(out.indices) + out.metrics["selection/short_groups"] == 16
+    # post-rollout filtering: only groups with reward variance enter
+    assert out.metrics["selection/effective_frac"] == 1.0
     assert np.abs(p[out.indices] - 0.5).mean() < 0.15  # still DOTS-targeted candidates
     assert not np.isnan(out.metrics["selection/pred_pass_rate"])
   assert "greso/p_easy" in out.metrics and "dots/recal_slope" in out.metrics

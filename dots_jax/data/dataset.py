@@ -1,11 +1,14 @@
 """`load_dataset(config.data, split) -> QuestionSet`: prepared (TFDS array_record) question sets.
 
 split "train" loads `config.data.train`; any other split is a dataset name (an entry of
-`config.data.eval_sets`, e.g. "math500" or "synthetic_heldout"). Synthetic sets are generated from
+`config.data.eval_sets`, e.g. "math500" or "synthetic_heldout"). "a+b" is the concatenation of
+file sets a and b (GRESO trains on "dapo_math_17k+math_train"), each question's meta naming its
+`source`. Synthetic sets are generated from
 `config.data.synthetic` (seed included in the fingerprint); file sets are read from
 `dots_jax.data.sources`.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -69,20 +72,37 @@ def _synthetic(data_cfg: Any, name: str) -> QuestionSet:
   return QuestionSet(name, *builder.prepare(name, prepared_root(data_cfg), key, make))
 
 
-def _from_file(data_cfg: Any, name: str) -> QuestionSet:
-  path = sources.find_source_file(data_cfg, name)
+def _from_files(data_cfg: Any, name: str) -> QuestionSet:
+  parts = name.split("+")
+  paths = [sources.find_source_file(data_cfg, part) for part in parts]
   skip = bool(data_cfg.skip_bad_rows)
-  key = builder.fingerprint(builder.FORMAT_VERSION, builder.file_sha256(path), f"skip={skip}")
+  key = builder.fingerprint(builder.FORMAT_VERSION, *map(builder.file_sha256, paths), f"skip={skip}")
 
   def make():
-    questions, report = read_questions(path, sources.SOURCES[name].mapper, id_prefix=name,
-                                       skip_bad_rows=skip)
-    if report.num_skipped:
-      logging.warning("%s: skipped %d of %d rows %s; first: %s", path, report.num_skipped,
-                      report.rows_read, dict(report.skipped), report.first_skips)
-    return questions, builder.report_metadata(report)
+    questions, metas = [], []
+    for part, path in zip(parts, paths):
+      qs, report = read_questions(path, sources.SOURCES[part].mapper, id_prefix=part,
+                                  skip_bad_rows=skip)
+      if report.num_skipped:
+        logging.warning("%s: skipped %d of %d rows %s; first: %s", path, report.num_skipped,
+                        report.rows_read, dict(report.skipped), report.first_skips)
+      offset = len(questions)
+      questions += [q if len(parts) == 1 else
+                    dataclasses.replace(q, index=offset + q.index, meta={**q.meta, "source": part})
+                    for q in qs]
+      metas.append(builder.report_metadata(report))
+    if len(parts) == 1:
+      return questions, metas[0]
+    skipped: dict[str, int] = {}
+    for m in metas:
+      for reason, count in m["skipped"].items():
+        skipped[reason] = skipped.get(reason, 0) + count
+    return questions, {"source": paths, "rows_read": sum(m["rows_read"] for m in metas),
+                       "skipped": skipped, "first_skips": [s for m in metas for s in m["first_skips"]],
+                       "parts": {part: m["rows_read"] for part, m in zip(parts, metas)}}
 
-  return QuestionSet(name, *builder.prepare(name, prepared_root(data_cfg), key, make))
+  return QuestionSet(name, *builder.prepare(name.replace("+", "_and_"), prepared_root(data_cfg),
+                                            key, make))
 
 
 def load_dataset(data_cfg: Any, split: str) -> QuestionSet:
@@ -90,4 +110,4 @@ def load_dataset(data_cfg: Any, split: str) -> QuestionSet:
   name = data_cfg.train if split == "train" else split
   if name in SYNTHETIC_SPLITS:
     return _synthetic(data_cfg, name)
-  return _from_file(data_cfg, name)
+  return _from_files(data_cfg, name)

@@ -17,7 +17,18 @@ from dots_jax.config_common import ConfigError
 SYSTEM_PROMPTS: dict[str, str | None] = {
     "none": None,
     "qwen_math": "Please reason step by step, and put your final answer within \\boxed{}.",  # Qwen2.5-Math
-    "dots": "Let's think step by step and output the final answer within \\boxed{}.",  # DOTS paper
+    # The DOTS training parquet's system message, trailing space included
+    # (ASTRAL-Group/data-efficient-llm-rl rl_training/data/deepscaler.parquet, column prompt).
+    "dots": "Let's think step by step and output the final answer within \\boxed{}. ",
+}
+# The user message around the problem ("{problem}" is replaced; other braces are literal).
+USER_TEMPLATES: dict[str, str] = {
+    "plain": "{problem}",
+    # GRESO's examples/data_preprocess/dapo_math.py (also used for its MATH training rows).
+    "greso": ("Please solve the following math problem: {problem}. The assistant first thinks about "
+              "the reasoning process step by step and then provides the user with the answer. "
+              "Return the final answer in \\boxed{} tags, for example \\boxed{1}. Let's solve this "
+              "step by step. "),
 }
 OVERFLOW_MODES = ("drop", "left", "error")
 
@@ -30,9 +41,13 @@ def system_prompt_text(name: str) -> str | None:
 
 
 def build_prompt(tokenizer: Any, problem: str, system_prompt: str = "none",
-                 chat_template: bool = True) -> list[int]:
+                 chat_template: bool = True, user_template: str = "plain") -> list[int]:
   """Token ids of one prompt, ending where the model's answer starts."""
   system = system_prompt_text(system_prompt)
+  if user_template not in USER_TEMPLATES:
+    raise ValueError(f"unknown user template {user_template!r} (config.data.user_template); "
+                     f"known: {sorted(USER_TEMPLATES)}")
+  problem = USER_TEMPLATES[user_template].replace("{problem}", problem)
   if chat_template:
     if not getattr(tokenizer, "chat_template", None):
       raise ValueError("config.data.chat_template=True but the tokenizer has no chat template")
@@ -61,7 +76,8 @@ def build_prompts(tokenizer: Any, problems: Sequence[str], data_cfg: Any) -> Pro
     raise ValueError(f"config.data.max_prompt_tokens must be >= 1, got {limit}")
   batch = PromptBatch([], [], collections.Counter(total=len(problems)))
   for i, problem in enumerate(problems):
-    ids = build_prompt(tokenizer, problem, data_cfg.system_prompt, data_cfg.chat_template)
+    ids = build_prompt(tokenizer, problem, data_cfg.system_prompt, data_cfg.chat_template,
+                       data_cfg.user_template)
     if len(ids) > limit:
       if mode == "error":
         raise ValueError(f"question {i}: prompt has {len(ids)} tokens > config.data.max_prompt_tokens="

@@ -41,7 +41,9 @@ def _bucket(length: int, max_len: int) -> int:
 
 def embed_token_lists(model: Qwen2ForCausalLM, token_lists: Sequence[Sequence[int]], *, batch: int,
                       max_len: int, pad_id: int = 0) -> np.ndarray:
-  """float32 [N, D]: mean final hidden state of each token list (truncated to `max_len`)."""
+  """float32 [N, D]: mean final hidden state of each token list (truncated to `max_len`; 0 = the
+  model's context length, i.e. no truncation, as the official embedding script)."""
+  max_len = max_len if max_len > 0 else model.cfg.max_position_embeddings
   for i, toks in enumerate(token_lists):
     if len(toks) == 0:
       raise ValueError(f"question {i} tokenizes to nothing; cannot embed an empty question")

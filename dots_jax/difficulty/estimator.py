@@ -73,28 +73,32 @@ class DifficultyEstimator(nnx.Module):
     self.calib_in = nnx.Linear(2, cfg.calib_hidden, rngs=rngs)
     self.calib_out = nnx.Linear(cfg.calib_hidden, 2, rngs=rngs)
 
-  def calibration(self, ref_labels_K: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Temperature in [1e-2, 10] and bias in (-1, 1) from the reference labels' mean and std."""
-    stats = jnp.stack([ref_labels_K.mean(), ref_labels_K.std(ddof=1)])
-    out = self.calib_out(jax.nn.relu(self.calib_in(stats)))
-    temp = jnp.clip(jax.nn.softplus(out[0]), 1e-2, 10.0)
-    return temp, jnp.tanh(out[1])
+  def calibration(self, ref_labels_CxK: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per query: temperature in [1e-2, 10] and bias in (-1, 1) from the mean and std of the
+    reference labels it is predicted from."""
+    stats_Cx2 = jnp.stack([ref_labels_CxK.mean(-1), ref_labels_CxK.std(-1, ddof=1)], axis=-1)
+    out_Cx2 = self.calib_out(jax.nn.relu(self.calib_in(stats_Cx2)))
+    temp = jnp.clip(jax.nn.softplus(out_Cx2[..., 0]), 1e-2, 10.0)
+    return temp, jnp.tanh(out_Cx2[..., 1])
 
   def from_projections(self, pq_CxH: jax.Array, pref_KxH: jax.Array,
-                       ref_labels_K: jax.Array) -> jax.Array:
-    """Calibrated predictions from already-projected queries and references."""
+                       ref_labels: jax.Array) -> jax.Array:
+    """Calibrated predictions from already-projected queries and references. `ref_labels` is [K]
+    (one policy's labels for every query) or [C, K] (each query its own policy's labels of the same
+    references, as the official estimator is trained on several policies)."""
+    labels_CxK = jnp.broadcast_to(ref_labels, (pq_CxH.shape[0], pref_KxH.shape[0]))
     scores = pq_CxH @ pref_KxH.T / jnp.sqrt(pq_CxH.shape[-1]) / self.cfg.tau
-    base = jax.nn.softmax(scores, axis=-1) @ ref_labels_K
-    temp, bias = self.calibration(ref_labels_K)
+    base = jnp.sum(jax.nn.softmax(scores, axis=-1) * labels_CxK, axis=-1)
+    temp, bias = self.calibration(labels_CxK)
     base = jnp.clip(base, _EPS, 1.0 - _EPS)
     return jax.nn.sigmoid(jnp.log(base / (1.0 - base)) / temp + bias)
 
-  def __call__(self, q_CxD: jax.Array, ref_KxD: jax.Array, ref_labels_K: jax.Array,
+  def __call__(self, q_CxD: jax.Array, ref_KxD: jax.Array, ref_labels: jax.Array,
                key: jax.Array | None = None) -> jax.Array:
     kq = kr = None
     if key is not None:
       kq, kr = jax.random.split(key)
-    return self.from_projections(self.query(q_CxD, kq), self.ref(ref_KxD, kr), ref_labels_K)
+    return self.from_projections(self.query(q_CxD, kq), self.ref(ref_KxD, kr), ref_labels)
 
 
 def init_estimator(cfg: EstimatorConfig, seed: int = 0) -> DifficultyEstimator:

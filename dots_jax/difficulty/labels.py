@@ -30,10 +30,19 @@ from dots_jax.tiny.base import policy_path
 @dataclasses.dataclass
 class Pool:
   rows: np.ndarray  # positions in the training set of the labelled questions
-  labels: np.ndarray  # observed pass rates, float32
+  labels: np.ndarray  # observed pass rates under the initial policy, float32 [P]
   emb: np.ndarray  # embeddings of `rows`, float32 [P, D]
   heldout: np.ndarray  # bool [P]: never trained on, used by evaluate
   out_dir: str
+  # Pass rates of the same questions under the checkpoints of selection.dots.fit.label_policies,
+  # float32 [M, P] (M may be 0): more label distributions for the estimator to calibrate to.
+  extra_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+  def all_labels(self) -> np.ndarray:
+    """[1 + M, P]: the initial policy's labels, then the extra policies'."""
+    if self.extra_labels.size == 0:
+      return self.labels[None]
+    return np.concatenate([self.labels[None], self.extra_labels]).astype(np.float32)
 
 
 def default_out_dir(config: Any) -> str:
@@ -55,9 +64,11 @@ def default_out_dir(config: Any) -> str:
 
 
 def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, group: int,
-                        batch: int, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
-  """(kept positions, pass rates) of `problems` under the initial policy (training sampling)."""
-  path = policy_path(config)
+                        batch: int, log: Callable[[str], None], path: str = ""
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """(kept positions, pass rates) of `problems` under the checkpoint `path` (default: the initial
+  policy), with the training sampling settings."""
+  path = path or policy_path(config)
   qcfg, model = load_policy(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
   tokenizer = load_tokenizer(path)
   graphdef, params = nnx.split(model)
@@ -77,7 +88,7 @@ def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, g
     scores, _ = score_batch(flat, gold, kind=config.reward.kind, timeout_s=config.reward.timeout_s,
                             workers=config.reward.workers)
     rates[start:start + len(chunk)] = scores.reshape(len(chunk), group).mean(1)
-    log(f"pool rollouts: {start + len(chunk)}/{len(kept)} questions x {group}")
+    log(f"pool rollouts ({path}): {start + len(chunk)}/{len(kept)} questions x {group}")
   return kept, rates
 
 
@@ -110,5 +121,27 @@ def prepare_pool(config: Any, log: Callable[[str], None] = print) -> Pool:
     n_pool = int((kept < f.pool).sum())  # questions dropped for prompt length shrink the splits
     np.savez(labels_path, rows=rows, labels=labels, n_pool=n_pool)
   heldout = np.arange(len(rows)) >= n_pool
+  extra = [_policy_labels(config, path, [problems[i] for i in rows],
+                          [questions[i].answer for i in rows], out_dir, log)
+           for path in f.label_policies]
   return Pool(rows=rows, labels=labels.astype(np.float32), emb=emb_all[rows], heldout=heldout,
-              out_dir=out_dir)
+              out_dir=out_dir,
+              extra_labels=np.stack(extra) if extra else np.zeros((0, len(rows)), np.float32))
+
+
+def _policy_labels(config: Any, path: str, problems: list[str], golds: list[str], out_dir: str,
+                   log: Callable[[str], None]) -> np.ndarray:
+  """Pass rates of the pool questions under another checkpoint, cached next to the pool labels."""
+  f = config.selection.dots.fit
+  tag = hashlib.sha256(embed.backbone_fingerprint(path).encode()).hexdigest()[:12]
+  cache = os.path.join(out_dir, f"labels_{tag}.npz")
+  if os.path.exists(cache):
+    with np.load(cache) as z:
+      return z["labels"].astype(np.float32)
+  kept, rates = _rollout_pass_rates(config, problems, golds, group=f.group, batch=f.rollout_batch,
+                                    log=log, path=path)
+  if len(kept) != len(problems):
+    raise ValueError(f"selection.dots.fit.label_policies: {path} drops {len(problems) - len(kept)} "
+                     "pool prompts for length; label policies must share the initial tokenizer")
+  np.savez(cache, labels=rates, path=path)
+  return rates

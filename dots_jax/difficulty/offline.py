@@ -22,21 +22,28 @@ from absl import logging
 
 from dots_jax.difficulty.estimator import (DifficultyEstimator, init_estimator, load_estimator,
                                            save_estimator)
-from dots_jax.difficulty.fit import fit_estimator
+from dots_jax.difficulty import embed
+from dots_jax.difficulty.fit import epoch_steps, fit_estimator
 from dots_jax.difficulty.labels import Pool, default_out_dir, prepare_pool
 from dots_jax.difficulty.setup import estimator_config, question_embeddings
 
 
 def train_on_pool(config: Any, pool: Pool, log: Callable[[str], None] = print
                   ) -> DifficultyEstimator:
-  """Fits a fresh estimator on the pool's non-held-out questions and saves it in `pool.out_dir`."""
+  """Fits a fresh estimator on the pool's non-held-out questions (labels of every label policy) and
+  saves it in `pool.out_dir`. `fit.epochs > 0` sets the steps to that many passes over the
+  (policy, question) pairs; the warmup is at most a tenth of the steps, as the official script."""
   f = config.selection.dots.fit
   train = ~pool.heldout
+  labels_MxN = pool.all_labels()[:, train]
+  steps = epoch_steps(f.epochs, labels_MxN.size, f.batch) if f.epochs > 0 else f.steps
   model = init_estimator(estimator_config(config, pool.emb.shape[1]), seed=config.seed)
-  losses = fit_estimator(model, pool.emb[train], pool.labels[train], steps=f.steps, lr=f.lr,
-                         warmup=f.warmup, batch=f.batch, ref_size=f.ref_size, seed=config.seed)
+  losses = fit_estimator(model, pool.emb[train], labels_MxN, steps=steps, lr=f.lr,
+                         warmup=min(f.warmup, steps // 10), batch=f.batch, ref_size=f.ref_size,
+                         seed=config.seed)
   head, tail = np.mean(losses[:50]), np.mean(losses[-50:])
-  log(f"estimator: {f.steps} steps on {int(train.sum())} questions, BCE {head:.4f} -> {tail:.4f}")
+  log(f"estimator: {steps} steps on {int(train.sum())} questions x {labels_MxN.shape[0]} "
+      f"policies' labels, BCE {head:.4f} -> {tail:.4f}")
   save_estimator(model, pool.out_dir, extra={
       "train_questions": int(train.sum()), "fit": fit_settings(config), "bce_first50": float(head),
       "bce_last50": float(tail)})
@@ -46,8 +53,12 @@ def train_on_pool(config: Any, pool: Pool, log: Callable[[str], None] = print
 def fit_settings(config: Any) -> dict[str, Any]:
   """What the trained estimator depends on beyond the pool labels (which key its directory)."""
   d = config.selection.dots
-  return {"fit": {k: d.fit[k] for k in ("steps", "lr", "warmup", "batch", "ref_size")},
-          "arch": [d.width, d.layers, d.dropout, d.score_tau], "seed": config.seed}
+  out = {"fit": {k: d.fit[k] for k in ("steps", "lr", "warmup", "batch", "ref_size")},
+         "arch": [d.width, d.layers, d.dropout, d.score_tau], "seed": config.seed}
+  if d.fit.epochs or d.fit.label_policies:  # keys only when set: older estimators stay current
+    out["epochs"] = d.fit.epochs
+    out["label_policies"] = [embed.backbone_fingerprint(p) for p in d.fit.label_policies]
+  return out
 
 
 def ensure_estimator(config: Any, log: Callable[[str], None] = print) -> str:

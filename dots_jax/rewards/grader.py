@@ -22,6 +22,8 @@ from dots_jax.rewards import extract, normalize, reversed_digits, verify_pool
 
 KINDS = ("math", "reversed_digits")
 CORRECT_REASONS = ("exact", "numeric", "verified")
+# No answer in the asked-for format: these score 0 even with a format score.
+NO_ANSWER_REASONS = ("no_box", "unbalanced_box", "bad_input")
 
 
 @dataclasses.dataclass
@@ -84,8 +86,13 @@ def _triage_math(response: str, gold: str, max_answer_chars: int) -> tuple[str, 
 
 def score_batch(responses: Sequence[str], golds: Sequence[str], *, kind: str = "math",
                 timeout_s: float | None = None, workers: int | None = None,
-                max_answer_chars: int | None = None) -> tuple[np.ndarray, RewardStats]:
-  """Scores responses against gold answers: (float32 scores in {0, 1}, RewardStats).
+                max_answer_chars: int | None = None, format_score: float | None = None
+                ) -> tuple[np.ndarray, RewardStats]:
+  """Scores responses against gold answers: (float32 scores, RewardStats).
+
+  A correct answer scores 1, a response without an answer in the asked-for format 0 (the reasons
+  in NO_ANSWER_REASONS, and "parse_fail" for reversed_digits), any other wrong answer
+  `format_score` (0 by default; GRESO's reward uses 0.1).
 
   timeout_s bounds each math-verify call (per distinct answer); workers is the pool size (0 = verify
   in this process, without a hard timeout: see `verify_pool.run_inline`); None takes `config.reward` defaults
@@ -99,6 +106,9 @@ def score_batch(responses: Sequence[str], golds: Sequence[str], *, kind: str = "
   timeout_s = defaults.timeout_s if timeout_s is None else timeout_s
   workers = defaults.workers if workers is None else workers
   max_answer_chars = defaults.max_answer_chars if max_answer_chars is None else max_answer_chars
+  format_score = defaults.format_score if format_score is None else format_score
+  if not 0.0 <= format_score < 1.0:
+    raise ValueError(f"config.reward.format_score must be in [0, 1), got {format_score}")
   t0 = time.perf_counter()
   stats = RewardStats()
   reasons = [""] * len(responses)
@@ -126,7 +136,9 @@ def score_batch(responses: Sequence[str], golds: Sequence[str], *, kind: str = "
         reasons[i] = outcome.split(":")[0]
     stats.verify_calls = len(jobs)
   stats.counts.update(reasons)
-  scores = np.array([r in CORRECT_REASONS for r in reasons], np.float32)
+  no_answer = NO_ANSWER_REASONS + (("parse_fail",) if kind == "reversed_digits" else ())
+  scores = np.array([1.0 if r in CORRECT_REASONS else 0.0 if r in no_answer else format_score
+                     for r in reasons], np.float32)
   stats.seconds = time.perf_counter() - t0
   return scores, stats
 

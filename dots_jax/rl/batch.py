@@ -21,20 +21,22 @@ from dots_jax.rl.losses import AdvNorm, group_advantages
 
 # Rewards are 1.0 for a correct completion and below it otherwise (0, or a format score).
 _SOLVED = 1.0 - 1e-6
-_FAILED = 1e-6
 
 
 def group_stats(rewards_NxG: np.ndarray) -> dict[str, np.ndarray]:
-  """Per-group pass rate, zero-variance flag and all-correct / all-wrong flags."""
+  """Per-group pass rate (share of correct completions), zero-variance flag and all-correct /
+  all-wrong flags."""
   r = np.asarray(rewards_NxG, np.float32)
   if r.ndim != 2:
     raise ValueError(f"rewards must be [N, G], got shape {r.shape}")
   zero_var = np.ptp(r, axis=1) == 0 if r.shape[0] else np.zeros((0,), bool)
   return dict(
-      pass_rate=np.clip(r, 0.0, 1.0).mean(axis=1),
+      pass_rate=(r >= _SOLVED).mean(axis=1) if r.shape[1] else np.zeros((r.shape[0],)),
       zero_var=zero_var,
       all_correct=r.min(axis=1, initial=np.inf) >= _SOLVED,
-      all_wrong=r.max(axis=1, initial=-np.inf) <= _FAILED,
+      # No correct completion (a format score below 1 is still wrong): GRESO's "hard" and the
+      # official trainers' solve_none.
+      all_wrong=r.max(axis=1, initial=-np.inf) < _SOLVED,
   )
 
 
@@ -71,6 +73,19 @@ class Groups:
   def concat(parts: list["Groups"]) -> "Groups":
     return Groups(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
                      for f in dataclasses.fields(Groups)})
+
+  def padded(self, num_groups: int) -> "Groups":
+    """These groups followed by empty ones (all masks 0, question id -1) up to `num_groups`: a
+    shorter batch in the planned shape, so the update compiles once; padding rows add no loss."""
+    extra = num_groups - self.num_groups
+    if extra < 0:
+      raise ValueError(f"{self.num_groups} groups do not fit a batch of {num_groups}")
+    if extra == 0:
+      return self
+    empty = {f.name: np.zeros((extra,) + getattr(self, f.name).shape[1:], getattr(self, f.name).dtype)
+             for f in dataclasses.fields(self)}
+    empty["qid_Q"] = np.full((extra,), -1, np.int64)
+    return Groups.concat([self, Groups(**empty)])
 
 
 @dataclasses.dataclass
@@ -120,8 +135,14 @@ def groups_from_samples(sample: Any, rewards_N: np.ndarray, qid_Q: np.ndarray, g
                 np.asarray(qid_Q, np.int64).reshape(q))
 
 
-def make_batch(groups: Groups, is_replay_Q: np.ndarray, adv_norm: AdvNorm) -> RLBatch:
-  """Flattens groups to rows and attaches advantages (recomputed from the stored group rewards)."""
+def make_batch(groups: Groups, is_replay_Q: np.ndarray, adv_norm: AdvNorm,
+               num_groups: int | None = None) -> RLBatch:
+  """Flattens groups to rows and attaches advantages (recomputed from the stored group rewards).
+  With `num_groups`, a shorter batch is padded to it with empty groups (`Groups.padded`), last."""
+  is_replay_Q = np.asarray(is_replay_Q, bool)
+  if num_groups is not None:
+    is_replay_Q = np.concatenate([is_replay_Q, np.zeros(num_groups - groups.num_groups, bool)])
+    groups = groups.padded(num_groups)
   q, g, t = groups.tokens_QxGxT.shape
   adv = group_advantages(groups.rewards_QxG, adv_norm)
   return RLBatch(
@@ -130,5 +151,5 @@ def make_batch(groups: Groups, is_replay_Q: np.ndarray, adv_norm: AdvNorm) -> RL
       loss_mask_NxT=groups.loss_mask_QxGxT.reshape(q * g, t),
       behav_logp_NxT=groups.logp_QxGxT.reshape(q * g, t),
       adv_N=adv.reshape(q * g),
-      is_replay_N=np.repeat(np.asarray(is_replay_Q, bool), g),
+      is_replay_N=np.repeat(is_replay_Q, g),
   )

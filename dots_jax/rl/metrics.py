@@ -69,6 +69,9 @@ def batch_stats(rewards_QxG: np.ndarray, lengths_N: np.ndarray, pass_threshold: 
   """Rollout statistics: reward mean, pass rate (reward >= threshold), zero-variance groups, lengths."""
   r = np.asarray(rewards_QxG, np.float64)
   lengths = np.asarray(lengths_N, np.float64)
+  if r.size == 0:  # a step whose rounds found nothing trainable
+    return dict.fromkeys(("reward_mean", "pass_rate", "zero_var_frac", "response_len_mean",
+                          "response_len_max"), float("nan"))
   return {
       "reward_mean": float(r.mean()),
       "pass_rate": float(np.mean(r >= pass_threshold)),

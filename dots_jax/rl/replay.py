@@ -1,45 +1,71 @@
-"""Host-side rollout-replay buffer (GRPO-RR): a FIFO of whole question groups in fixed NumPy arrays.
+"""Host-side rollout-replay buffer (GRPO-RR): whole question groups in fixed NumPy arrays, with the
+official DOTS trainer's rules (`select_buffer` in its ray_trainer.py; docs/REPRODUCTION.md).
 
-Memory is allocated once: capacity x G x T for tokens/masks/log-probs, so it is bounded whatever happens.
-
-Rules:
-  * admission: only groups whose rewards have non-zero variance (others carry no GRPO signal);
-  * dedupe: adding a question already in the buffer drops the old copy, the new one becomes the newest;
-  * eviction: when full, the oldest group (by insertion order) is overwritten;
-  * mixing (`plan` / `mix`): a batch of B groups takes n_replay = min(B - round(sigma * B), len(buffer))
-    groups sampled uniformly *without replacement* from the buffer, and n_fresh = B - n_replay fresh
-    groups. When the buffer holds fewer groups than wanted the shortfall is filled with more fresh groups
-    (so early steps are all fresh). A replayed question may also appear among the fresh groups of the
-    same batch; both copies are kept (they are different rollouts).
-Call `mix` before `add`-ing the step's fresh groups, so a group is never replayed in the step that made it.
+With B = batch_groups, sigma = fresh_fraction and C = capacity, one RL step is:
+  * plan (`plan(step)`): during the first `warmup_steps` steps (the official first round of mu steps)
+    the batch is B fresh groups and nothing is replayed; afterwards int(sigma * B) fresh groups and
+    up to B - int(sigma * B) replayed ones. When the buffer holds fewer, the batch is shorter (the
+    official trainer concatenates what it has; the update pads the batch, `make_batch`).
+  * sample (`mix`): the replayed groups are drawn uniformly without replacement from everything the
+    buffer holds; the step's fresh groups come first in the batch, replayed ones after them.
+  * add (`add`, after the trainer has computed pi_old for the fresh rows, which become their stored
+    behaviour log-probs mu): the buffer first keeps only its newest C - int(sigma * B) groups, then
+    admits the step's fresh groups whose rewards vary (others carry no GRPO signal); a question
+    already held loses its old copy (the official dedupe keeps the last occurrence).
+So the buffer holds at most C - int(sigma * B) older groups plus one step's fresh ones (for the DOTS
+script: 256 + up to 512), and arrays are allocated once for that many.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+import ml_collections
 import numpy as np
 
+from dots_jax.model.sharding import to_host
 from dots_jax.rl.batch import Groups, group_stats
 
 _ARRAYS = ("tokens_QxGxT", "mask_QxGxT", "loss_mask_QxGxT", "logp_QxGxT", "rewards_QxG", "qid_Q")
 
 
 class ReplayBuffer:
-  """FIFO ring buffer of question groups; see the module docstring for the rules."""
+  """Replay buffer of question groups; see the module docstring for the rules."""
 
-  def __init__(self, capacity: int, group_size: int, total_len: int):
-    if capacity <= 0:
-      raise ValueError(f"config.replay.capacity must be > 0, got {capacity}")
+  def __init__(self, capacity: int, group_size: int, total_len: int, *, batch_groups: int,
+               fresh_fraction: float, warmup_steps: int = 0):
+    if not 0.0 <= fresh_fraction <= 1.0:
+      raise ValueError(f"config.replay.fresh_fraction must be in [0, 1], got {fresh_fraction}")
+    if batch_groups < 1:
+      raise ValueError(f"config.rl.batch_questions must be >= 1, got {batch_groups}")
+    self.batch_groups = int(batch_groups)
+    self.num_fresh = int(fresh_fraction * batch_groups)
+    self.retain = capacity - self.num_fresh
+    if self.retain < 0:
+      raise ValueError(f"config.replay.capacity={capacity} is below the fresh groups of a step "
+                       f"(fresh_fraction x batch_questions = {self.num_fresh})")
     self.capacity, self.group_size, self.total_len = capacity, group_size, total_len
-    c, g, t = capacity, group_size, total_len
-    self.tokens_QxGxT = np.zeros((c, g, t), np.int32)
-    self.mask_QxGxT = np.zeros((c, g, t), np.int32)
-    self.loss_mask_QxGxT = np.zeros((c, g, t), np.int32)
-    self.logp_QxGxT = np.zeros((c, g, t), np.float32)
-    self.rewards_QxG = np.zeros((c, g), np.float32)
-    self.qid_Q = np.full((c,), -1, np.int64)
-    self.step_Q = np.full((c,), -1, np.int64)  # training step that wrote the slot
-    self.seq_Q = np.full((c,), -1, np.int64)  # insertion counter; -1 = empty slot
+    self.warmup_steps = int(warmup_steps)
+    s, g, t = self.retain + self.batch_groups, group_size, total_len
+    self.tokens_QxGxT = np.zeros((s, g, t), np.int32)
+    self.mask_QxGxT = np.zeros((s, g, t), np.int32)
+    self.loss_mask_QxGxT = np.zeros((s, g, t), np.int32)
+    self.logp_QxGxT = np.zeros((s, g, t), np.float32)
+    self.rewards_QxG = np.zeros((s, g), np.float32)
+    self.qid_Q = np.full((s,), -1, np.int64)
+    self.step_Q = np.full((s,), -1, np.int64)  # training step that wrote the slot
+    self.seq_Q = np.full((s,), -1, np.int64)  # insertion counter; -1 = empty slot
     self.next_seq = 0
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, total_len: int) -> "ReplayBuffer":
+    """`config.replay`'s buffer; warmup_steps -1 is the DOTS re-prediction interval."""
+    r = config.replay
+    warmup = r.warmup_steps if r.warmup_steps >= 0 else config.selection.dots.round_steps
+    return cls(r.capacity, config.sampling.group_size, total_len,
+               batch_groups=config.rl.batch_questions, fresh_fraction=r.fresh_fraction,
+               warmup_steps=warmup)
 
   def __len__(self) -> int:
     return int(np.sum(self.seq_Q >= 0))
@@ -49,33 +75,39 @@ class ReplayBuffer:
     live = np.flatnonzero(self.seq_Q >= 0)
     return self.qid_Q[live[np.argsort(self.seq_Q[live])]]
 
+  def plan(self, step: int) -> tuple[int, int]:
+    """(fresh groups to roll out, groups to replay) for `step` given what the buffer holds now."""
+    if step < self.warmup_steps:
+      return self.batch_groups, 0
+    return self.num_fresh, min(self.batch_groups - self.num_fresh, len(self))
+
+  def _drop(self, slots: np.ndarray) -> None:
+    self.seq_Q[slots] = -1
+    self.qid_Q[slots] = -1
+
   def add(self, groups: Groups, step: int) -> int:
-    """Admits the non-zero-variance groups (in order); returns how many were admitted."""
+    """Keeps the newest `capacity - num_fresh` groups, then admits the non-zero-variance groups of
+    `groups` (in order, newest last); returns how many were admitted."""
     g, t = groups.tokens_QxGxT.shape[1:]
     if (g, t) != (self.group_size, self.total_len):
       raise ValueError(f"replay buffer holds groups of shape (G={self.group_size}, "
                        f"T={self.total_len}); got (G={g}, T={t})")
+    if groups.num_groups > self.batch_groups:
+      raise ValueError(f"{groups.num_groups} fresh groups exceed batch_questions="
+                       f"{self.batch_groups}")
+    live = np.flatnonzero(self.seq_Q >= 0)
+    oldest_first = live[np.argsort(self.seq_Q[live])]
+    self._drop(oldest_first[:max(0, len(oldest_first) - self.retain)])
     keep = np.flatnonzero(~group_stats(groups.rewards_QxG)["zero_var"])
     for i in keep:
-      qid = int(groups.qid_Q[i])
-      self.seq_Q[(self.qid_Q == qid) & (self.seq_Q >= 0)] = -1
-      self.qid_Q[self.seq_Q < 0] = -1
-      empty = np.flatnonzero(self.seq_Q < 0)
-      slot = int(empty[0]) if empty.size else int(np.argmin(self.seq_Q))
+      self._drop(np.flatnonzero((self.qid_Q == int(groups.qid_Q[i])) & (self.seq_Q >= 0)))
+      slot = int(np.flatnonzero(self.seq_Q < 0)[0])
       for name in _ARRAYS:
         getattr(self, name)[slot] = getattr(groups, name)[i]
       self.step_Q[slot] = step
       self.seq_Q[slot] = self.next_seq
       self.next_seq += 1
     return int(keep.size)
-
-  def plan(self, batch_groups: int, fresh_fraction: float) -> tuple[int, int]:
-    """(n_fresh, n_replay) for a batch of `batch_groups` groups given the buffer's current size."""
-    if not 0.0 <= fresh_fraction <= 1.0:
-      raise ValueError(f"config.replay.fresh_fraction must be in [0, 1], got {fresh_fraction}")
-    want_replay = batch_groups - int(round(fresh_fraction * batch_groups))
-    n_replay = min(want_replay, len(self))
-    return batch_groups - n_replay, n_replay
 
   def sample(self, n: int, rng: np.random.Generator) -> Groups:
     """n groups uniformly without replacement (n <= len(self))."""
@@ -85,20 +117,16 @@ class ReplayBuffer:
     slots = np.sort(rng.choice(live, size=n, replace=False))
     return Groups(**{name: getattr(self, name)[slots].copy() for name in _ARRAYS})
 
-  def mix(self, fresh: Groups, batch_groups: int, fresh_fraction: float,
-          rng: np.random.Generator) -> tuple[Groups, np.ndarray]:
-    """Batch of `batch_groups`: the first n_fresh fresh groups then n_replay replayed ones (`plan`).
-
-    Returns (groups, is_replay_Q). `fresh` must hold at least n_fresh groups.
-    """
-    n_fresh, n_replay = self.plan(batch_groups, fresh_fraction)
-    if fresh.num_groups < n_fresh:
-      raise ValueError(f"mix needs {n_fresh} fresh groups (buffer holds {len(self)}), "
-                       f"got {fresh.num_groups}")
-    parts = [fresh.take(np.arange(n_fresh))]
+  def mix(self, fresh: Groups, step: int, rng: np.random.Generator) -> tuple[Groups, np.ndarray]:
+    """The step's training groups: all of `fresh` (at most `plan(step)[0]`), then `plan(step)[1]`
+    replayed ones. Returns (groups, is_replay_Q)."""
+    n_fresh, n_replay = self.plan(step)
+    if fresh.num_groups > n_fresh:
+      raise ValueError(f"step {step} plans {n_fresh} fresh groups, got {fresh.num_groups}")
+    parts = [fresh]
     if n_replay:
       parts.append(self.sample(n_replay, rng))
-    is_replay = np.concatenate([np.zeros(n_fresh, bool), np.ones(n_replay, bool)])
+    is_replay = np.concatenate([np.zeros(fresh.num_groups, bool), np.ones(n_replay, bool)])
     return Groups.concat(parts), is_replay
 
   def state_dict(self) -> dict[str, np.ndarray]:
@@ -107,24 +135,36 @@ class ReplayBuffer:
     return out
 
   def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-    expected = (self.capacity, self.group_size, self.total_len)
+    expected = self.tokens_QxGxT.shape
     got = tuple(np.shape(state["tokens_QxGxT"]))
     if got != expected:
-      raise ValueError(f"replay checkpoint has shape {got}, config wants (capacity, G, T)={expected}")
+      raise ValueError(f"replay checkpoint has shape {got}, config wants (capacity - fresh + "
+                       f"batch_questions, G, T)={expected}")
     for name in _ARRAYS + ("step_Q", "seq_Q"):
       cur = getattr(self, name)
       setattr(self, name, np.asarray(state[name], cur.dtype).copy())
     self.next_seq = int(state["next_seq"])
 
 
-def mix_replay(buffer: ReplayBuffer | None, fresh: Groups, batch_groups: int, fresh_fraction: float,
-               seed: int, step: int) -> tuple[Groups, np.ndarray]:
-  """The step's training groups and which of them are replayed: buffered groups mixed in (`mix`),
-  then the fresh ones added, so a group is never replayed in the step that made it. Without a buffer
-  every group is fresh."""
+def mix_replay(buffer: ReplayBuffer | None, fresh: Groups, seed: int, step: int
+               ) -> tuple[Groups, np.ndarray]:
+  """The step's training groups and which of them are replayed (`ReplayBuffer.mix`; the fresh
+  groups join the buffer later, with their pi_old, via `admit`). Without a buffer all are fresh."""
   if buffer is None:
     return fresh, np.zeros(fresh.num_groups, bool)
-  groups, is_replay = buffer.mix(fresh, batch_groups, fresh_fraction,
-                                 np.random.default_rng([seed, step, 0xBEEF]))
-  buffer.add(fresh, step)
-  return groups, is_replay
+  return buffer.mix(fresh, step, np.random.default_rng([seed, step, 0xBEEF]))
+
+
+def admit(buffer: ReplayBuffer | None, fresh: Groups, old_logp_NxT: Any, step: int) -> int:
+  """Adds the step's fresh groups with their behaviour log-probs mu := the trainer's pi_old
+  (`old_logp_NxT`: a host or device array of the batch's rows, fresh groups first, as `mix` lays
+  them out). Returns how many groups were admitted."""
+  if buffer is None:
+    return 0
+  q, g, t = fresh.tokens_QxGxT.shape
+  old = to_host(old_logp_NxT) if isinstance(old_logp_NxT, jax.Array) else old_logp_NxT
+  mu = np.asarray(old[:q * g], np.float32).reshape(q, g, t)
+  mu = np.where(fresh.loss_mask_QxGxT > 0, mu, 0.0).astype(np.float32)
+  groups = Groups(fresh.tokens_QxGxT, fresh.mask_QxGxT, fresh.loss_mask_QxGxT, mu,
+                  fresh.rewards_QxG, fresh.qid_Q)
+  return buffer.add(groups, step)

@@ -1,15 +1,22 @@
 """Train state, AdamW + schedule, and the jitted GRPO / GRPO-RR update over one RL batch.
 
-One call of the update function is one RL step:
-  1. pi_old: per-token log-probs of the whole batch under the pre-update params (micro-batched, no grad);
-     also pi_ref when kl_beta > 0 (the reference params are then an argument; with beta == 0 none exist).
-  2. behaviour log-probs: replayed rows keep their stored mu; fresh rows use pi_old (mu == pi_old, so the
-     objective is exactly GRPO for them and sampler/trainer numeric drift cannot leak into the ratio).
-  3. ppo_epochs x mini_batches optimizer updates; rows are shuffled per epoch with
-     fold_in(fold_in(rng, step), epoch); each mini-batch's gradient is accumulated over micro-batches with
-     lax.scan (memory ~ one micro-batch of activations).
-  4. A non-finite loss or gradient norm skips that optimizer update (params and optimizer state are left
-     as they were) and sets metrics["nonfinite"]; the caller stops via `raise_if_nonfinite`.
+Two compiled programs serve one RL step (`make_update_fn` returns both as a `PolicyUpdate`):
+  * `old_logp(params, batch)`: per-token log-probs pi_old of the whole batch under the pre-update params
+    (micro-batched, no grad). The main loop runs it before the replay buffer takes the step's fresh
+    groups, so the behaviour log-probs mu stored for replay are the trainer's pi_old at generation time,
+    the definition of the official DOTS trainer (`compute_log_prob` before the replay concat).
+  * `update(state, batch)`: behaviour log-probs: replayed rows keep their stored mu, fresh rows use
+    pi_old (mu == pi_old, so the objective is exactly GRPO for them and sampler/trainer numeric drift
+    cannot leak into the ratio); then ppo_epochs x mini_batches optimizer updates; each mini-batch's
+    gradient is accumulated over micro-batches with lax.scan (memory ~ one micro-batch of activations).
+    With `shuffle` rows are permuted per epoch with fold_in(fold_in(rng, step), epoch), padding rows
+    (all-zero mask: a batch shorter than planned) kept last; without it mini-batches are consecutive
+    rows, as verl's `batch.split`. Also pi_ref when kl_beta > 0 (the reference params are then an
+    argument; with beta == 0 none exist).
+  * An optimizer update is skipped (params and optimizer state left as they were) when its
+    mini-batch has no loss tokens (only padding rows: the reference trainers take fewer mini-batches
+    on a short batch) or when its loss or gradient norm is non-finite; the latter sets
+    metrics["nonfinite"] and the caller stops via `raise_if_nonfinite`.
 
 The learning-rate schedule counts optimizer updates; warmup/total steps are given in RL steps and
 multiplied by updates-per-step (mini_batches * ppo_epochs).
@@ -33,6 +40,7 @@ from dots_jax.rl import losses
 from dots_jax.rl.logprobs import logprobs_and_entropy
 
 BATCH_KEYS = ("tokens_NxT", "mask_NxT", "loss_mask_NxT", "behav_logp_NxT", "adv_N", "is_replay_N")
+OLD_LOGP = "old_logp_NxT"  # pi_old from `PolicyUpdate.old_logp`; computed by the call when absent
 
 
 @struct.dataclass
@@ -56,6 +64,8 @@ class UpdateConfig:
   ppo_epochs: int = 1
   micro_batch: int = 0  # rows per micro-batch; 0 = the whole mini-batch
   temperature: float = 1.0  # log-probs use log_softmax(logits / temperature), as the sampler
+  shuffle: bool = True  # permute rows per epoch before splitting into mini-batches
+  logits_chunk: int = 0  # positions per vocabulary-projection chunk (`logprobs_and_entropy`)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "UpdateConfig":
@@ -63,7 +73,8 @@ class UpdateConfig:
     return cls(clip_eps_low=rl.clip_eps_low, clip_eps_high=rl.clip_eps_high, loss_agg=rl.loss_agg,
                kl_beta=rl.kl_beta, entropy_coef=rl.entropy_coef, mini_batches=rl.mini_batches,
                ppo_epochs=rl.ppo_epochs, micro_batch=rl.micro_batch,
-               temperature=config.sampling.temperature)
+               temperature=config.sampling.temperature, shuffle=rl.shuffle,
+               logits_chunk=rl.logits_chunk)
 
   @property
   def updates_per_step(self) -> int:
@@ -131,18 +142,40 @@ def _micro_split(x: jax.Array, k: int) -> jax.Array:
   return x.reshape((k, x.shape[0] // k) + x.shape[1:])
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyUpdate:
+  """The step's two compiled programs (see the module docstring); `__call__` is the update."""
+
+  old_logp_fn: Callable[..., jax.Array]
+  update_fn: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+
+  def old_logp(self, params: nnx.State, batch: dict[str, Any]) -> jax.Array:
+    """pi_old per token [N, T] of `batch` under `params` (0 off the completion tokens' positions)."""
+    return self.old_logp_fn(params, batch["tokens_NxT"], batch["mask_NxT"])
+
+  def __call__(self, state: TrainState, batch: dict[str, Any], ref_params: Any = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    missing = set(BATCH_KEYS) - set(batch)
+    if missing:
+      raise ValueError(f"RL batch lacks {sorted(missing)}")
+    rows = {key: batch[key] for key in BATCH_KEYS}
+    rows[OLD_LOGP] = batch[OLD_LOGP] if OLD_LOGP in batch else self.old_logp(state.params, batch)
+    return self.update_fn(state, rows, ref_params)
+
+
 def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                    ucfg: UpdateConfig, *, mesh: Mesh | None = None,
                    state_shardings: TrainState | None = None, ref_shardings: Any = None
-                   ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-  """Returns jitted `update(state, batch, ref_params=None) -> (new_state, metrics)`.
+                   ) -> PolicyUpdate:
+  """Returns the jitted `PolicyUpdate`: `update(state, batch, ref_params=None) -> (new_state,
+  metrics)` and `update.old_logp(params, batch)`.
 
-  `batch` is a dict with BATCH_KEYS (see dots_jax.rl.batch.RLBatch.as_dict). `state` is donated.
-  `ref_params` must be given iff ucfg.kl_beta != 0. With a `mesh`, also pass `state_shardings`
-  (`train_state_shardings`) and, when kl_beta != 0, `ref_shardings` (`sharding.param_shardings`):
-  they become the jit's explicit in/out shardings; batch rows (and every micro-batch inside) are laid
-  out by `sharding.batch_sharding` (rows over ('data', 'fsdp')), so rows per micro-batch must be a
-  multiple of that axis size.
+  `batch` is a dict with BATCH_KEYS (see dots_jax.rl.batch.RLBatch.as_dict) and optionally OLD_LOGP.
+  `state` is donated. `ref_params` must be given iff ucfg.kl_beta != 0. With a `mesh`, also pass
+  `state_shardings` (`train_state_shardings`) and, when kl_beta != 0, `ref_shardings`
+  (`sharding.param_shardings`): they become the jit's explicit in/out shardings; batch rows (and
+  every micro-batch inside) are laid out by `sharding.batch_sharding` (rows over ('data', 'fsdp')),
+  so rows per micro-batch must be a multiple of that axis size.
   """
   if (mesh is None) != (state_shardings is None):
     raise ValueError("make_update_fn: pass both mesh and state_shardings, or neither")
@@ -150,14 +183,18 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     row_sharding = lambda ndim: batch_sharding(mesh, ndim)
 
   def logp_fn(params, tokens, mask):
-    return logprobs_and_entropy(nnx.merge(graphdef, params), tokens, mask, ucfg.temperature)
+    return logprobs_and_entropy(nnx.merge(graphdef, params), tokens, mask, ucfg.temperature,
+                                ucfg.logits_chunk)
 
   def constrain(tree):
     if mesh is None:
       return tree
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, row_sharding(x.ndim)), tree)
 
-  def no_grad_logp(params, tokens_NxT, mask_NxT, k):
+  def no_grad_logp(params, tokens_NxT, mask_NxT):
+    _, micro, _ = ucfg.split(tokens_NxT.shape[0])
+    k = tokens_NxT.shape[0] // micro
+
     def one(xs):
       tok, msk = constrain(xs)
       return logp_fn(params, tok, msk)[0]
@@ -167,37 +204,40 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
   def micro_loss(params, mb):
     logp, ent = logp_fn(params, mb["tokens_NxT"], mb["mask_NxT"])
     return losses.policy_loss(
-        logp, mb["old_logp_NxT"], mb["behav_logp_NxT"], mb["adv_N"], mb["weights_NxT"],
+        logp, mb[OLD_LOGP], mb["behav_logp_NxT"], mb["adv_N"], mb["weights_NxT"],
         mb["loss_mask_NxT"], mb["is_replay_N"], clip_eps_low=ucfg.clip_eps_low,
         clip_eps_high=ucfg.clip_eps_high, ref_logp_NxT=mb.get("ref_logp_NxT"),
         kl_beta=ucfg.kl_beta, entropy_NxT=ent, entropy_coef=ucfg.entropy_coef)
 
   grad_fn = jax.grad(micro_loss, has_aux=True)
 
-  def update(state: TrainState, batch: dict[str, jax.Array], ref_params: Any = None):
+  def mini_batch_rows(key, is_pad_N, n, mb_rows):
+    """[updates, mb_rows] row indices: epochs of consecutive (or shuffled) rows, padding last."""
+    if not ucfg.shuffle or ucfg.updates_per_step == 1:
+      return jnp.tile(jnp.arange(n), ucfg.ppo_epochs).reshape(ucfg.updates_per_step, mb_rows)
+    perms = []
+    for e in range(ucfg.ppo_epochs):
+      u = jax.random.uniform(jax.random.fold_in(key, e), (n,))
+      perms.append(jnp.argsort(jnp.where(is_pad_N, 2.0, u)))
+    return jnp.concatenate(perms).reshape(ucfg.updates_per_step, mb_rows)
+
+  def update(state: TrainState, rows: dict[str, jax.Array], ref_params: Any = None):
     if (ref_params is None) != (ucfg.kl_beta == 0.0):
       raise ValueError("ref_params must be passed exactly when config.rl.kl_beta != 0")
-    n = batch["tokens_NxT"].shape[0]
+    n = rows["tokens_NxT"].shape[0]
     mb_rows, micro, k = ucfg.split(n)
-    n_micro_total = n // micro
-    rows = {key: batch[key] for key in BATCH_KEYS}
-    old = no_grad_logp(state.params, rows["tokens_NxT"], rows["mask_NxT"], n_micro_total)
+    rows = dict(rows)
+    old = rows[OLD_LOGP]
     replay = rows["is_replay_N"].astype(bool)
     fresh_tok = rows["loss_mask_NxT"].astype(bool) & ~replay[:, None]
     drift = jnp.max(jnp.where(fresh_tok, jnp.abs(rows["behav_logp_NxT"] - old), 0.0))
     rows["behav_logp_NxT"] = jnp.where(replay[:, None], rows["behav_logp_NxT"], old)
-    rows["old_logp_NxT"] = old
     if ref_params is not None:
-      rows["ref_logp_NxT"] = no_grad_logp(ref_params, rows["tokens_NxT"], rows["mask_NxT"],
-                                          n_micro_total)
+      rows["ref_logp_NxT"] = no_grad_logp(ref_params, rows["tokens_NxT"], rows["mask_NxT"])
 
     key = jax.random.fold_in(state.rng, state.step)
-    if ucfg.updates_per_step == 1:  # one mini-batch of everything: shuffling would only cost a copy
-      idx_UxM = jnp.arange(n)[None]
-    else:
-      perms = [jax.random.permutation(jax.random.fold_in(key, e), n)
-               for e in range(ucfg.ppo_epochs)]
-      idx_UxM = jnp.concatenate(perms).reshape(ucfg.updates_per_step, mb_rows)
+    is_pad_N = jnp.sum(rows["mask_NxT"], axis=1) == 0
+    idx_UxM = mini_batch_rows(key, is_pad_N, n, mb_rows)
 
     def one_update(carry, idx_M):
       params, opt_state = carry
@@ -214,45 +254,45 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
       acc0 = (jax.tree.map(jnp.zeros_like, params), losses.empty_stats(stats_shape))
       (grads, stats), _ = jax.lax.scan(accumulate, acc0, micro_batches)
       gnorm = optax.tree.norm(grads)
-      ok = jnp.isfinite(gnorm) & jnp.isfinite(stats["loss"])
+      finite = jnp.isfinite(gnorm) & jnp.isfinite(stats["loss"])
+      ok = finite & (stats["tokens"] > 0)
       updates, new_opt = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       keep = lambda new, cur: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, cur)
       carry = (keep(new_params, params), keep(new_opt, opt_state))
-      return carry, (stats, gnorm, ok)
+      return carry, (stats, gnorm, finite, ok)
 
-    (params, opt_state), (stats_U, gnorm_U, ok_U) = jax.lax.scan(
+    (params, opt_state), (stats_U, gnorm_U, finite_U, ok_U) = jax.lax.scan(
         one_update, (state.params, state.opt_state), idx_UxM)
     stats = jax.tree.map(lambda x: x[0], stats_U)
     for u in range(1, ucfg.updates_per_step):
       stats = losses.combine_stats(stats, jax.tree.map(lambda x, u=u: x[u], stats_U))
     metrics = losses.finalize_stats(stats)
-    n_up = float(ucfg.updates_per_step)
+    n_up = jnp.maximum(jnp.sum(ok_U), 1).astype(jnp.float32)
     metrics["loss"] = metrics["loss"] / n_up
     metrics["pg_loss"] = metrics["pg_loss"] / n_up
-    metrics["grad_norm"] = jnp.mean(gnorm_U)
+    metrics["grad_norm"] = jnp.sum(jnp.where(ok_U, gnorm_U, 0.0)) / n_up
     metrics["grad_norm_max"] = jnp.max(gnorm_U)
-    metrics["nonfinite"] = jnp.logical_not(jnp.all(ok_U))
+    metrics["nonfinite"] = jnp.logical_not(jnp.all(finite_U))
+    metrics["optimizer_updates"] = jnp.sum(ok_U).astype(jnp.float32)
     metrics["fresh_logp_drift_max"] = drift
     metrics["batch_tokens"] = jnp.sum(rows["mask_NxT"]).astype(jnp.float32)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
     return new_state, metrics
 
+  keys = BATCH_KEYS + (OLD_LOGP,)
   if mesh is None:
     jitted = jax.jit(update, donate_argnums=0)
+    old_jitted = jax.jit(no_grad_logp)
   else:
-    batch_sh = {key: row_sharding(1 if key.endswith("_N") else 2) for key in BATCH_KEYS}
+    batch_sh = {key: row_sharding(1 if key.endswith("_N") else 2) for key in keys}
     jitted = jax.jit(update, donate_argnums=0,
                      in_shardings=(state_shardings, batch_sh, ref_shardings),
                      out_shardings=(state_shardings, None))
-
-  def call(state: TrainState, batch: dict[str, Any], ref_params: Any = None):
-    missing = set(BATCH_KEYS) - set(batch)
-    if missing:
-      raise ValueError(f"RL batch lacks {sorted(missing)}")
-    return jitted(state, {key: batch[key] for key in BATCH_KEYS}, ref_params)
-
-  return call
+    old_jitted = jax.jit(no_grad_logp,
+                         in_shardings=(state_shardings.params, row_sharding(2), row_sharding(2)),
+                         out_shardings=row_sharding(2))
+  return PolicyUpdate(old_jitted, jitted)
 
 
 def device_batch(batch: Any, mesh: Mesh) -> dict[str, jax.Array]:

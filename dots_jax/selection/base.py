@@ -50,7 +50,8 @@ def per_question_array(state: dict[str, Any], name: str, dtype: Any, num_questio
 
 @dataclasses.dataclass
 class StepContext:
-  """What the driver knows about the step in progress; strategies read it and never write it."""
+  """What the driver knows about the step in progress; strategies read it and write only
+  `final_round_planned` (through `RolloutRounds`)."""
 
   step: int
   rng: np.random.Generator
@@ -64,6 +65,46 @@ class StepContext:
   all_wrong: int = 0
   last_zero_var_ratio: float = float("nan")  # over the latest training round
   skipped: int = 0  # questions strategies declined to roll out this step (GRESO)
+  final_round_planned: bool = False  # `RolloutRounds` has sized the step's last round
+
+
+@dataclasses.dataclass
+class RolloutRounds:
+  """How many questions each post-rollout-filtering round rolls out (dynamic sampling and GRESO, as
+  the GRESO trainer sizes them): the first round `first` x batch_questions; after a round that
+  left the batch short, remaining / (1 - that round's zero-variance ratio) x `slack` questions,
+  clamped to [`floor`, `first`] x batch_questions; when that estimate fits in a first-sized round,
+  the round is the step's last and the step trains on what it has (a shorter batch rather than
+  back-filled zero-variance groups). `max_rounds` bounds a step whose rounds all come back
+  zero-variance (the reference loop would go on; its estimate then divides by zero)."""
+
+  first: float = 1.0
+  floor: float = 0.25
+  slack: float = 1.25
+  max_rounds: int = 8
+
+  def __post_init__(self):
+    if not 0.0 < self.floor <= self.first:
+      raise ValueError(f"selection.rounds needs 0 < floor <= first, got {self.floor}, {self.first}")
+    if self.max_rounds < 1:
+      raise ValueError(f"selection.rounds.max_rounds must be >= 1, got {self.max_rounds}")
+
+  def next_size(self, ctx: "StepContext") -> int | None:
+    """Questions for the next round of this step, or None when the step's rollouts are done."""
+    default = max(1, int(round(self.first * ctx.batch_questions)))
+    if ctx.train_rounds == 0:
+      return default
+    if (ctx.kept >= ctx.batch_questions or ctx.train_rounds >= self.max_rounds
+        or ctx.final_round_planned):
+      return None
+    zv = ctx.last_zero_var_ratio
+    if not zv < 1.0:  # a round of only zero-variance groups says nothing about the yield
+      return default
+    estimate = int((ctx.batch_questions - ctx.kept) / (1.0 - zv) * self.slack)
+    floor = max(1, int(round(self.floor * ctx.batch_questions)))
+    if estimate <= default:
+      ctx.final_round_planned = True
+    return int(np.clip(estimate, floor, default))
 
 
 class EpochStream:

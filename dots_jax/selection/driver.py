@@ -1,5 +1,8 @@
 """One training step's data collection, for every strategy: propose -> roll out -> observe, repeated
-until the strategy is done, then exactly `num_groups` groups form the training batch.
+until the strategy is done, then the first `num_groups` accepted groups form the training batch.
+When the strategy's rounds end with fewer accepted groups, the batch is shorter (the reference
+trainers train on what they collected; rejected zero-variance groups would add no gradient and only
+dilute the token mean); the update pads it to the planned shape.
 
 The main loop supplies `rollout_fn(indices, round) -> Rollouts` (`dots_jax.rollout`): rollout + reward
 for those question indices, G completions each, rows question-major; `round` numbers the rollout
@@ -49,7 +52,7 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
   ctx = StepContext(step=int(step), rng=rng if rng is not None else step_rng(seed, step),
                     batch_questions=int(num_groups))
   overhead = 0.0
-  kept_parts, spare_parts = [], []  # (call number, group rows) of trainable groups, in order
+  kept_parts, spare_parts = [], []  # (call number, group rows) of accepted / rejected groups
   calls: list[tuple[Rollouts, Proposal]] = []
   rollouts = ref_rollouts = skipped_rollouts = 0
   group_size = 0
@@ -89,23 +92,16 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
   strat_metrics = strategy.end_step(ctx)
   overhead += time.perf_counter() - t0
 
-  # Accepted groups first (the reference trainers slice the first ones), then, if the round budget
-  # ran out, groups the strategy rejected, so the batch always has the same shape.
+  # The first accepted groups, as the reference trainers slice them.
   need = ctx.batch_questions
   chosen: list[tuple[int, np.ndarray]] = []
-  backfilled = 0
-  for pool, is_spare in ((kept_parts, False), (spare_parts, True)):
-    for call, rows in pool:
-      if need == 0:
-        break
-      rows = rows[:need]
-      if len(rows):
-        chosen.append((call, rows))
-        need -= len(rows)
-        backfilled += len(rows) if is_spare else 0
-  if need:
-    raise RuntimeError(f"strategy {strategy.name} rolled out {ctx.generated} trainable groups at "
-                       f"step {step}, fewer than batch_questions={ctx.batch_questions}")
+  for call, rows in kept_parts:
+    rows = rows[:need]
+    if len(rows):
+      chosen.append((call, rows))
+      need -= len(rows)
+  if not chosen:  # nothing trainable this step: an empty batch, every optimizer update is skipped
+    chosen.append((spare_parts[0][0], np.zeros((0,), np.int64)))
   chosen.sort(key=lambda cr: cr[0])  # rollout order
   chosen_rollouts = Rollouts.concat([calls[c][0].take(rows) for c, rows in chosen])
   rewards_BxG = chosen_rollouts.rewards_QxG
@@ -122,10 +118,10 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
   has_pred = ~np.isnan(predicted)
   metrics = {
       "selection/pred_pass_rate": float(predicted[has_pred].mean()) if has_pred.any() else np.nan,
-      "selection/obs_pass_rate": float(st["pass_rate"].mean()),
+      "selection/obs_pass_rate": _mean(st["pass_rate"]),
       "selection/pred_abs_err": (float(np.abs(predicted - st["pass_rate"])[has_pred].mean())
                                  if has_pred.any() else np.nan),
-      "selection/effective_frac": float(1.0 - st["zero_var"].mean()),
+      "selection/effective_frac": 1.0 - _mean(st["zero_var"]),
       "selection/effective_frac_rolled": (float(1.0 - ctx.zero_var / ctx.generated)
                                           if ctx.generated else np.nan),
       "selection/rollouts": float(rollouts),
@@ -135,8 +131,12 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
       "selection/rollouts_cumulative": float(strategy.totals["rollouts"]),
       "selection/rollouts_skipped_cumulative": float(strategy.totals["skipped_rollouts"]),
       "selection/rounds": float(ctx.round),
-      "selection/backfilled": float(backfilled),
+      "selection/short_groups": float(ctx.batch_questions - sum(len(r) for _, r in chosen)),
       "selection/overhead_s": overhead,
   }
   metrics.update(strat_metrics)
   return CollectedBatch(chosen_rollouts, indices, predicted, reward_stats, metrics)
+
+
+def _mean(x: np.ndarray) -> float:
+  return float(np.mean(x)) if np.size(x) else float("nan")

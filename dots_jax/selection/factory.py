@@ -8,7 +8,7 @@ import numpy as np
 
 from dots_jax.difficulty.estimator import DifficultyEstimator
 from dots_jax.methods import get_method
-from dots_jax.selection.base import EpochStream, Strategy
+from dots_jax.selection.base import EpochStream, RolloutRounds, Strategy
 from dots_jax.selection.dots import DotsSource
 from dots_jax.selection.greso import GresoStrategy
 from dots_jax.selection.mopps import MoppsStrategy
@@ -41,15 +41,12 @@ def make_strategy(config: ml_collections.ConfigDict, num_questions: int, *,
   if kind == "none":
     strategy = UniformStrategy(source)
   elif kind == "ds":
-    strategy = DynamicSamplingStrategy(source, max_rounds=sel.ds.max_rounds,
-                                       gen_questions=sel.ds.gen_questions)
+    strategy = DynamicSamplingStrategy(source, rounds=RolloutRounds(**sel.rounds.to_dict()))
   elif kind == "greso":
     g = sel.greso
     strategy = GresoStrategy(
         source, num_questions, alpha=g.alpha, p_init=g.p_init, p_step=g.p_step, p_min=g.p_min,
-        p_max=g.p_max, min_keep=g.min_keep, batch_slack=g.batch_slack,
-        rollout_questions=g.rollout_questions, min_rollout_questions=g.min_rollout_questions,
-        max_rounds=g.max_rounds)
+        p_max=g.p_max, min_keep=g.min_keep, rounds=RolloutRounds(**sel.rounds.to_dict()))
   else:
     m = sel.mopps
     strategy = MoppsStrategy(source, num_questions, prior_a=m.prior_a, prior_b=m.prior_b,

@@ -8,10 +8,9 @@ p_hard move by `p_step` toward the zero-variance targets alpha/3 (easy) and 2*al
 step's share of all-correct (all-wrong) groups is at or above its target, p drops (skip more), else it
 rises; both stay in [p_min, p_max]. As in the reference trainer (which adapts from the second epoch
 on), p stays put on steps where no candidate had a reward history, since nothing could be skipped.
-Rollout rounds repeat until the training batch is full of non-zero-variance groups (post-rollout
-filtering); the first round rolls out `rollout_questions`, later ones remaining / (1 - zero-variance
-ratio of the previous round) * batch_slack, clamped to [min_rollout_questions, rollout_questions] (the
-reference trainer's adaptive sampling batch).
+Rollout rounds (post-rollout filtering of zero-variance groups) are sized by `RolloutRounds`, the
+reference trainer's adaptive sampling batch; a round's questions are the first candidates that
+survive the skip.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dots_jax.selection.base import (Proposal, StepContext, Strategy, group_stats,
+from dots_jax.selection.base import (Proposal, RolloutRounds, StepContext, Strategy, group_stats,
                                      per_question_array)
 
 
@@ -28,22 +27,16 @@ class GresoStrategy(Strategy):
   name = "greso"
 
   def __init__(self, source: Any, num_questions: int, *, alpha: float, p_init: float, p_step: float,
-               p_min: float, p_max: float, min_keep: float, batch_slack: float,
-               rollout_questions: int = 0, min_rollout_questions: int = 1, max_rounds: int = 8):
+               p_min: float, p_max: float, min_keep: float, rounds: RolloutRounds):
     super().__init__(source)
     if not 0.0 < p_min <= p_init <= p_max <= 1.0:
       raise ValueError(f"selection.greso needs 0 < p_min <= p_init <= p_max <= 1, got "
                        f"{p_min}, {p_init}, {p_max}")
-    if max_rounds < 1:
-      raise ValueError(f"selection.greso.max_rounds must be >= 1, got {max_rounds}")
     self.num_questions = int(num_questions)
     self.target_easy = alpha / 3.0
     self.target_hard = 2.0 * alpha / 3.0  # more exploration of hard questions: they may turn solvable
     self.p_step, self.p_min, self.p_max = p_step, p_min, p_max
-    self.min_keep, self.batch_slack = min_keep, batch_slack
-    self.rollout_questions = int(rollout_questions)
-    self.min_rollout_questions = int(min_rollout_questions)
-    self.max_rounds = int(max_rounds)
+    self.min_keep, self.rounds = min_keep, rounds
     self.p_easy = self.p_hard = float(p_init)
     self.easy_streak = np.zeros(self.num_questions, np.int32)
     self.hard_streak = np.zeros(self.num_questions, np.int32)
@@ -55,21 +48,10 @@ class GresoStrategy(Strategy):
     keep = np.where(ze > 0, self.p_easy ** ze, np.where(zh > 0, self.p_hard ** zh, 1.0))
     return np.where((ze > 0) | (zh > 0), 1.0 - np.maximum(keep, self.min_keep), 0.0)
 
-  def _round_size(self, ctx: StepContext) -> int:
-    default = self.rollout_questions or ctx.batch_questions
-    if ctx.train_rounds == 0:
-      return default
-    zv = ctx.last_zero_var_ratio
-    if not zv < 1.0:  # a round of only zero-variance groups says nothing about the yield
-      return default
-    remaining = ctx.batch_questions - ctx.kept
-    estimate = int(remaining / (1.0 - zv) * self.batch_slack)
-    return int(np.clip(estimate, self.min_rollout_questions, default))
-
   def _propose(self, ctx: StepContext) -> Proposal | None:
-    if ctx.kept >= ctx.batch_questions or ctx.train_rounds >= self.max_rounds:
+    want = self.rounds.next_size(ctx)
+    if want is None:
       return None
-    want = self._round_size(ctx)
     chosen, skipped, looked = [], 0, 0
     # Look at candidates in source order until `want` survive the coin flips; stop after one pass
     # over the data set's worth of candidates (only reachable if min_keep is tiny).

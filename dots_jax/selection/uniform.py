@@ -1,5 +1,5 @@
-"""Plain GRPO (one round, every group trained on) and DAPO-style dynamic sampling (rounds of rollouts,
-zero-variance groups dropped, until the batch is full or the round budget is spent)."""
+"""Plain GRPO (one round, every group trained on) and dynamic sampling (rounds of rollouts sized by
+`RolloutRounds`, zero-variance groups dropped, until the batch is full or the last round is done)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from dots_jax.selection.base import Proposal, StepContext, Strategy, group_stats
+from dots_jax.selection.base import RolloutRounds, Proposal, StepContext, Strategy, group_stats
 
 
 class UniformStrategy(Strategy):
@@ -29,22 +29,20 @@ class UniformStrategy(Strategy):
 
 
 class DynamicSamplingStrategy(Strategy):
-  """DAPO dynamic sampling: each round rolls out `gen_questions` fresh candidates and keeps the groups
-  whose rewards differ; stops once `batch_questions` groups are kept or after `max_rounds` rounds."""
+  """Dynamic sampling (DAPO; the GRESO trainer's baseline): rounds of fresh candidates sized by
+  `rounds`, keeping the groups whose rewards differ."""
 
   name = "ds"
 
-  def __init__(self, source: Any, *, max_rounds: int, gen_questions: int = 0):
+  def __init__(self, source: Any, *, rounds: RolloutRounds):
     super().__init__(source)
-    if max_rounds < 1:
-      raise ValueError(f"selection.ds.max_rounds must be >= 1, got {max_rounds}")
-    self.max_rounds = int(max_rounds)
-    self.gen_questions = int(gen_questions)
+    self.rounds = rounds
 
   def _propose(self, ctx: StepContext) -> Proposal | None:
-    if ctx.kept >= ctx.batch_questions or ctx.train_rounds >= self.max_rounds:
+    size = self.rounds.next_size(ctx)
+    if size is None:
       return None
-    idx = self.source.take(self.gen_questions or ctx.batch_questions)
+    idx = self.source.take(size)
     return Proposal(idx, self.source.predicted(idx))
 
   def _observe(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> np.ndarray:

@@ -109,11 +109,64 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
        f"{gib(mem['grads'])} + KV cache {gib(mem['kv_cache'])} (rollout of {rows} sequences x "
        f"{seq} slots) = {gib(mem['total'])} (activations not included)")
   _log(f"method     {config.method} (replay {'on' if get_method(config.method).replay else 'off'})")
+  structure = step_structure(config)
+  for line in structure["lines"]:
+    _log(f"step       {line}")
   _log(f"steps      {config.total_steps} x {config.rl.batch_questions} questions x G={g} = "
        f"{config.total_steps * rows:,} training rollouts (selection may add more)")
   _log(f"eval       every {config.eval.every} steps on {', '.join(config.data.eval_sets)}; "
        f"checkpoint every {config.ckpt.every}")
-  return {"mesh": sizes, "memory": mem, "steps": config.total_steps, "rows_per_step": rows}
+  return {"mesh": sizes, "memory": mem, "steps": config.total_steps, "rows_per_step": rows,
+          "step_structure": {k: v for k, v in structure.items() if k != "lines"}}
+
+
+def step_structure(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What one RL step rolls out and trains on for `config.method`, and how many optimizer steps
+  it takes; `lines` says it in words (the dry run prints them)."""
+  method = get_method(config.method)
+  b, g, rl = config.rl.batch_questions, config.sampling.group_size, config.rl
+  dots = config.selection.dots
+  mb_q = b // rl.mini_batches
+  out: dict[str, Any] = {"trained_questions": b, "mini_batches": rl.mini_batches,
+                         "mini_batch_questions": mb_q,
+                         "optimizer_steps": rl.mini_batches * rl.ppo_epochs}
+  lines = []
+  fresh = b
+  if method.replay:
+    warm = config.replay.warmup_steps if config.replay.warmup_steps >= 0 else dots.round_steps
+    fresh = int(config.replay.fresh_fraction * b)
+    retain = config.replay.capacity - fresh
+    out.update(replay_warmup_steps=warm, fresh_questions=fresh, replayed_questions=b - fresh,
+               replay_retained_groups=retain)
+    lines.append(f"replay: the first {warm} steps train on {b} fresh questions; then {fresh} fresh "
+                 f"+ up to {b - fresh} replayed groups (buffer keeps its newest {retain} groups, "
+                 "then takes the step's fresh ones)")
+  if method.filter in ("ds", "greso"):
+    r = config.selection.rounds
+    first, floor = int(round(r.first * fresh)), int(round(r.floor * fresh))
+    out.update(first_round_questions=first, min_round_questions=floor)
+    skip = " that survive GRESO's skip" if method.filter == "greso" else ""
+    lines.append(f"rollout: round 1 = {first} questions{skip} x G={g}; later rounds adaptive in "
+                 f"[{floor}, {first}] until {fresh} groups with reward variance (or the last "
+                 "round: then a shorter batch)")
+  elif method.filter == "mopps":
+    cand = config.selection.mopps.candidate_factor * fresh
+    out.update(candidate_questions=cand, rolled_out_questions=fresh)
+    lines.append(f"rollout: {fresh} of {cand} candidate questions (Thompson-sampled pass rate "
+                 f"nearest {config.selection.mopps.alpha}) x G={g}")
+  else:
+    out["rolled_out_questions"] = fresh
+    lines.append(f"rollout: {fresh} questions x G={g}")
+  if method.source == "dots":
+    out["reference_questions"] = dots.ref_size
+    lines.append(f"dots: {dots.ref_size} reference questions x G={g} rolled out every "
+                 f"{dots.round_steps} steps (labels only), selection softmax(-|p - {dots.alpha}| / "
+                 f"{dots.tau})")
+  lines.append(f"update: {b} questions ({b * g} rows) in {rl.mini_batches} mini-batches of {mb_q} "
+               f"questions x {rl.ppo_epochs} epoch(s) = {out['optimizer_steps']} optimizer steps per "
+               f"RL step{'' if rl.shuffle else ' (rows in order, no shuffle)'}")
+  out["lines"] = lines
+  return out
 
 
 def _gib(n: int) -> str:

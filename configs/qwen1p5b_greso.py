@@ -1,0 +1,22 @@
+"""The GRESO reference script: Qwen2.5-Math-1.5B on DAPO-Math-17k + MATH train, selective rollout.
+
+  python -m dots_jax.main --config=configs/qwen1p5b_greso.py \
+      --config.model.path=/models/Qwen2.5-Math-1.5B --workdir=gs://bucket/runs/q1p5b_greso
+  python -m dots_jax.main --config=configs/qwen1p5b_greso.py:method=ds   # its dynamic-sampling baseline
+  python -m dots_jax.main --config=configs/qwen1p5b_greso.py --config.dry_run=True
+
+Settings (`dots_jax.config_common.greso_reference`; sources in docs/REPRODUCTION.md): 1000 steps, 256
+questions trained of a first rollout round of 384 (later rounds adaptive, at least 64), 4 mini-batches
+of 64 questions, G=8, temperature 1.0, prompts up to 1536 and responses up to 2560 tokens, lr 1e-6,
+entropy bonus 0.001, reward 1 correct / 0.1 boxed but wrong / 0 otherwise, GRESO targets alpha=0.25
+(easy 1/3, hard 2/3), p from 0.5 in steps of 0.01 within [0.05, 0.95].
+"""
+
+from dots_jax.config_common import apply_config_arg, greso_reference
+
+
+def get_config(arg: str = ""):
+  c = greso_reference("Math-1.5B")
+  c.mesh.update(data=-1, fsdp=1, tensor=1)
+  c.rl.micro_batch = 64
+  return apply_config_arg(c, arg)
