@@ -21,12 +21,18 @@ setup(
         "safetensors>=0.4",
         "tokenizers>=0.20",
         "tensorboardX>=2.6",
-        "matplotlib>=3.8",
         "numpy>=1.26",
     ],
+    license="Apache-2.0",
     extras_require={
+        # Accelerator builds of jax for the workers (launch/*.sh install them with INSTALL=1).
+        "tpu": ["jax[tpu]>=0.7"],
+        "cuda12": ["jax[cuda12]>=0.7"],
+        # Learning-curve plots of `python -m dots_jax.compare`.
+        "plots": ["matplotlib>=3.8"],
         # torch is pinned exactly: 2.13.0 CPU installs from a local file on the dev/CI machines,
         # any other spec pulls a multi-GB CUDA build. Only the parity tests and benchmarks need it.
-        "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scipy>=1.11"],
+        "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scipy>=1.11",
+                 "matplotlib>=3.8"],
     },
 )

@@ -1,7 +1,7 @@
 """The GRESO reference script: Qwen2.5-Math-1.5B on DAPO-Math-17k + MATH train, selective rollout.
 
   python -m dots_jax.main --config=configs/qwen1p5b_greso.py \
-      --config.model.path=/models/Qwen2.5-Math-1.5B --workdir=gs://bucket/runs/q1p5b_greso
+      --config.model.path=/models/Qwen2.5-Math-1.5B --workdir=/mnt/bucket/runs/q1p5b_greso
   python -m dots_jax.main --config=configs/qwen1p5b_greso.py:method=ds   # its dynamic-sampling baseline
   python -m dots_jax.main --config=configs/qwen1p5b_greso.py --config.dry_run=True
 

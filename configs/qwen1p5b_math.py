@@ -3,7 +3,7 @@
   python -m dots_jax.main --config=configs/qwen1p5b_math.py:method=dots_rr \
       --config.model.path=/models/Qwen2.5-Math-1.5B \
       --config.selection.dots.backbone=/models/Qwen2.5-Math-1.5B-Instruct \
-      --workdir=gs://bucket/runs/q1p5b_dots_rr
+      --workdir=/mnt/bucket/runs/q1p5b_dots_rr
   python -m dots_jax.main --config=configs/qwen1p5b_math.py --config.dry_run=True  # plan on a CPU
 
 Settings (`dots_jax.config_common.dots_reference`, each with its source line in docs/REPRODUCTION.md):

@@ -1,7 +1,7 @@
 """Qwen2.5-3B on DeepScaleR with the DOTS reference settings (as configs/qwen1p5b_math.py).
 
   python -m dots_jax.main --config=configs/qwen3b.py:method=dots_rr \
-      --config.model.path=/models/Qwen2.5-3B --workdir=gs://bucket/runs/q3b_dots_rr
+      --config.model.path=/models/Qwen2.5-3B --workdir=/mnt/bucket/runs/q3b_dots_rr
 
 There is no Qwen2.5-Math-3B; the DOTS paper's 3B runs use the base Qwen2.5-3B, and its script gives
 non-Math models responses of up to 4096 tokens.

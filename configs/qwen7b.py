@@ -1,7 +1,7 @@
 """Qwen2.5-Math-7B on DeepScaleR with the DOTS reference settings (as configs/qwen1p5b_math.py).
 
   python -m dots_jax.main --config=configs/qwen7b.py:method=dots_rr \
-      --config.model.path=/models/Qwen2.5-Math-7B --workdir=gs://bucket/runs/q7b_dots_rr
+      --config.model.path=/models/Qwen2.5-Math-7B --workdir=/mnt/bucket/runs/q7b_dots_rr
   python -m dots_jax.main --config=configs/qwen7b.py --config.dry_run=True \
       --config.mesh.data=1 --config.mesh.fsdp=32   # plan for a 32-chip slice from a CPU
 

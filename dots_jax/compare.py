@@ -163,7 +163,11 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def plot_curves(curves: dict[str, dict[int, dict[str, np.ndarray]]], out_png: str) -> None:
-  import matplotlib
+  try:
+    import matplotlib  # optional: pip install -e ".[plots]"
+  except ImportError:
+    raise SystemExit("plotting needs matplotlib: pip install -e \".[plots]\" (compare.json and "
+                     "the table do not)") from None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))

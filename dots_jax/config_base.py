@@ -13,6 +13,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = "grpo"  # grpo | dots | dots_rr | greso | ds | mopps | dots_rr_greso (dots_jax.selection)
   c.total_steps = 100
   c.dry_run = False  # build with shapes only and print the plan
+  # Resume a workdir whose config.json differs in more than dots_jax.workdir.RESUMABLE_CHANGES.
+  c.allow_config_change = False
 
   # Device mesh (dots_jax.model.sharding). -1 = all remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -27,7 +29,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data and prompts (dots_jax.data).
   c.data = ml_collections.ConfigDict()
-  c.data.train = "synthetic"  # synthetic | math_train | deepscaler | orz57k | deepmath103k
+  # synthetic | a registry name (dots_jax.data.sources: math_train, deepscaler_10240, dapo_math_17k,
+  # ...) | a .jsonl/.json/.parquet path read with the *_field names below; "a+b" concatenates.
+  c.data.train = "synthetic"
+  c.data.problem_field = "problem"
+  c.data.answer_field = "answer"
+  c.data.id_field = "id"  # "" = row numbers
   c.data.manual_dir = ""  # where user-provided training files live
   c.data.shared_dir = ""  # benchmark files; empty = $DOTS_JAX_DATA or ../shared/data
   c.data.eval_sets = ("synthetic_heldout",)
@@ -151,5 +158,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Checkpoints and logs (dots_jax.rl.checkpoint, dots_jax.rl.metrics).
   c.ckpt = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False))
-  c.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True))
+  # samples_every: every that many steps the first `samples` completions of the batch go to
+  # <workdir>/samples.jsonl (0 = never).
+  c.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True, samples_every=10, samples=4))
+  # Persistent XLA compilation cache, so a resumed run does not recompile: "workdir" =
+  # <workdir>/compile_cache, "" = off, else a directory (shared across runs of the same shapes).
+  c.compilation_cache = "workdir"
   return c

@@ -7,6 +7,10 @@ evaluator never touches the sampler's internals.
 CLI: python -m dots_jax.evaluate --config=configs/tiny.py --config.model.path=DIR
   samples config.eval.k answers per problem of every set in config.data.eval_sets with the
   temperature/top-p of config.eval, prints and writes JSON to config.eval.out.
+     python -m dots_jax.evaluate --workdir=W [--step=S] [--config=...]
+  evaluates checkpoint S (default: the latest) of a training run with the run's own config
+  (W/config.json), or with --config's evaluation settings when one is given; the report goes to
+  W/eval_step_<S>.json.
 """
 
 import json
@@ -29,7 +33,10 @@ from dots_jax.model.hf_io import load_policy, load_tokenizer
 from dots_jax.model.sharding import make_mesh
 from dots_jax.rewards import score_batch
 from dots_jax.rollout import Decoding, GenerateFn, Generator
+from dots_jax.config_common import ConfigError
+from dots_jax.startup import validate_config
 from dots_jax.tiny.base import answer_encoder, policy_path
+from dots_jax.workdir import load_trained, read_config
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -281,31 +288,61 @@ class PolicyEval:
 
 def evaluate_checkpoint(config: Any, path: str = "") -> dict:
   """Loads the policy at `path` (default: the initial policy of `config`) and evaluates it."""
+  validate_config(config)
   path = path or policy_path(config)
   mesh = make_mesh(config.mesh)
   qcfg, model = load_policy(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
                             mesh=mesh)
-  tokenizer = load_tokenizer(path)
   graphdef, params = nnx.split(model)
-  generator = eval_generator(config, qcfg, graphdef, tokenizer, mesh)
-  exact = exact_fn(config, graphdef, params, mesh) if config.eval.exact else None
-  report = Evaluator(config, tokenizer).run(generator.text_fn(params, Decoding.evaluation(config)),
-                                            jax.random.key(config.seed), exact=exact)
+  report = evaluate_params(config, qcfg, graphdef, params, load_tokenizer(path), mesh)
   report["model_path"] = path
   return report
 
 
+def evaluate_workdir(workdir: str, step: int | None = None, config: Any = None) -> dict:
+  """Evaluates checkpoint `step` (default: the latest) of a training run; `config` (default: the
+  run's own) gives the evaluation settings."""
+  mesh = make_mesh((config or read_config(workdir)).mesh)
+  trained = load_trained(workdir, step, mesh)
+  config = config or trained.config
+  report = evaluate_params(config, trained.qcfg, trained.graphdef, trained.params,
+                           load_tokenizer(trained.tokenizer_dir), mesh)
+  report.update(workdir=os.path.abspath(workdir), step=trained.step)
+  return report
+
+
+def evaluate_params(config: Any, qcfg: Any, graphdef: Any, params: Any, tokenizer: Any,
+                    mesh: Any = None) -> dict:
+  """The evaluation report of the policy (graphdef, params) under config.eval."""
+  generator = eval_generator(config, qcfg, graphdef, tokenizer, mesh)
+  exact = exact_fn(config, graphdef, params, mesh) if config.eval.exact else None
+  return Evaluator(config, tokenizer).run(generator.text_fn(params, Decoding.evaluation(config)),
+                                          jax.random.key(config.seed), exact=exact)
+
+
 def main(argv: Sequence[str]) -> None:
+  from absl import app
   del argv
   config = _CONFIG.value
-  report = evaluate_checkpoint(config)
-  write_json(config.eval.out, report)
+  try:
+    if _WORKDIR.value:
+      report = evaluate_workdir(_WORKDIR.value, _STEP.value, config)
+      out = os.path.join(_WORKDIR.value, f"eval_step_{report['step']}.json")
+    elif config is None:
+      raise ConfigError("pass --config=<config file> (and --config.model.path) or --workdir=<run>")
+    else:
+      report, out = evaluate_checkpoint(config), config.eval.out
+  except ConfigError as e:
+    raise app.UsageError(str(e)) from None
+  write_json(out, report)
   print(json.dumps(flat_metrics(report), indent=2, sort_keys=True))
-  print(f"wrote {config.eval.out}")
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-  from absl import app
+  from absl import app, flags
   from ml_collections import config_flags
   _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/tiny.py")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "evaluate a training run's checkpoint")
+  _STEP = flags.DEFINE_integer("step", None, "with --workdir: checkpoint step (default: latest)")
   app.run(main)

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Mapping
 
+import jax
 import ml_collections
 
 from dots_jax.config_common import ConfigError
@@ -55,9 +56,10 @@ def validate_config(config: ml_collections.ConfigDict,
 
 
 def check_model_path(path: str) -> None:
-  """A local Hugging Face Qwen2/Qwen2.5 directory (remote paths are checked when read)."""
-  if path.startswith("gs://"):
-    return
+  """A local Hugging Face Qwen2/Qwen2.5 directory."""
+  if "://" in path:
+    raise ConfigError(f"config.model.path={path!r}: remote URLs are not read; copy the checkpoint "
+                      "to a local disk or mount the bucket (gcsfuse) and pass that path")
   if not os.path.isdir(path):
     raise ConfigError(f"config.model.path={path!r} is not a directory; point it at a local Hugging "
                       "Face checkpoint (config.json + *.safetensors + tokenizer files)")
@@ -79,5 +81,20 @@ def check_workdir(workdir: str) -> None:
   if not workdir:
     raise ConfigError("--workdir is required: checkpoints, metrics.jsonl and summary.json go there "
                       "(an existing workdir resumes)")
+  if "://" in workdir:
+    raise ConfigError(f"--workdir={workdir!r}: remote URLs are not written to; use a local path "
+                      "or a mounted bucket (gcsfuse), which every process of the job must see")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir={workdir!r} exists and is not a directory")
+
+
+def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Turns on JAX's persistent compilation cache at config.compilation_cache (unless a cache
+  directory is already configured, e.g. by JAX_COMPILATION_CACHE_DIR); returns the directory."""
+  current = jax.config.jax_compilation_cache_dir
+  if current or not config.compilation_cache:
+    return current or ""
+  path = (os.path.join(os.path.abspath(workdir), "compile_cache")
+          if config.compilation_cache == "workdir" else config.compilation_cache)
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path

@@ -30,9 +30,10 @@ from dots_jax.rl.batch import make_batch
 from dots_jax.rl.metrics import Progress, banner, log_line
 from dots_jax.rollout import Generator, Roller
 from dots_jax.selection import driver, factory
-from dots_jax.startup import check_workdir, validate_config
+from dots_jax.startup import check_workdir, enable_compilation_cache, validate_config
 from dots_jax.tiny.base import policy_path
 from dots_jax.tools.plan import dry_run
+from dots_jax.workdir import record_config
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -42,6 +43,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.dry_run:
     return dry_run(config)
   check_workdir(workdir)
+  record_config(config, workdir)
+  enable_compilation_cache(config, workdir)
   method = get_method(config.method)
   banner(f"setup: method {config.method}, {config.total_steps} steps, workdir {workdir}, "
          f"process {jax.process_index()}/{jax.process_count()}")
@@ -96,10 +99,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   update_fn = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh,
                                     ref_shardings=ref_sh)
   writer = metrics.MetricsWriter(workdir, tensorboard=config.log.tensorboard)
+  lr_at = update.lr_schedule(config.rl, config.total_steps, ucfg.updates_per_step)
   progress = Progress()
 
   # ----- restore ----------------------------------------------------------------------------------
   ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep, async_save=config.ckpt.async_save)
+  preemption = checkpoint.PreemptionWatch(ckpt)
   state, host, restored = ckpt.restore_or_init(state)
   if host is not None:
     strategy.load_state_dict(host["selection"])
@@ -119,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress.last_eval = record["eval/accuracy"]
     writer.write(0, {**record, **progress.metrics()})
   timer = metrics.StepTimer()
-  t_loop = time.perf_counter()
+  t_loop = None  # set after the first step: the ETA leaves its compilation out
   for step in range(start, config.total_steps):
     t_step = time.perf_counter()
     # select -> rollout -> reward: the strategy decides which questions, the driver rolls them out.
@@ -145,31 +150,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     done = step + 1
     # log
     record = _step_record(step_metrics, collected, is_replay, buffer, admitted, timer)
+    record["train/lr"] = float(lr_at(progress.optimizer_updates))
+    progress.optimizer_updates += int(step_metrics["optimizer_updates"])
     progress.last_reward = record["reward_mean"]
+    if config.log.samples_every and done % config.log.samples_every == 0:
+      metrics.write_samples(workdir, done, groups, tokenizer, config.log.samples)
     # evaluate
     if held_out.due(done):
       record.update(held_out.run(state.params, done))
       progress.last_eval = record["eval/accuracy"]
     record.update(progress.metrics())
     writer.write(done, record)
+    if t_loop is None:
+      t_loop, first = time.perf_counter(), done
     if done % config.log.every == 0 or done == config.total_steps:
-      _log_progress(config, record, progress, done, start, t_loop)
-    # checkpoint
-    if done % config.ckpt.every == 0 or done == config.total_steps:
+      _log_progress(config, record, progress, done, first, t_loop)
+    # checkpoint (also when the machine is about to be preempted: then stop after saving)
+    preempted = preemption.reached(done)
+    if done % config.ckpt.every == 0 or done == config.total_steps or preempted:
       ckpt.save(done, state, {"selection": strategy.state_dict(),
                               "replay": buffer.state_dict() if buffer is not None else {},
                               "metrics": writer.state_dict(), "progress": progress.state_dict()})
+    if preempted:
+      banner(f"preempted: saved step {done}; rerun the same command to resume")
+      break
 
   # ----- done -------------------------------------------------------------------------------------
+  preemption.close()
   ckpt.wait()
   writer.flush()
-  summary = {"method": config.method, "seed": config.seed, "steps": config.total_steps,
+  steps_done = int(jax.device_get(state.step))
+  summary = {"method": config.method, "seed": config.seed, "steps": steps_done,
+             "total_steps": config.total_steps, "preempted": steps_done < config.total_steps,
              "rollouts": progress.rollouts, "train_seconds": progress.seconds,
              "final_eval_accuracy": progress.last_eval, "last_reward": progress.last_reward,
              "model_path": path, "workdir": os.path.abspath(workdir)}
   if jax.process_index() == 0:
     evaluate.write_json(os.path.join(workdir, "summary.json"), summary)
-  banner(f"done: {config.method} {config.total_steps} steps, {progress.rollouts:,} rollouts, "
+  banner(f"done: {config.method} {steps_done} steps, {progress.rollouts:,} rollouts, "
          f"{progress.seconds:.0f}s training, held-out accuracy {progress.last_eval:.4f}")
   writer.close()
   ckpt.close()
@@ -184,6 +202,12 @@ def _step_record(step_metrics: dict[str, Any], collected: driver.CollectedBatch,
   record.update(metrics.batch_stats(collected.rewards_BxG, collected.rollouts.lengths_QxG.ravel()))
   record.update(collected.metrics)
   record.update(timer.metrics())
+  record["rollout/truncated_frac"] = (float(collected.rollouts.truncated_QxG.mean())
+                                      if collected.rollouts.num_groups else float("nan"))
+  if record.get("time/rollout_s"):
+    record["rollout/tokens_per_s"] = record["selection/completion_tokens"] / record["time/rollout_s"]
+  if record.get("time/update_s"):
+    record["train/tokens_per_s"] = float(step_metrics["batch_tokens"]) / record["time/update_s"]
   record.update({f"reward/{k}": float(v)
                  for k, v in collected.reward_stats.counts.items()})
   record["replay/size"] = float(len(buffer)) if buffer is not None else 0.0
@@ -193,8 +217,12 @@ def _step_record(step_metrics: dict[str, Any], collected: driver.CollectedBatch,
 
 
 def _log_progress(config: ml_collections.ConfigDict, record: dict[str, Any], progress: Progress,
-                  done: int, start: int, t_loop: float) -> None:
-  eta = (time.perf_counter() - t_loop) / (done - start) * (config.total_steps - done)
+                  done: int, first: int, t_first: float) -> None:
+  """One progress line; the ETA is the mean step time since the first step (which compiles) times
+  the steps left, or that first step's time while it is the only one."""
+  per_step = ((time.perf_counter() - t_first) / (done - first) if done > first
+              else record["time/step_s"])
+  eta = per_step * (config.total_steps - done)
   log_line(f"step {done}/{config.total_steps} | ETA {metrics.format_eta(eta)} | rollouts "
            f"{progress.rollouts:,} | reward {progress.last_reward:.3f} | eval "
            f"{progress.last_eval:.3f} | zero-var "

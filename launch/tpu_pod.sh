@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A TPU pod slice: every worker runs the same command; jax.distributed initialises from the TPU
-# environment (--distributed=on), process 0 writes logs and checkpoints (use a gs:// workdir).
-#   TPU=my-v5p-64 ZONE=us-east5-a launch/tpu_pod.sh gs://bucket/runs/q7b_dots_rr \
+# environment (--distributed=on), process 0 writes logs and checkpoints. The workdir
+# must be a path every worker sees (a gcsfuse mount of a bucket, an NFS share): gs:// URLs are refused.
+# INSTALL=1 first installs jax's TPU build on every worker (the `tpu` extra).
+#   TPU=my-v5p-64 ZONE=us-east5-a launch/tpu_pod.sh /mnt/bucket/runs/q7b_dots_rr \
 #     --config=configs/qwen7b.py:method=dots_rr --config.model.path=/mnt/models/Qwen2.5-Math-7B
 set -euo pipefail
 WORKDIR=${1:?usage: $0 WORKDIR [main.py flags]}; shift
@@ -9,4 +11,4 @@ WORKDIR=${1:?usage: $0 WORKDIR [main.py flags]}; shift
 REPO=${REPO:-~/dots_jax}
 printf -v ARGS '%q ' "$@"
 gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command \
-  "cd $REPO && HF_HUB_OFFLINE=1 python -m dots_jax.main --distributed=on --workdir=$WORKDIR $ARGS"
+  "cd $REPO && ${INSTALL:+pip install -q -e '.[tpu]' &&} HF_HUB_OFFLINE=1 python -m dots_jax.main --distributed=on --workdir=$WORKDIR $ARGS"

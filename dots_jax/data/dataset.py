@@ -3,7 +3,8 @@
 split "train" loads `config.data.train`; any other split is a dataset name (an entry of
 `config.data.eval_sets`, e.g. "math500" or "synthetic_heldout"). "a+b" is the concatenation of
 file sets a and b (GRESO trains on "dapo_math_17k+math_train"), each question's meta naming its
-`source`. Synthetic sets are generated from
+`source`. A part that is a file path (ending in .jsonl, .json or .parquet) is read with the field
+names of `config.data.problem_field` / `answer_field` / `id_field`. Synthetic sets are generated from
 `config.data.synthetic` (seed included in the fingerprint); file sets are read from
 `dots_jax.data.sources`.
 """
@@ -12,11 +13,12 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from dots_jax.data import builder, sources, synthetic
-from dots_jax.data.question import Question, read_questions
+from dots_jax.data.question import Question, field_mapper, read_questions
 
 SYNTHETIC_SPLITS = {"synthetic": "train", "synthetic_heldout": "heldout"}
 
@@ -72,17 +74,40 @@ def _synthetic(data_cfg: Any, name: str) -> QuestionSet:
   return QuestionSet(name, *builder.prepare(name, prepared_root(data_cfg), key, make))
 
 
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _is_path(part: str) -> bool:
+  return part.endswith(FILE_SUFFIXES)
+
+
+def _part_file(data_cfg: Any, part: str) -> tuple[str, Any]:
+  """(file path, row mapper) of one part of a data set name: a registry name or a user file."""
+  if not _is_path(part):
+    return sources.find_source_file(data_cfg, part), sources.SOURCES[part].mapper
+  path = os.path.expanduser(part)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.data.train: {part!r} is not a file (a path must end in "
+                            f"{', '.join(FILE_SUFFIXES)}; registry names: {sorted(sources.SOURCES)})")
+  return path, field_mapper(data_cfg.problem_field, data_cfg.answer_field,
+                               data_cfg.id_field or None)
+
+
 def _from_files(data_cfg: Any, name: str) -> QuestionSet:
   parts = name.split("+")
-  paths = [sources.find_source_file(data_cfg, part) for part in parts]
+  files = [_part_file(data_cfg, part) for part in parts]
+  paths = [path for path, _ in files]
   skip = bool(data_cfg.skip_bad_rows)
-  key = builder.fingerprint(builder.FORMAT_VERSION, *map(builder.file_sha256, paths), f"skip={skip}")
+  fields = ([data_cfg.problem_field, data_cfg.answer_field, data_cfg.id_field]
+            if any(map(_is_path, parts)) else [])
+  key = builder.fingerprint(builder.FORMAT_VERSION, *map(builder.file_sha256, paths), f"skip={skip}",
+                            *fields)
 
   def make():
     questions, metas = [], []
-    for part, path in zip(parts, paths):
-      qs, report = read_questions(path, sources.SOURCES[part].mapper, id_prefix=part,
-                                  skip_bad_rows=skip)
+    for part, (path, mapper) in zip(parts, files):
+      prefix = _safe_name(os.path.splitext(os.path.basename(part))[0]) if _is_path(part) else part
+      qs, report = read_questions(path, mapper, id_prefix=prefix, skip_bad_rows=skip)
       if report.num_skipped:
         logging.warning("%s: skipped %d of %d rows %s; first: %s", path, report.num_skipped,
                         report.rows_read, dict(report.skipped), report.first_skips)
@@ -101,8 +126,12 @@ def _from_files(data_cfg: Any, name: str) -> QuestionSet:
                        "skipped": skipped, "first_skips": [s for m in metas for s in m["first_skips"]],
                        "parts": {part: m["rows_read"] for part, m in zip(parts, metas)}}
 
-  return QuestionSet(name, *builder.prepare(name.replace("+", "_and_"), prepared_root(data_cfg),
-                                            key, make))
+  prepared_name = "_and_".join(_safe_name(os.path.basename(p)) for p in parts)
+  return QuestionSet(name, *builder.prepare(prepared_name, prepared_root(data_cfg), key, make))
+
+
+def _safe_name(text: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_]", "_", text)
 
 
 def load_dataset(data_cfg: Any, split: str) -> QuestionSet:

@@ -14,6 +14,8 @@ refuses, are written into the JSON with their dtype and shape and come back as e
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 import jax
@@ -123,3 +125,30 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+class PreemptionWatch:
+  """Tells the loop when to checkpoint and stop before the machine goes away: on SIGTERM (the notice
+  Cloud TPU, GKE and SLURM send before preempting) or at orbax's multi-host preemption sync point,
+  which makes every process stop at the same step. With several processes only the sync point
+  counts: a signal seen by one process alone must not make it save a step the others do not."""
+
+  def __init__(self, ckpt: Checkpointer):
+    self.ckpt = ckpt
+    self.signalled = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum: int, frame: Any) -> None:
+    del signum, frame
+    self.signalled = True
+
+  def reached(self, step: int) -> bool:
+    synced = bool(self.ckpt.manager.reached_preemption(step))
+    return synced or (self.signalled and jax.process_count() == 1)
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None

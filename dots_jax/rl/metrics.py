@@ -49,12 +49,14 @@ class Progress:
   seconds: float = 0.0  # training wall-clock (rollout + selection + update), evaluation excluded
   last_reward: float = float("nan")
   last_eval: float = float("nan")
+  optimizer_updates: int = 0  # taken so far (mini-batches without loss tokens are skipped)
 
   def state_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   def metrics(self) -> dict[str, float]:
-    return {"progress/rollouts": float(self.rollouts), "progress/seconds": self.seconds}
+    return {"progress/rollouts": float(self.rollouts), "progress/seconds": self.seconds,
+            "progress/optimizer_updates": float(self.optimizer_updates)}
 
 
 def _scalar(v: Any) -> float | int | bool:
@@ -71,8 +73,10 @@ def batch_stats(rewards_QxG: np.ndarray, lengths_N: np.ndarray, pass_threshold: 
   lengths = np.asarray(lengths_N, np.float64)
   if r.size == 0:  # a step whose rounds found nothing trainable
     return dict.fromkeys(("reward_mean", "pass_rate", "zero_var_frac", "response_len_mean",
-                          "response_len_max"), float("nan"))
+                          "response_len_p50", "response_len_p90", "response_len_max"), float("nan"))
   return {
+      "response_len_p50": float(np.percentile(lengths, 50)),
+      "response_len_p90": float(np.percentile(lengths, 90)),
       "reward_mean": float(r.mean()),
       "pass_rate": float(np.mean(r >= pass_threshold)),
       "zero_var_frac": float(np.mean(group_stats(r)["zero_var"])),
@@ -111,14 +115,22 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, *, tensorboard: bool = True):
     self.active = jax.process_index() == 0
+    self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.history: list[dict[str, Any]] = []
     self._tb = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       if tensorboard:
-        from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self._open_tb(purge_step=None)
+
+  def _open_tb(self, purge_step: int | None) -> None:
+    from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
+    if self._tb is not None:
+      self._tb.close()
+    # purge_step: events at or after it (written after the checkpoint a resume starts from) are
+    # dropped, so TensorBoard does not show those steps twice.
+    self._tb = SummaryWriter(os.path.join(self.workdir, "tb"), purge_step=purge_step)
 
   def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     """Records scalar metrics for `step` (jax/numpy scalars are converted); returns the record."""
@@ -149,7 +161,29 @@ class MetricsWriter:
         for r in self.history:
           f.write(json.dumps(r, allow_nan=True) + "\n")
       os.replace(tmp, self.path)
+      if self._tb is not None and self.history:
+        self._open_tb(purge_step=int(self.history[-1]["step"]) + 1)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def write_samples(workdir: str, step: int, groups: Any, tokenizer: Any, count: int) -> None:
+  """Appends the first `count` completions of the step's batch (prompt, completion, reward) to
+  <workdir>/samples.jsonl (process 0): what the policy writes, next to the numbers."""
+  if jax.process_index() != 0 or count <= 0:
+    return
+  g = groups.tokens_QxGxT.shape[1]
+  rows = []
+  for n in range(min(count, groups.num_groups * g)):
+    q, k = divmod(n, g)
+    tokens, mask = groups.tokens_QxGxT[q, k], groups.mask_QxGxT[q, k]
+    completion = groups.loss_mask_QxGxT[q, k] > 0
+    rows.append({"step": int(step), "question": int(groups.qid_Q[q]), "sample": k,
+                 "prompt": tokenizer.decode(tokens[(mask > 0) & ~completion].tolist()),
+                 "completion": tokenizer.decode(tokens[completion].tolist()),
+                 "reward": float(groups.rewards_QxG[q, k])})
+  with open(os.path.join(workdir, "samples.jsonl"), "a") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")

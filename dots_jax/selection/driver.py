@@ -54,7 +54,7 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
   overhead = 0.0
   kept_parts, spare_parts = [], []  # (call number, group rows) of accepted / rejected groups
   calls: list[tuple[Rollouts, Proposal]] = []
-  rollouts = ref_rollouts = skipped_rollouts = 0
+  rollouts = ref_rollouts = skipped_rollouts = tokens = 0
   group_size = 0
   while True:
     t0 = time.perf_counter()
@@ -74,6 +74,7 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
     calls.append((result, proposal))
     ctx.round += 1
     rollouts += rewards.size
+    tokens += int(np.sum(result.lengths_QxG))
     skipped_rollouts += proposal.skipped * group_size
     if not proposal.train:
       ref_rollouts += rewards.size
@@ -131,6 +132,7 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
       "selection/rollouts_cumulative": float(strategy.totals["rollouts"]),
       "selection/rollouts_skipped_cumulative": float(strategy.totals["skipped_rollouts"]),
       "selection/rounds": float(ctx.round),
+      "selection/completion_tokens": float(tokens),
       "selection/short_groups": float(ctx.batch_questions - sum(len(r) for _, r in chosen)),
       "selection/overhead_s": overhead,
   }

@@ -1,0 +1,167 @@
+"""What a run directory gives back: its config (checked on resume), an exported Hugging Face policy
+that transformers loads with the same logits, and evaluation of a checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from config_files import load_config
+from dots_jax import evaluate, train
+from dots_jax.config_common import ConfigError
+from dots_jax.model import qwen2
+from dots_jax.tools import export
+from dots_jax.workdir import config_changes, load_trained, read_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """One finished micro GRPO run of 2 steps (checkpoint at step 2)."""
+  root = tmp_path_factory.mktemp("workdir")
+  c = micro(root)
+  train.train_and_evaluate(c, str(root / "run"))
+  return root, str(root / "run")
+
+
+def micro(root, **rl):
+  c = load_config("tiny", "micro")
+  c.tiny.cache_dir = str(root / "tiny")
+  c.data.prepared_dir = str(root / "prepared")
+  c.total_steps = 2
+  for k, v in rl.items():
+    c.rl[k] = v
+  return c
+
+
+def test_config_json_is_written_and_read_back(run):
+  root, workdir = run
+  saved = read_config(workdir)
+  assert saved.data.prompt_buckets == micro(root).data.prompt_buckets  # tuples come back as tuples
+  assert config_changes(saved, micro(root)) == []
+  with open(f"{workdir}/config.json") as f:
+    assert json.load(f)["rl"]["batch_questions"] == 8
+
+
+def test_resume_with_another_config_is_refused_naming_the_keys(run):
+  root, workdir = run
+  changed = micro(root, lr=1e-3, mini_batches=2)
+  with pytest.raises(ConfigError, match=r"rl\.lr: 3e-05 -> 0\.001; rl\.mini_batches: 1 -> 2"):
+    train.train_and_evaluate(changed, workdir)
+  longer = micro(root)
+  longer.total_steps = 3  # a longer run resumes
+  longer.eval.every = 0
+  assert train.train_and_evaluate(longer, workdir)["steps"] == 3
+
+
+def test_allow_config_change_resumes_anyway(tmp_path, run):
+  root, _ = run
+  c = micro(root)
+  train.train_and_evaluate(c, str(tmp_path))
+  changed = micro(root, lr=1e-3)
+  changed.total_steps = 3
+  changed.allow_config_change = True
+  assert train.train_and_evaluate(changed, str(tmp_path))["steps"] == 3
+
+
+def test_export_loads_in_transformers_with_the_trained_logits(run, tmp_path):
+  root, workdir = run
+  out = export.main(["--workdir", workdir, "--out", str(tmp_path / "hf"), "--step", "2"])
+  trained = load_trained(workdir, 2)
+  ours = nnx.merge(trained.graphdef, trained.params)
+  tokens = np.array([[3, 5, 7, 9, 11, 2]], np.int32)
+  mask = np.ones_like(tokens)
+  logits, _ = ours(tokens, qwen2.positions_from_mask(mask), mask)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+  with torch.no_grad():
+    ref = hf(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
+  tok = transformers.AutoTokenizer.from_pretrained(out)  # the tokenizer files travel along
+  assert tok.decode(tok("12+3=", add_special_tokens=False)["input_ids"]) == "12+3="
+  with pytest.raises(SystemExit):
+    export.main(["--workdir", workdir, "--out", str(tmp_path / "x"), "--step", "7"])
+
+
+def test_evaluate_a_workdir_checkpoint(run):
+  _, workdir = run
+  report = evaluate.evaluate_workdir(workdir)
+  assert report["step"] == max(load_trained(workdir).step, 2)
+  first = next(iter(report["sets"].values()))
+  assert 0.0 <= first[f"avg@{first['k']}"] <= 1.0
+
+
+def test_evaluate_a_real_config_without_model_path_fails_in_one_line():
+  with pytest.raises(ConfigError, match="--config.model.path"):
+    evaluate.evaluate_checkpoint(load_config("qwen1p5b_math"))
+
+
+def test_a_user_jsonl_with_mapped_fields_trains(run, tmp_path):
+  """data.train as a file path with its own field names; a bad row names file and line."""
+  from dots_jax.data.dataset import load_dataset
+  from dots_jax.tiny.base import policy_path
+  root, _ = run
+  c = micro(root)
+  heldout = load_dataset(c.data, "synthetic_heldout")
+  rows = [{"q": x.problem, "a": x.answer, "uid": f"u{i}"} for i, x in enumerate(heldout.get_batch(range(40)))]
+  path = tmp_path / "mine.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  c.data.update(train=str(path), problem_field="q", answer_field="a", id_field="uid")
+  qs = load_dataset(c.data, "train")
+  assert len(qs) == 40 and qs[3].id == "u3" and qs[3].problem == rows[3]["q"]
+  c.model.path = policy_path(c)
+  summary = train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert summary["steps"] == 2 and summary["rollouts"] > 0
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"q": "1+1"}) + "\n")
+  c.data.train = str(bad)
+  with pytest.raises(ValueError, match=r"bad\.jsonl:2.*'a'"):
+    load_dataset(c.data, "train")
+
+
+def test_remote_urls_are_refused_in_one_line():
+  from dots_jax.startup import check_model_path, check_workdir
+  with pytest.raises(ConfigError, match="mounted bucket"):
+    check_workdir("gs://bucket/run")
+  with pytest.raises(ConfigError, match="mount the bucket"):
+    check_model_path("gs://bucket/Qwen2.5-Math-1.5B")
+
+
+def test_sigterm_saves_the_current_step_and_the_run_resumes(run, tmp_path):
+  """A preemption notice (SIGTERM) mid-run: the step in progress finishes, is checkpointed, the job
+  exits 0; rerunning resumes from that step."""
+  import os
+  import re
+  import signal
+  import subprocess
+  import sys
+  import time
+  root, _ = run
+  workdir = tmp_path / "w"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "dots_jax.main", "--config=configs/tiny.py:micro",
+         f"--workdir={workdir}", "--config.total_steps=500", "--config.eval.every=0",
+         "--config.ckpt.every=1000", f"--config.tiny.cache_dir={root / 'tiny'}",
+         f"--config.data.prepared_dir={root / 'prepared'}"]
+  proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-2000:]
+  saved = int(re.search(r"preempted: saved step (\d+)", out).group(1))
+  assert 2 <= saved < 500
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["preempted"] and summary["steps"] == saved
+  assert (workdir / "checkpoints" / str(saved)).is_dir()
+  c = micro(root)
+  c.eval.every, c.ckpt.every, c.total_steps = 0, 1000, saved + 1
+  resumed = train.train_and_evaluate(c, str(workdir))
+  assert resumed["steps"] == saved + 1 and not resumed["preempted"]
+  steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+  assert steps[-1] == saved + 1 and steps.count(saved + 1) == 1
