@@ -30,6 +30,8 @@ setup(
         "cuda12": ["jax[cuda12]>=0.7"],
         # Learning-curve plots of `python -m dots_jax.compare`.
         "plots": ["matplotlib>=3.8"],
+        # Weights & Biases logging (config.log.wandb_project).
+        "wandb": ["wandb>=0.17"],
         # torch is pinned exactly: 2.13.0 CPU installs from a local file on the dev/CI machines,
         # any other spec pulls a multi-GB CUDA build. Only the parity tests and benchmarks need it.
         "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scipy>=1.11",

@@ -157,10 +157,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.exact = False
 
   # Checkpoints and logs (dots_jax.rl.checkpoint, dots_jax.rl.metrics).
-  c.ckpt = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False))
+  # export_hf: also write each checkpoint's policy as a Hugging Face directory <workdir>/hf/<step>.
+  c.ckpt = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False, export_hf=False))
   # samples_every: every that many steps the first `samples` completions of the batch go to
   # <workdir>/samples.jsonl (0 = never).
-  c.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True, samples_every=10, samples=4))
+  # wandb_project: also log to Weights & Biases (pip install wandb; "" = off); the run id is kept
+  # in the checkpoint, so a resume continues the same W&B run.
+  c.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True, samples_every=10, samples=4,
+                                         wandb_project=""))
   # Persistent XLA compilation cache, so a resumed run does not recompile: "workdir" =
   # <workdir>/compile_cache, "" = off, else a directory (shared across runs of the same shapes).
   c.compilation_cache = "workdir"

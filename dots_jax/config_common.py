@@ -38,8 +38,13 @@ def all_keys(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 def unknown_key_message(c: ml_collections.ConfigDict, key: str) -> str:
   """'no key X in the config; did you mean ...' with the closest existing keys."""
   keys = all_keys(c)
-  close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
   leaf = key.rsplit(".", 1)[-1]
+  section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+  # An abbreviation of the typed name in the same section (rl.learning_rate -> rl.lr) comes first.
+  initials = "".join(w[0] for w in leaf.split("_") if w)
+  close = [k for k in keys if k.startswith(section) and k.rsplit(".", 1)[-1] == initials]
+  close += [k for k in difflib.get_close_matches(key, keys, n=3, cutoff=0.5) if k not in close]
+  close = close[:3]
   close += [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k not in close][:3 - len(close)]
   hint = f"; did you mean {', '.join(close)}?" if close else ""
   return f"no key {key!r} in the config{hint}"

@@ -5,7 +5,9 @@ arguments (`--config=configs/qwen7b.py:method=dots_rr`). An existing workdir res
 (TPU pod slices, SLURM) call `jax.distributed.initialize()` first; see launch/.
 """
 
+import importlib.util
 import os
+import sys
 
 import jax
 from absl import app, flags
@@ -55,6 +57,40 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(str(e)) from None
 
 
+def _unknown_override(argv: list[str]) -> str | None:
+  """'--config.x.y: no key ...; did you mean ...' for the first override the config file lacks."""
+  from dots_jax.config_common import all_keys, unknown_key_message
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_dots_jax_config", path)
+  if module_spec is None or module_spec.loader is None:
+    return None
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  keys = set(all_keys(config))
+  for a in argv:
+    if a.startswith("--config.") and "=" in a:
+      key = a[len("--config."):].split("=", 1)[0]
+      if key not in keys and not any(k.startswith(key + ".") for k in keys):
+        return f"--config.{key}: {unknown_key_message(config, key)}"
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a mistyped config override is one line naming the closest keys."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, flags.Error):
+    message = _unknown_override(argv)
+    if message is None:
+      raise
+    print(f"FATAL: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

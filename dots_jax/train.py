@@ -98,7 +98,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = jax.device_put(update.init_train_state(params, optimizer, config.seed), state_sh)
   update_fn = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh,
                                     ref_shardings=ref_sh)
-  writer = metrics.MetricsWriter(workdir, tensorboard=config.log.tensorboard)
+  writer = metrics.MetricsWriter(workdir, tensorboard=config.log.tensorboard,
+                                 wandb_project=config.log.wandb_project,
+                                 run_config=config.to_dict())
   lr_at = update.lr_schedule(config.rl, config.total_steps, ucfg.updates_per_step)
   progress = Progress()
 
@@ -171,6 +173,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpt.save(done, state, {"selection": strategy.state_dict(),
                               "replay": buffer.state_dict() if buffer is not None else {},
                               "metrics": writer.state_dict(), "progress": progress.state_dict()})
+      if config.ckpt.export_hf:
+        hf_io.export_policy(qcfg, nnx.merge(graphdef, state.params),
+                            os.path.join(workdir, "hf", str(done)), tokenizer_dir=path)
     if preempted:
       banner(f"preempted: saved step {done}; rerun the same command to resume")
       break

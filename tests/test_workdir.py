@@ -165,3 +165,49 @@ def test_sigterm_saves_the_current_step_and_the_run_resumes(run, tmp_path):
   assert resumed["steps"] == saved + 1 and not resumed["preempted"]
   steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
   assert steps[-1] == saved + 1 and steps.count(saved + 1) == 1
+
+
+def test_a_mistyped_override_is_one_line_with_the_closest_keys():
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "dots_jax.main", "--config=configs/tiny.py:micro",
+                        "--config.rl.learning_rate=1e-5", "--workdir=/tmp/never_written"],
+                       cwd=repo, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "--config.rl.learning_rate" in lines[0] and "rl.lr" in lines[0], lines
+
+
+def test_wandb_run_continues_on_resume_and_checkpoints_export(run, tmp_path, monkeypatch):
+  """With log.wandb_project set, metrics also go to W&B (a stand-in module here), and a resumed job
+  logs into the same run id; ckpt.export_hf writes each checkpoint as a HF directory."""
+  import sys
+  import types
+  calls = []
+
+  class Run:
+    def __init__(self, **kw):
+      calls.append(("init", kw["id"], kw["resume"]))
+
+    def log(self, record, step):
+      calls.append(("log", step))
+
+    def finish(self):
+      calls.append(("finish",))
+
+  fake = types.SimpleNamespace(init=lambda **kw: Run(**kw),
+                               util=types.SimpleNamespace(generate_id=lambda: f"id{len(calls)}"))
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  root, _ = run
+  c = micro(root)
+  c.log.wandb_project = "dots"
+  c.ckpt.export_hf = True
+  train.train_and_evaluate(c, str(tmp_path))
+  c.total_steps = 3
+  train.train_and_evaluate(c, str(tmp_path))
+  inits = [x for x in calls if x[0] == "init"]
+  assert len(inits) == 2 and inits[0][1] == inits[1][1] and inits[1][2] == "allow"
+  assert [x[1] for x in calls if x[0] == "log"] == [0, 1, 2, 3]
+  assert (tmp_path / "hf" / "2" / "config.json").exists() and (tmp_path / "hf" / "3").is_dir()

@@ -113,12 +113,17 @@ class StepTimer:
 class MetricsWriter:
   """Appends {"step": s, **metrics} records; no-op on processes other than 0."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, tensorboard: bool = True, wandb_project: str = "",
+               run_config: dict[str, Any] | None = None):
     self.active = jax.process_index() == 0
     self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.history: list[dict[str, Any]] = []
     self._tb = None
+    # Weights & Biases (optional extra): started at the first write, after a resume has restored
+    # the run id, so a resumed job continues the same W&B run.
+    self.wandb_project, self.wandb_id, self._wandb = wandb_project, "", None
+    self.run_config = run_config or {}
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       if tensorboard:
@@ -137,6 +142,8 @@ class MetricsWriter:
     record = {"step": int(step)}
     record.update({k: _scalar(v) for k, v in metrics.items()})
     self.history.append(record)
+    if self.active and self.wandb_project:
+      self._wandb_run().log({k: v for k, v in record.items() if k != "step"}, step=int(step))
     if self.active:
       with open(self.path, "a") as f:
         f.write(json.dumps(record, allow_nan=True) + "\n")
@@ -150,11 +157,24 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.flush()
 
+  def _wandb_run(self) -> Any:
+    if self._wandb is None:
+      try:
+        import wandb
+      except ImportError:
+        raise RuntimeError("config.log.wandb_project is set but wandb is not installed: "
+                           "pip install -e \".[wandb]\"") from None
+      self.wandb_id = self.wandb_id or wandb.util.generate_id()
+      self._wandb = wandb.init(project=self.wandb_project, id=self.wandb_id, resume="allow",
+                               dir=self.workdir, config=self.run_config)
+    return self._wandb
+
   def state_dict(self) -> dict[str, Any]:
-    return {"history": [dict(r) for r in self.history]}
+    return {"history": [dict(r) for r in self.history], "wandb_id": self.wandb_id}
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
     self.history = [dict(r) for r in state["history"]]
+    self.wandb_id = state.get("wandb_id", "")
     if self.active:
       tmp = self.path + ".tmp"
       with open(tmp, "w") as f:
@@ -167,6 +187,9 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
 
 
 def write_samples(workdir: str, step: int, groups: Any, tokenizer: Any, count: int) -> None:
