@@ -13,6 +13,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = "grpo"  # grpo | dots | dots_rr | greso | ds | mopps | dots_rr_greso (dots_jax.selection)
   c.total_steps = 100
   c.dry_run = False  # build with shapes only and print the plan
+  # With dry_run: also compile pi_old and the update step ahead of time on the configured mesh
+  # (simulated on CPU) and print each program's compiled per-device bytes beside the estimate.
+  c.plan_compile = False
   # Resume a workdir whose config.json differs in more than dots_jax.workdir.RESUMABLE_CHANGES.
   c.allow_config_change = False
 

@@ -147,14 +147,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, step_metrics = update_fn(state, batch, ref_params)
       step_metrics = jax.device_get(step_metrics)
     update.raise_if_nonfinite(step_metrics, step)
-    progress.seconds += time.perf_counter() - t_step
-    progress.rollouts += int(collected.metrics["selection/rollouts"])
     done = step + 1
     # log
-    record = _step_record(step_metrics, collected, is_replay, buffer, admitted, timer)
-    record["train/lr"] = float(lr_at(progress.optimizer_updates))
-    progress.optimizer_updates += int(step_metrics["optimizer_updates"])
-    progress.last_reward = record["reward_mean"]
+    record = _step_record(step_metrics, collected, is_replay, buffer, admitted, timer,
+                          lr=float(lr_at(progress.optimizer_updates)))
+    progress.add_step(time.perf_counter() - t_step, record)
     if config.log.samples_every and done % config.log.samples_every == 0:
       metrics.write_samples(workdir, done, groups, tokenizer, config.log.samples)
     # evaluate
@@ -201,9 +198,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _step_record(step_metrics: dict[str, Any], collected: driver.CollectedBatch,
                  is_replay: np.ndarray, buffer: replay.ReplayBuffer | None, admitted: int,
-                 timer: metrics.StepTimer) -> dict[str, Any]:
+                 timer: metrics.StepTimer, lr: float) -> dict[str, Any]:
   """One step's metrics: update, rollout batch, selection, timing, rewards, replay."""
   record = {f"train/{k}": v for k, v in step_metrics.items()}
+  record["train/lr"] = lr
   record.update(metrics.batch_stats(collected.rewards_BxG, collected.rollouts.lengths_QxG.ravel()))
   record.update(collected.metrics)
   record.update(timer.metrics())

@@ -176,3 +176,17 @@ def test_dry_run_prints_the_published_step_structure(name, method, expect, capsy
   for text in expect:
     assert text in out, (text, out)
   assert plan["step_structure"]["optimizer_steps"] == c.rl.mini_batches
+
+
+def test_dry_run_compiles_pi_old_and_the_update(capsys):
+  """plan_compile: both programs are lowered and compiled with shapes only; the last line gives the
+  larger one's compiled bytes beside the planner's estimate."""
+  import re
+  c = load_config("tiny")
+  c.dry_run = True
+  c.plan_compile = True
+  plan = train.train_and_evaluate(c, "")
+  assert set(plan["programs"]) == {"pi_old", "update"}
+  assert all(p["compiled"] > 0 and p["estimated"] > 0 for p in plan["programs"].values())
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert re.fullmatch(r"peak per device: \d+\.\d\d GiB compiled, \d+\.\d\d GiB estimated", last)

@@ -261,3 +261,20 @@ def test_chunked_logprobs_match_and_do_not_hold_the_full_logits():
   temp = {c: f.lower(params).compile().memory_analysis().temp_size_in_bytes for c, f in fns.items()}
   full_logits = 8 * 63 * cfg.vocab_size * 4
   assert temp[0] >= full_logits and temp[16] < temp[0] / 2, temp
+
+
+def test_remat_update_matches_and_runs_inside_the_micro_batch_loops():
+  """model.remat (every reference config) recomputes layer activations in the backward pass of the
+  update, whose micro-batches run inside lax.map / lax.scan: same result as without remat."""
+  import dataclasses
+  config = rl_config(mini_batches=2, micro_batch=2)
+  batch = batch_dict(seed=9)
+  states = []
+  for remat in (False, True):
+    graphdef, params = nnx.split(qwen2.init_model(dataclasses.replace(CFG, remat=remat), 0))
+    ucfg = update.UpdateConfig.from_config(config)
+    opt = update.make_optimizer(config.rl, total_steps=10, updates_per_step=ucfg.updates_per_step)
+    fn = update.make_update_fn(graphdef, opt, ucfg)
+    state, _ = fn(update.init_train_state(params, opt, seed=0), batch)
+    states.append(state)
+  assert_trees_close(states[0].params, states[1].params, rtol=1e-5, atol=1e-6)

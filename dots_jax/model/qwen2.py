@@ -283,6 +283,19 @@ def _layer_forward(layer, x, positions, kv_mask, k_cache, v_cache, cache_index):
   return layer(x, positions, kv_mask, k_cache, v_cache, cache_index)
 
 
+def _remat_layer_forward(layer, x, positions, kv_mask, k_cache, v_cache, cache_index):
+  """`_layer_forward` under jax.checkpoint on the layer's split state: its activations are
+  recomputed in the backward pass. (nnx.remat tracks the module's Variables across traces and
+  refuses a module merged inside lax.map / scan bodies, which is where the update runs it.)"""
+  graphdef, state = nnx.split(layer)
+
+  def pure(state, x, positions, kv_mask, k_cache, v_cache, cache_index):
+    return _layer_forward(nnx.merge(graphdef, state), x, positions, kv_mask, k_cache, v_cache,
+                          cache_index)
+
+  return jax.checkpoint(pure)(state, x, positions, kv_mask, k_cache, v_cache, cache_index)
+
+
 class Qwen2ForCausalLM(nnx.Module):
   """Parameter names mirror the Hugging Face module tree (`model.layers.N.self_attn.q_proj` ...)."""
 
@@ -302,7 +315,7 @@ class Qwen2ForCausalLM(nnx.Module):
              ) -> tuple[jax.Array, KVCache | None]:
     """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (None without one)."""
     x = self.embed_tokens(tokens_BxT)
-    step = nnx.remat(_layer_forward) if self.cfg.remat else _layer_forward
+    step = _remat_layer_forward if self.cfg.remat else _layer_forward
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       kc = None if cache is None else cache.ks[i]

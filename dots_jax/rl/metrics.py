@@ -51,6 +51,13 @@ class Progress:
   last_eval: float = float("nan")
   optimizer_updates: int = 0  # taken so far (mini-batches without loss tokens are skipped)
 
+  def add_step(self, seconds: float, record: dict[str, Any]) -> None:
+    """Counts a finished step: its training seconds and what its metrics record says it did."""
+    self.seconds += seconds
+    self.rollouts += int(record["selection/rollouts"])
+    self.optimizer_updates += int(record["train/optimizer_updates"])
+    self.last_reward = float(record["reward_mean"])
+
   def state_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 

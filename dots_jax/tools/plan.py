@@ -21,8 +21,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from dots_jax.config_common import ConfigError
 from dots_jax.methods import get_method
 from dots_jax.model import hf_io, qwen2, sharding, variants
+from dots_jax.rl import update
 from dots_jax.startup import validate_config
 from dots_jax.tiny.base import tiny_model_config
 from dots_jax.tiny.tokenizer import make_char_tokenizer
@@ -116,8 +118,87 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
        f"{config.total_steps * rows:,} training rollouts (selection may add more)")
   _log(f"eval       every {config.eval.every} steps on {', '.join(config.data.eval_sets)}; "
        f"checkpoint every {config.ckpt.every}")
-  return {"mesh": sizes, "memory": mem, "steps": config.total_steps, "rows_per_step": rows,
-          "step_structure": {k: v for k, v in structure.items() if k != "lines"}}
+  out = {"mesh": sizes, "memory": mem, "steps": config.total_steps, "rows_per_step": rows,
+         "step_structure": {k: v for k, v in structure.items() if k != "lines"}}
+  if config.plan_compile:
+    out["programs"] = compiled_programs(config, cfg, sizes, seq)
+    peak = max(out["programs"].values(), key=lambda p: p["compiled"])
+    _log(f"peak per device: {gib(peak['compiled'])} compiled, {gib(peak['estimated'])} estimated")
+  return out
+
+
+def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+                    sizes: Mapping[str, int], seq: int, *, grad: bool) -> int:
+  """Per-device bytes of one update (grad=True) or pi_old (grad=False) program: weights (+ AdamW
+  and gradients), plus the activations of one micro-batch: every layer's input (kept for the
+  backward pass under remat; all intermediates without it), one layer's attention scores and
+  probabilities (float32, [rows, heads, T, T]) and one vocabulary-projection chunk's logits."""
+  mem = plan(cfg, sizes, batch=1, seq=1)
+  weights = mem["params"] + (mem["adam"] + mem["grads"] if grad else 0)
+  dp = sharding.data_parallel_size(sizes)
+  ucfg = update.UpdateConfig.from_config(config)
+  rows = config.rl.batch_questions * config.sampling.group_size
+  _, micro, _ = ucfg.split(rows)
+  r = -(-micro // dp)
+  act = np.dtype(cfg.dtype).itemsize
+  tp = sizes["tensor"]
+  chunk = config.rl.logits_chunk or seq
+  layer_inputs = cfg.num_hidden_layers * r * seq * cfg.hidden_size * act
+  attention = 2 * r * (cfg.num_attention_heads // tp) * seq * seq * 4
+  mlp = 3 * r * seq * (cfg.intermediate_size // tp) * act
+  logits = 2 * r * min(chunk, seq) * (cfg.vocab_size // tp) * 4
+  per_layer = attention + mlp
+  if not grad:  # no backward: only the live layer and one logits chunk
+    return weights + r * seq * cfg.hidden_size * act + per_layer + logits
+  if cfg.remat:
+    return weights + layer_inputs + per_layer + logits
+  return weights + layer_inputs + cfg.num_hidden_layers * per_layer + logits
+
+
+def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+                      sizes: Mapping[str, int], seq: int) -> dict[str, dict[str, int]]:
+  """Lowers and compiles pi_old and the update step with shapes only on a mesh of `sizes` and
+  returns, per program, the per-device bytes of `memory_analysis()` (arguments + outputs - aliased
+  + temporaries) beside `update_estimate`. Needs that many devices: `dots_jax.main` gives a CPU dry
+  run host-platform devices (--xla_force_host_platform_device_count) when plan_compile is set."""
+  n = math.prod(sizes.values())
+  devices = jax.devices()
+  if len(devices) < n:
+    raise ConfigError(f"config.plan_compile: the mesh {dict(sizes)} needs {n} devices, this process "
+                      f"has {len(devices)}; run the dry run through `python -m dots_jax.main` (it "
+                      f"simulates them on CPU) or set XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+  mesh = sharding.make_mesh(dict(sizes), devices[:n])
+  graphdef, abstract = qwen2.abstract_model(cfg)
+  params_sh = sharding.param_shardings(abstract, mesh)
+  attach = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
+  params = jax.tree.map(attach, abstract, params_sh)
+  ucfg = update.UpdateConfig.from_config(config)
+  optimizer = update.make_optimizer(config.rl, config.total_steps, ucfg.updates_per_step)
+  state_sh = update.train_state_shardings(optimizer, params, mesh)
+  state = jax.tree.map(attach, jax.eval_shape(
+      lambda p: update.init_train_state(p, optimizer, config.seed), params), state_sh)
+  fns = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh)
+  dp = sharding.data_parallel_size(sizes)
+  rows = -(-config.rl.batch_questions * config.sampling.group_size // dp) * dp
+  dtypes = {"tokens_NxT": np.int32, "mask_NxT": np.int32, "loss_mask_NxT": np.int32,
+            "behav_logp_NxT": np.float32, update.OLD_LOGP: np.float32, "adv_N": np.float32,
+            "is_replay_N": np.bool_}
+  batch = {k: jax.ShapeDtypeStruct((rows,) if k.endswith("_N") else (rows, seq), dt,
+                                   sharding=sharding.batch_sharding(mesh, 1 if k.endswith("_N") else 2))
+           for k, dt in dtypes.items()}
+  lowered = {"pi_old": fns.old_logp_fn.lower(params, batch["tokens_NxT"], batch["mask_NxT"]),
+             "update": fns.update_fn.lower(state, batch, None)}
+  out = {}
+  for name, low in lowered.items():
+    ma = low.compile().memory_analysis()
+    compiled = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+                + ma.temp_size_in_bytes)
+    est = update_estimate(config, cfg, sizes, seq, grad=name == "update")
+    out[name] = {"compiled": int(compiled), "estimated": int(est),
+                 "temp": int(ma.temp_size_in_bytes), "arguments": int(ma.argument_size_in_bytes)}
+    _log(f"program    {name}: {compiled / 2**30:.2f} GiB compiled (temporaries "
+         f"{ma.temp_size_in_bytes / 2**30:.2f} GiB), {est / 2**30:.2f} GiB estimated")
+  return out
 
 
 def step_structure(config: ml_collections.ConfigDict) -> dict[str, Any]:
