@@ -153,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           lr=float(lr_at(progress.optimizer_updates)))
     progress.add_step(time.perf_counter() - t_step, record)
     if config.log.samples_every and done % config.log.samples_every == 0:
-      metrics.write_samples(workdir, done, groups, tokenizer, config.log.samples)
+      metrics.write_samples(workdir, done, fresh, tokenizer, config.log.samples)
     # evaluate
     if held_out.due(done):
       record.update(held_out.run(state.params, done))

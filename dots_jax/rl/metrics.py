@@ -200,7 +200,7 @@ class MetricsWriter:
 
 
 def write_samples(workdir: str, step: int, groups: Any, tokenizer: Any, count: int) -> None:
-  """Appends the first `count` completions of the step's batch (prompt, completion, reward) to
+  """Appends the first `count` of the step's fresh completions (prompt, completion, reward) to
   <workdir>/samples.jsonl (process 0): what the policy writes, next to the numbers."""
   if jax.process_index() != 0 or count <= 0:
     return
