@@ -15,7 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config=configs/tiny.py:micro", "--config.total_steps=2"]
 TIMEOUT_S = 180
 # Wall-clock measurements differ between any two runs; everything else is a function of the inputs.
-TIMING_KEYS = ("time/", "progress/seconds", "eval/seconds", "selection/overhead_s")
+TIMING_KEYS = ("time/", "progress/seconds", "eval/seconds", "selection/overhead_s",
+               "rollout/tokens_per_s", "train/tokens_per_s")
 # Reductions over a differently split batch may round differently; these are compared to ~1e-5.
 FLOAT_NOISE_PREFIX = "train/"
 
