@@ -12,6 +12,8 @@ import ml_collections
 from dots_jax.config_common import ConfigError
 from dots_jax.methods import get_method
 from dots_jax.model.sharding import data_parallel_size
+from dots_jax.rl.replay import ReplayBuffer
+from dots_jax.rl.update import UpdateConfig
 
 
 def validate_config(config: ml_collections.ConfigDict,
@@ -26,20 +28,12 @@ def validate_config(config: ml_collections.ConfigDict,
   if config.rl.batch_questions < 1 or config.sampling.group_size < 2:
     raise ConfigError("config.rl.batch_questions must be >= 1 and config.sampling.group_size >= 2 "
                       "(GRPO advantages need at least two samples per question)")
-  rows = config.rl.batch_questions * config.sampling.group_size
-  if rows % config.rl.mini_batches:
-    raise ConfigError(f"config.rl.mini_batches={config.rl.mini_batches} does not divide the "
-                      f"{rows} rows of a batch (batch_questions x group_size)")
-  mb = rows // config.rl.mini_batches
-  if config.rl.micro_batch and mb % config.rl.micro_batch:
-    raise ConfigError(f"config.rl.micro_batch={config.rl.micro_batch} does not divide the {mb} rows "
-                      f"of a mini-batch (batch_questions x group_size / mini_batches)")
-  if get_method(config.method).replay:
-    fresh = int(config.replay.fresh_fraction * config.rl.batch_questions)
-    if not 0.0 <= config.replay.fresh_fraction <= 1.0 or config.replay.capacity < fresh:
-      raise ConfigError(f"config.replay: fresh_fraction={config.replay.fresh_fraction} must be in "
-                        f"[0, 1] and capacity={config.replay.capacity} at least the {fresh} fresh "
-                        "groups of a step")
+  try:  # the same checks the update and the replay buffer make, before any expensive work
+    UpdateConfig.from_config(config).split(config.rl.batch_questions * config.sampling.group_size)
+    if get_method(config.method).replay:
+      ReplayBuffer.from_config(config, total_len=1)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if config.model.path:
     check_model_path(config.model.path)
   elif config.data.train != "synthetic" and not config.dry_run:

@@ -24,7 +24,7 @@ from flax import nnx
 from dots_jax.config_common import ConfigError
 from dots_jax.methods import get_method
 from dots_jax.model import hf_io, qwen2, sharding, variants
-from dots_jax.rl import update
+from dots_jax.rl import replay, update
 from dots_jax.startup import validate_config
 from dots_jax.tiny.base import tiny_model_config
 from dots_jax.tiny.tokenizer import make_char_tokenizer
@@ -214,9 +214,8 @@ def step_structure(config: ml_collections.ConfigDict) -> dict[str, Any]:
   lines = []
   fresh = b
   if method.replay:
-    warm = config.replay.warmup_steps if config.replay.warmup_steps >= 0 else dots.round_steps
-    fresh = int(config.replay.fresh_fraction * b)
-    retain = config.replay.capacity - fresh
+    shape_only = replay.ReplayBuffer.from_config(config, total_len=1)  # its rule, no real arrays
+    warm, fresh, retain = shape_only.warmup_steps, shape_only.num_fresh, shape_only.retain
     out.update(replay_warmup_steps=warm, fresh_questions=fresh, replayed_questions=b - fresh,
                replay_retained_groups=retain)
     lines.append(f"replay: the first {warm} steps train on {b} fresh questions; then {fresh} fresh "
