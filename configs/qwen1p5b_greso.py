@@ -19,4 +19,7 @@ def get_config(arg: str = ""):
   c = greso_reference("Math-1.5B")
   c.mesh.update(data=-1, fsdp=1, tensor=1)
   c.rl.micro_batch = 64
+  # Rollouts stream through as many KV-cache slots as 24 GiB per device hold (the slot
+  # engine), so the rollout phase fits 80 GB devices beside params and AdamW (dry run).
+  c.sampling.kv_budget_gib = 24.0
   return apply_config_arg(c, arg)

@@ -14,5 +14,8 @@ def get_config(arg: str = ""):
   c = dots_reference("3B")
   c.mesh.update(data=-1, fsdp=4, tensor=1)  # params + AdamW over 4 devices, data parallel beyond
   c.rl.micro_batch = 32
+  # Rollouts stream through as many KV-cache slots as 32 GiB per device hold (the slot
+  # engine), so the rollout phase fits 80 GB devices beside params and AdamW (dry run).
+  c.sampling.kv_budget_gib = 32.0
   c.sampling.max_new_tokens = c.eval.max_new_tokens = 4096
   return apply_config_arg(c, arg)

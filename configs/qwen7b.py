@@ -16,4 +16,7 @@ def get_config(arg: str = ""):
   c = dots_reference("Math-7B")
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   c.rl.micro_batch = 16
+  # Rollouts stream through as many KV-cache slots as 48 GiB per device hold (the slot
+  # engine), so the rollout phase fits 95 GB and 141 GB devices beside params and AdamW (dry run).
+  c.sampling.kv_budget_gib = 48.0
   return apply_config_arg(c, arg)

@@ -7,10 +7,13 @@ Each (method, seed) runs `python -m dots_jax.main` in its own process (fresh com
 wall-clock is comparable; an interrupted comparison resumes every run from its checkpoints), in
 <workdir>/<method>_s<seed>. Then, from every run's metrics.jsonl (held-out accuracy at each
 evaluation with the training seconds and rollouts spent so far, evaluation time excluded):
-  * curves.png: held-out accuracy vs wall-clock seconds and vs rollouts generated;
-  * compare.json: per method and seed the final accuracy (with standard error), the seconds and
-    rollouts to first reach the target (GRPO's final accuracy for the same seed) and their ratio to
-    what GRPO itself needed;
+  * curves.png: held-out accuracy vs steps, vs rollouts generated and vs wall-clock seconds;
+  * compare.json: per method and seed the final accuracy (with standard error), the steps, seconds
+    and rollouts to first reach the target (GRPO's final accuracy for the same seed) and their ratio
+    to what GRPO itself needed, the rollout/update split of a step, the zero-variance share of the
+    trained batch, the estimator's tracking error and the distinct questions trained on; and the
+    "testbed" and "goals" blocks (`dots_jax.tiny.bars`), each bar computed from the runs' metrics and
+    per-question pass rates (<run>/pass_rates/<step>.npz, exact evaluation);
   * compare.md: the table (mean over seeds) with the saving in percent, the DOTS paper's headline
     metric, plus, when dynamic sampling ran, GRESO's headline: rollouts to reach dynamic sampling's
     final accuracy (same seed) relative to what dynamic sampling itself needed.
@@ -27,8 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from dots_jax.tiny import bars
+
 BASELINE = "grpo"
 DS = "ds"  # dynamic sampling: GRESO's baseline
+POOL_SET = "synthetic"  # the training pool, when it is also an evaluation set (configs/tiny.py)
+HELDOUT_SET = "synthetic_heldout"
+MOVED = 0.25  # a held-out question "moved" when its pass rate changed by at least this much
 
 
 def read_curve(run_dir: str) -> dict[str, np.ndarray]:
@@ -36,23 +44,51 @@ def read_curve(run_dir: str) -> dict[str, np.ndarray]:
   path = os.path.join(run_dir, "metrics.jsonl")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: run the comparison without --analyze_only")
-  rows, zero_var = [], []
+  rows, per_step = [], {k: [] for k in _STEP_KEYS}
+  distinct = float("nan")
   with open(path) as f:
     for line_no, line in enumerate(f, start=1):
       try:
         rec = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{line_no}: not JSON ({e.msg})") from None
-      if "selection/effective_frac" in rec:  # share of the trained batch's groups with no signal
-        zero_var.append(1.0 - rec["selection/effective_frac"])
+      if "selection/effective_frac" in rec:  # a training step's record
+        for name, key in _STEP_KEYS.items():
+          per_step[name].append(float(rec.get(key, float("nan"))))
+      if "progress/distinct_questions" in rec:
+        distinct = float(rec["progress/distinct_questions"])
       if "eval/accuracy" in rec:
+        pool = next((v for k, v in rec.items() if k.startswith(f"eval/{POOL_SET}/avg@")),
+                    float("nan"))
         rows.append((rec["step"], rec["eval/accuracy"], rec["eval/stderr"],
-                     rec["progress/seconds"], rec["progress/rollouts"]))
+                     rec["progress/seconds"], rec["progress/rollouts"], pool))
   if not rows:
     raise ValueError(f"{path}: no evaluation records (config.eval.every must be > 0)")
   a = np.asarray(rows, np.float64)
-  return {"step": a[:, 0], "accuracy": a[:, 1], "stderr": a[:, 2], "seconds": a[:, 3],
-          "rollouts": a[:, 4], "zero_var": np.asarray(zero_var, np.float64)}
+  curve = {"step": a[:, 0], "accuracy": a[:, 1], "stderr": a[:, 2], "seconds": a[:, 3],
+           "rollouts": a[:, 4], "pool_accuracy": a[:, 5], "distinct_questions": distinct}
+  curve.update({k: np.asarray(v, np.float64) for k, v in per_step.items()})
+  curve["zero_var"] = 1.0 - curve.pop("effective_frac")  # share of the trained groups with no signal
+  curve["pass_rates"] = _read_pass_rates(run_dir, a[0, 0], a[-1, 0])
+  return curve
+
+
+# Per training step: name in the curve -> key in metrics.jsonl.
+_STEP_KEYS = {"effective_frac": "selection/effective_frac",
+              "all_correct": "selection/all_correct_frac", "all_wrong": "selection/all_wrong_frac",
+              "pred_abs_err": "selection/pred_abs_err", "rollout_s": "time/rollout_s",
+              "update_s": "time/update_s", "step_s": "time/step_s"}
+
+
+def _read_pass_rates(run_dir: str, first: float, last: float) -> dict[str, dict[str, np.ndarray]]:
+  """{"first"|"last": {set: per-question pass rates}} from exact evaluation; {} where absent."""
+  out = {}
+  for which, step in (("first", first), ("last", last)):
+    path = os.path.join(run_dir, "pass_rates", f"{int(step)}.npz")
+    if os.path.isfile(path):
+      with np.load(path) as z:
+        out[which] = {k: z[k].astype(np.float64) for k in z.files}
+  return out
 
 
 def _zero_var_share(curve: dict[str, np.ndarray], part: str) -> float:
@@ -63,6 +99,17 @@ def _zero_var_share(curve: dict[str, np.ndarray], part: str) -> float:
     return float("nan")
   n = max(1, zv.size // 10)
   return float(zv[:n].mean() if part == "first" else zv[-n:].mean())
+
+
+def _nanmean(x: np.ndarray) -> float:
+  x = np.asarray(x, np.float64)
+  x = x[np.isfinite(x)]
+  return float(x.mean()) if x.size else float("nan")
+
+
+def _accuracy_at(curve: dict[str, np.ndarray], step: float) -> float:
+  """Held-out accuracy at `step`, linearly interpolated between evaluations."""
+  return float(np.interp(step, curve["step"], curve["accuracy"]))
 
 
 def first_reach(curve: dict[str, np.ndarray], target: float) -> tuple[float, float, float]:
@@ -80,8 +127,11 @@ def _ratio(a: float, b: float) -> float:
   return a / b if b > 0 else float("nan")
 
 
-def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]]) -> dict[str, Any]:
-  """curves[method][seed] -> per-run and per-method results against the same seed's GRPO run."""
+def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int = 8,
+            overlap: float = float("nan")) -> dict[str, Any]:
+  """curves[method][seed] -> per-run and per-method results against the same seed's GRPO run, and
+  the testbed/goals blocks (`group_size` G of the runs; `overlap` the number of questions in both
+  the pool and the held-out split, NaN where unknown)."""
   if BASELINE not in curves:
     raise ValueError(f"the comparison needs the uniform baseline {BASELINE!r} among --methods")
   runs: dict[str, dict[str, Any]] = {}
@@ -101,12 +151,19 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]]) -> dict[str, An
         ds_roll = first_reach(curve, ds_target)[1]
         ds_cmp = {"ds_target": ds_target, "rollouts_to_ds_target": ds_roll,
                   "rollouts_vs_ds": _ratio(ds_roll, first_reach(ds, ds_target)[1])}
+      _, _, base_step = first_reach(base, target)
       runs[method][str(seed)] = {**ds_cmp,
+          "initial_accuracy": float(curve["accuracy"][0]),
           "final_accuracy": float(curve["accuracy"][-1]),
           "final_stderr": float(curve["stderr"][-1]),
           "target": target,
           "seconds_to_target": sec, "rollouts_to_target": roll, "step_to_target": step,
           "time_ratio": _ratio(sec, base_s), "rollout_ratio": _ratio(roll, base_r),
+          "step_ratio": _ratio(step, base_step),
+          "rollout_s_per_step": _nanmean(curve["rollout_s"]),
+          "update_s_per_step": _nanmean(curve["update_s"]),
+          "tracking_error": _nanmean(curve["pred_abs_err"]),
+          "distinct_questions": curve["distinct_questions"],
           "total_seconds": float(curve["seconds"][-1]),
           "total_rollouts": float(curve["rollouts"][-1]),
           "zero_var_first": _zero_var_share(curve, "first"),
@@ -123,7 +180,14 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]]) -> dict[str, An
         "reached": int(sum(np.isfinite(v["seconds_to_target"]) for v in vals)),
         "seconds_to_target": mean("seconds_to_target"),
         "rollouts_to_target": mean("rollouts_to_target"),
+        "final_accuracy_se": (float(np.std([v["final_accuracy"] for v in vals], ddof=1)
+                                    / np.sqrt(len(vals))) if len(vals) > 1
+                              else vals[0]["final_stderr"]),
+        "step_to_target": mean("step_to_target"), "step_ratio": mean("step_ratio"),
         "time_ratio": mean("time_ratio"), "rollout_ratio": mean("rollout_ratio"),
+        "rollout_s_per_step": mean("rollout_s_per_step"),
+        "update_s_per_step": mean("update_s_per_step"),
+        "tracking_error": mean("tracking_error"), "distinct_questions": mean("distinct_questions"),
         "time_saving_pct": 100.0 * (1.0 - mean("time_ratio")),
         "rollout_saving_pct": 100.0 * (1.0 - mean("rollout_ratio")),
         "zero_var_first": mean("zero_var_first"), "zero_var_last": mean("zero_var_last"),
@@ -132,7 +196,67 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]]) -> dict[str, An
     for method, m in summary.items():
       m["rollouts_vs_ds"] = float(np.mean([v["rollouts_vs_ds"] for v in runs[method].values()
                                            if "rollouts_vs_ds" in v] or [np.nan]))
-  return {"baseline": BASELINE, "runs": runs, "summary": summary}
+  result = {"baseline": BASELINE, "runs": runs, "summary": summary}
+  result["testbed"] = testbed_block(curves, result, group_size, overlap)
+  result["goals"] = goals_block(result)
+  return result
+
+
+def testbed_block(curves: dict[str, dict[int, dict[str, np.ndarray]]], result: dict[str, Any],
+                  group_size: int, overlap: float) -> dict[str, dict[str, Any]]:
+  """Every testbed bar (`bars.BASE_BARS` + `bars.RUN_BARS`) from the runs: the base figures from
+  the exact pool pass rates at the first evaluation of uniform GRPO, the rest from its curves and
+  per-question pass rates and from the DOTS runs' tracking error."""
+  grpo = curves[BASELINE]
+  values: dict[str, float] = {}
+  first_rates = [c["pass_rates"]["first"] for c in grpo.values() if "first" in c["pass_rates"]]
+  if first_rates and POOL_SET in first_rates[0]:
+    values.update(bars.base_figures(first_rates[0][POOL_SET], group_size, 0))
+  values["pool_heldout_overlap"] = overlap
+  starts = [float(c["accuracy"][0]) for c in grpo.values()]
+  finals = [float(c["accuracy"][-1]) for c in grpo.values()]
+  gains = np.asarray(finals) - np.asarray(starts)
+  values["grpo_zero_var_end"] = float(np.mean([_zero_var_share(c, "last") for c in grpo.values()]))
+  values["grpo_gain"] = float(gains.mean())
+  # Needs two seeds at least (NaN fails otherwise); identical seeds would give infinity.
+  sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else float("nan")
+  values["grpo_gain_over_seed_sd"] = (float(gains.mean() / sd) if sd > 0
+                                      else float("inf") if sd == 0 else float("nan"))
+  late = []
+  for c, gain in zip(grpo.values(), gains):
+    two_thirds = c["step"][0] + (c["step"][-1] - c["step"][0]) * 2.0 / 3.0
+    late.append((c["accuracy"][-1] - _accuracy_at(c, two_thirds)) / gain if gain > 0 else np.nan)
+  values["grpo_late_gain_share"] = float(np.min(late))
+  pool_gains = [c["pool_accuracy"][-1] - c["pool_accuracy"][0] for c in grpo.values()]
+  values["heldout_vs_pool_gain"] = _ratio(float(gains.mean()), float(np.mean(pool_gains)))
+  moved = [float(np.mean(np.abs(c["pass_rates"]["last"][HELDOUT_SET]
+                                - c["pass_rates"]["first"][HELDOUT_SET]) >= MOVED))
+           for c in grpo.values() if {"first", "last"} <= set(c["pass_rates"])]
+  values["moved_heldout_questions"] = float(np.mean(moved)) if moved else float("nan")
+  if "dots" in result["summary"]:
+    values["dots_tracking_error"] = result["summary"]["dots"]["tracking_error"]
+  checked = bars.check_all(bars.BASE_BARS + bars.RUN_BARS, values)
+  checked["grpo_zero_var_end"]["observed_start"] = float(
+      np.mean([_zero_var_share(c, "first") for c in grpo.values()]))
+  return checked
+
+
+def goals_block(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """The savings goals (`bars.GOALS`) from the per-run results: ratios on the worst seed, the
+  equal-step margins on the means over seeds."""
+  runs, summary = result["runs"], result["summary"]
+  worst = lambda method, key: (float(np.max([v[key] for v in runs[method].values()]))
+                               if method in runs else float("nan"))
+  values = {"dots_rr_rollout_ratio": worst("dots_rr", "rollout_ratio"),
+            "dots_step_ratio": worst("dots", "step_ratio"),
+            "greso_rollouts_vs_ds": (worst("greso", "rollouts_vs_ds")
+                                     if "greso" in runs and DS in runs else float("nan"))}
+  base = summary[BASELINE]
+  floor = base["final_accuracy"] - base["final_accuracy_se"]
+  for method in ("dots", "dots_rr"):
+    values[f"{method}_equal_step_margin"] = (summary[method]["final_accuracy"] - floor
+                                             if method in summary else float("nan"))
+  return bars.check_all(bars.GOALS, values)
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -140,19 +264,29 @@ def markdown_table(result: dict[str, Any]) -> str:
   fmt = lambda x, spec: "never" if not np.isfinite(x) else (
       format(x, spec[:-1]) + "%" if spec.endswith("%") else format(x, spec))
   has_ds = any("rollouts_vs_ds" in m for m in result["summary"].values())
-  head = ("| method | final acc (sd) | reached | seconds to target | rollouts to target | "
-          "time vs GRPO | time saving | rollout saving | zero-var first/last 10% |"
+  head = ("| method | final acc (se) | reached | steps to target (vs GRPO) | rollouts to target "
+          "(vs GRPO) | seconds to target (vs GRPO) | rollout / update s per step | zero-var "
+          "first/last 10% | tracking err | distinct questions |"
           + (" rollouts vs DS at DS's final acc |" if has_ds else ""))
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for method, m in result["summary"].items():
-    row = (f"| {method} | {m['final_accuracy']:.4f} ({m['final_accuracy_sd']:.4f}) | "
-           f"{m['reached']}/{m['seeds']} | {fmt(m['seconds_to_target'], '.0f')} | "
-           f"{fmt(m['rollouts_to_target'], ',.0f')} | {fmt(m['time_ratio'], '.2f')} | "
-           f"{fmt(m['time_saving_pct'], '.0f%')} | {fmt(m['rollout_saving_pct'], '.0f%')} | "
-           f"{fmt(m['zero_var_first'], '.2f')}/{fmt(m['zero_var_last'], '.2f')} |")
+    row = (f"| {method} | {m['final_accuracy']:.4f} ({m['final_accuracy_se']:.4f}) | "
+           f"{m['reached']}/{m['seeds']} | {fmt(m['step_to_target'], '.0f')} "
+           f"({fmt(m['step_ratio'], '.2f')}) | {fmt(m['rollouts_to_target'], ',.0f')} "
+           f"({fmt(m['rollout_ratio'], '.2f')}) | {fmt(m['seconds_to_target'], '.0f')} "
+           f"({fmt(m['time_ratio'], '.2f')}) | {fmt(m['rollout_s_per_step'], '.2f')} / "
+           f"{fmt(m['update_s_per_step'], '.2f')} | "
+           f"{fmt(m['zero_var_first'], '.2f')}/{fmt(m['zero_var_last'], '.2f')} | "
+           f"{fmt(m['tracking_error'], '.3f') if np.isfinite(m['tracking_error']) else '-'} | "
+           f"{fmt(m['distinct_questions'], '.0f')} |")
     if has_ds:
       row += f" {fmt(m.get('rollouts_vs_ds', float('nan')), '.2f')} |"
     lines.append(row)
+  for block in ("testbed", "goals"):
+    if block in result:
+      checked = result[block]
+      lines += ["", f"{block}: {sum(c['pass'] for c in checked.values())}/{len(checked)} pass", ""]
+      lines += [f"- {line}" for line in bars.report_lines(checked)]
   lines.append("")
   lines.append("Target: the same seed's uniform-GRPO final held-out accuracy; seconds are training "
                "wall-clock (evaluation excluded); means over seeds (a seed that never reached the "
@@ -170,13 +304,13 @@ def plot_curves(curves: dict[str, dict[int, dict[str, np.ndarray]]], out_png: st
                      "the table do not)") from None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
   for color, (method, by_seed) in zip(plt.cm.tab10.colors, curves.items()):
     for k, (seed, c) in enumerate(sorted(by_seed.items())):
       label = method if k == 0 else None
-      for ax, x in zip(axes, ("seconds", "rollouts")):
+      for ax, x in zip(axes, ("step", "rollouts", "seconds")):
         ax.plot(c[x], c["accuracy"], color=color, alpha=0.8, lw=1.2, label=label)
-  for ax, x in zip(axes, ("training wall-clock (s)", "rollouts generated")):
+  for ax, x in zip(axes, ("RL step", "rollouts generated", "training wall-clock (s)")):
     ax.set_xlabel(x)
     ax.set_ylabel("held-out accuracy")
     ax.grid(alpha=0.3)
@@ -184,6 +318,20 @@ def plot_curves(curves: dict[str, dict[int, dict[str, np.ndarray]]], out_png: st
   fig.tight_layout()
   fig.savefig(out_png, dpi=120)
   plt.close(fig)
+
+
+def _run_setup(run_dir: str) -> tuple[int, float]:
+  """(G, pool/held-out overlap) of a run, from the config it recorded (overlap NaN unless the pool
+  is the synthetic one)."""
+  from dots_jax.data.synthetic import synthetic_rows
+  from dots_jax.workdir import read_config
+  config = read_config(run_dir)
+  overlap = float("nan")
+  if config.data.train == "synthetic":
+    syn = config.data.synthetic
+    overlap = float(len({p for p, _, _ in synthetic_rows(syn, "train")}
+                        & {p for p, _, _ in synthetic_rows(syn, "heldout")}))
+  return int(config.sampling.group_size), overlap
 
 
 def run_one(config_arg: str, overrides: list[str], method: str, seed: int, run_dir: str) -> None:
@@ -217,7 +365,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       if not args.analyze_only:
         run_one(args.config, overrides, method, seed, run_dir)
       curves[method][seed] = read_curve(run_dir)
-  result = analyze(curves)
+  group_size, overlap = _run_setup(os.path.join(args.workdir, f"{BASELINE}_s{seeds[0]}"))
+  result = analyze(curves, group_size, overlap)
   result.update(config=args.config, overrides=overrides, methods=methods, seeds=seeds)
   with open(os.path.join(args.workdir, "compare.json"), "w") as f:
     json.dump(result, f, indent=1, allow_nan=True)

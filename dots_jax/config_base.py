@@ -29,6 +29,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype
   c.model.param_dtype = "float32"
   c.model.remat = False
+  # What a rematerialised layer keeps (a jax.checkpoint_policies name): nothing_saveable recomputes
+  # the whole layer in the backward pass; dots_with_no_batch_dims_saveable keeps its weight matmuls.
+  c.model.remat_policy = "nothing_saveable"
+  # Queries per attention block in training-shaped passes (0 = all at once): bounds the attention
+  # scores held in memory to [rows, heads, attn_chunk, T] (dots_jax.model.qwen2._attend_chunked).
+  c.model.attn_chunk = 0
 
   # Data and prompts (dots_jax.data).
   c.data = ml_collections.ConfigDict()
@@ -62,12 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
   # and data.synthetic.
   # init_std ~ 1/sqrt(hidden_size): Qwen's 0.02 is made for d >= 896 and slows SFT of a width-128
   # model; rope_theta 1e4 resolves positions in short sequences better than Qwen's 1e6
-  # (docs/TESTBED.md).
+  # (docs/TESTBED.md). sft_carry_drop: probability that an SFT demonstration drops each carry/borrow
+  # (dots_jax.data.synthetic.noisy_result), so the base executes the carry skill unreliably.
   c.tiny = ml_collections.ConfigDict(dict(
       hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, mlp_ratio=4, max_positions=256,
       rope_theta=10_000.0, init_std=0.088,
       sft_steps=1200, sft_schedule_steps=1200, sft_batch=128, sft_lr=2e-3, sft_warmup=50, seed=0,
-      cache_dir=""))
+      sft_carry_drop=0.0, cache_dir=""))
 
   # Rollouts (dots_jax.sampling).
   c.sampling = ml_collections.ConfigDict()
@@ -76,6 +83,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0
   c.sampling.top_k = 0  # 0 = off
   c.sampling.max_new_tokens = 16
+  # The slot engine (dots_jax.sampling.engine): completions stream through `slots` KV-cache rows
+  # (or as many as kv_budget_gib GiB of cache holds), engine_steps decode steps per call, attention
+  # over the smallest of engine_windows cache windows that covers the live rows; slots are split
+  # over the data axes (kv_budget_gib is per device). slots 0 and kv_budget_gib 0: each generate
+  # call is one static batch of all its completions.
+  c.sampling.slots = 0
+  c.sampling.kv_budget_gib = 0.0
+  c.sampling.engine_steps = 8
+  c.sampling.engine_windows = 4
 
   # Rewards (dots_jax.rewards).
   # kind: math | reversed_digits; timeout_s bounds one math-verify call; answers longer than
@@ -101,7 +117,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.loss_agg = "token_mean"  # token_mean | seq_mean_token_mean
   c.rl.kl_beta = 0.0
   c.rl.entropy_coef = 0.0
-  c.rl.micro_batch = 0  # sequences per gradient micro-batch; 0 = whole mini-batch
+  c.rl.micro_batch = 0  # sequences per gradient micro-batch; 0 = whole mini-batch (or the budget's)
+  # Per-device memory budget of the update (GiB): with micro_batch = 0 the micro-batch is the
+  # largest whose planned bytes fit (dots_jax.tools.plan.update_config); 0 = no budget.
+  c.rl.memory_budget_gib = 0.0
   # Positions per vocabulary-projection chunk of the update (0 = all): bounds the logits held in
   # memory to micro_batch x logits_chunk x vocab (dots_jax.rl.logprobs).
   c.rl.logits_chunk = 0

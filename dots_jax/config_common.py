@@ -115,6 +115,8 @@ def _verl_run(variant: str) -> ml_collections.ConfigDict:
   c.rl.clip_eps_low = c.rl.clip_eps_high = 0.2
   c.rl.kl_beta = 0.0
   c.rl.logits_chunk = 256  # never hold [rows, T, 151936] float32 logits
+  c.model.attn_chunk = 512  # never hold [rows, heads, T, T] float32 attention scores
+  c.sampling.engine_steps = 16
   c.data.chat_template = True
   c.sampling.group_size = 8
   c.reward.kind = "math"

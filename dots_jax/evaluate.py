@@ -32,7 +32,7 @@ from dots_jax.exact import ExactFn, exact_logprob_fn, target_tokens
 from dots_jax.model.hf_io import load_policy, load_tokenizer
 from dots_jax.model.sharding import make_mesh
 from dots_jax.rewards import score_batch
-from dots_jax.rollout import Decoding, GenerateFn, Generator
+from dots_jax.rollout import Decoding, EngineSettings, GenerateFn, Generator
 from dots_jax.config_common import ConfigError
 from dots_jax.startup import validate_config
 from dots_jax.tiny.base import answer_encoder, policy_path
@@ -146,6 +146,7 @@ class Evaluator:
     self.prompt_counts: dict[str, dict] = {}
     self.groups: dict[str, list[str]] = {}
     self.targets: dict[str, list[list[int]]] = {}  # exact mode: the one correct completion's tokens
+    self.pass_rates: dict[str, np.ndarray] = {}  # exact mode: each question's pass rate, last run
     for name, qs in sets.items():
       n = len(qs) if config.eval.max_questions <= 0 else min(len(qs), config.eval.max_questions)
       questions = qs.get_batch(range(n))  # the first n: the same questions at every evaluation
@@ -190,6 +191,7 @@ class Evaluator:
     for i, name in enumerate(self.prompts):
       if self.config.eval.exact:
         scores_QxK = self._exact_pass(name, exact)[:, None]
+        self.pass_rates[name] = scores_QxK[:, 0]
         metrics = summarize_exact(scores_QxK[:, 0], k)
       else:
         completions = self._samples(name, generate, k, jax.random.fold_in(rng, i))
@@ -255,18 +257,22 @@ def eval_generator(config: Any, qcfg: Any, graphdef: Any, tokenizer: Any, mesh: 
                    ) -> Generator:
   """The generator for config.eval's completion length (training rollouts have their own)."""
   return Generator(graphdef, qcfg, tokenizer, prompt_buckets=config.data.prompt_buckets,
-                   max_new_tokens=config.eval.max_new_tokens, mesh=mesh)
+                   max_new_tokens=config.eval.max_new_tokens, mesh=mesh,
+                   engine=EngineSettings.from_config(config))
 
 
 class PolicyEval:
   """Held-out evaluation inside training: `due(step)` and `run(params, step)` -> flat metrics
   (`eval/accuracy` is the first set's avg@k, the run's headline figure). Its randomness is keyed by
-  (seed, step), so a resumed run evaluates as the uninterrupted one."""
+  (seed, step), so a resumed run evaluates as the uninterrupted one. With exact evaluation and a
+  `pass_rates_dir`, each evaluation's per-question pass rates go to <pass_rates_dir>/<step>.npz (one
+  array per set): which questions moved, not only the mean."""
 
   def __init__(self, config: Any, evaluator: Evaluator, generator: Generator, graphdef: Any,
-               mesh: Any = None):
+               mesh: Any = None, pass_rates_dir: str = ""):
     self.config, self.evaluator, self.generator = config, evaluator, generator
     self.graphdef, self.mesh = graphdef, mesh
+    self.pass_rates_dir = pass_rates_dir
     self.key = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def due(self, step: int) -> bool:
@@ -283,6 +289,10 @@ class PolicyEval:
     flat["eval/accuracy"] = float(first[f"avg@{first['k']}"])
     flat["eval/stderr"] = float(first["stderr"])
     flat["eval/seconds"] = float(report["seconds"])
+    if self.pass_rates_dir and c.eval.exact and jax.process_index() == 0:
+      os.makedirs(self.pass_rates_dir, exist_ok=True)
+      np.savez(os.path.join(self.pass_rates_dir, f"{step}.npz"),
+               **{k: v.astype(np.float32) for k, v in self.evaluator.pass_rates.items()})
     return flat
 
 

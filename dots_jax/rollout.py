@@ -23,6 +23,7 @@ from dots_jax.model.qwen2 import Qwen2Config
 from dots_jax.model.sharding import data_parallel_size, pad_to_multiple
 from dots_jax.rewards import RewardStats, score_batch
 from dots_jax.rl.batch import Groups, groups_from_samples
+from dots_jax.sampling.engine import Engine, slots_for_budget
 from dots_jax.sampling.sampler import FINISH_LENGTH, Sampler, SampleOutput
 
 # prompts (token lists), samples per prompt, key -> per prompt, that many completion texts
@@ -54,23 +55,63 @@ class Decoding:
     return cls(e.temperature, e.top_p, 0, e.max_new_tokens)
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+  """config.sampling's slot-engine settings: a slot count, or a per-device KV budget (GiB) the
+  count is derived from (slots 0 and budget 0: the static batch)."""
+
+  slots: int = 0
+  kv_budget_gib: float = 0.0
+  steps_per_call: int = 8
+  windows: int = 4
+
+  @classmethod
+  def from_config(cls, config: Any) -> "EngineSettings":
+    s = config.sampling
+    return cls(slots=s.slots, kv_budget_gib=s.kv_budget_gib, steps_per_call=s.engine_steps,
+               windows=s.engine_windows)
+
+  def slots_for(self, cfg: Qwen2Config, max_prompt_len: int, max_new_tokens: int,
+                shards: int = 1) -> int:
+    """Slots in all (`shards` data-parallel shards hold slots / shards each); 0 = static batch.
+    The budget is per device."""
+    if self.slots < 0 or self.kv_budget_gib < 0:
+      raise ValueError(f"config.sampling.slots={self.slots} and kv_budget_gib="
+                       f"{self.kv_budget_gib} must be >= 0")
+    if self.slots or self.kv_budget_gib <= 0:
+      return self.slots
+    return shards * slots_for_budget(cfg, self.kv_budget_gib, max_prompt_len, max_new_tokens)
+
+
 class Generator:
   """Completions of left-padded token-id prompts under one policy architecture (params per call).
 
   Stop tokens are the checkpoint's and the tokenizer's EOS ids; prompts are padded to the smallest
   of `prompt_buckets` that fits, and their count to a multiple of `row_multiple` (default: the
-  data-parallel shards) so that a batch splits over the mesh; the extra rows are dropped."""
+  data-parallel shards) so that a batch splits over the mesh; the extra rows are dropped.
+
+  `engine` (`EngineSettings.from_config`) streams completions through a fixed number of KV-cache
+  slots (`dots_jax.sampling.engine`); without it (slots 0) a call is one static batch."""
 
   def __init__(self, graphdef: nnx.GraphDef, cfg: Qwen2Config, tokenizer: Any, *,
-               prompt_buckets: Sequence[int], max_new_tokens: int, mesh: Any = None):
+               prompt_buckets: Sequence[int], max_new_tokens: int, mesh: Any = None,
+               engine: "EngineSettings | None" = None):
     self.tokenizer = tokenizer
     self.buckets = tuple(sorted(prompt_buckets))
     self.stop_ids = stop_token_ids(cfg, tokenizer)
     self.pad_id = pad_token_id(tokenizer, self.stop_ids)
     self.shards = data_parallel_size(mesh)
-    self.sampler = Sampler(graphdef, cfg, max_prompt_len=self.buckets[-1],
-                           max_new_tokens=max_new_tokens, eos_ids=self.stop_ids, pad_id=self.pad_id,
-                           mesh=mesh)
+    slots = (engine.slots_for(cfg, self.buckets[-1], max_new_tokens, self.shards)
+             if engine else 0)
+    if slots:
+      self.sampler = Engine(graphdef, cfg, slots=slots, max_prompt_len=self.buckets[-1],
+                            max_new_tokens=max_new_tokens, eos_ids=self.stop_ids,
+                            pad_id=self.pad_id, steps_per_call=engine.steps_per_call,
+                            windows=engine.windows, mesh=mesh)
+    else:
+      self.sampler = Sampler(graphdef, cfg, max_prompt_len=self.buckets[-1],
+                             max_new_tokens=max_new_tokens, eos_ids=self.stop_ids,
+                             pad_id=self.pad_id, mesh=mesh)
 
   def generate(self, params: Any, prompts: Sequence[Sequence[int]], num_samples: int, key: Any,
                decoding: Decoding, *, row_multiple: int | None = None) -> SampleOutput:

@@ -11,6 +11,7 @@ import ml_collections
 
 from dots_jax.config_common import ConfigError
 from dots_jax.methods import get_method
+from dots_jax.model.qwen2 import remat_policy
 from dots_jax.model.sharding import data_parallel_size
 from dots_jax.rl.replay import ReplayBuffer
 from dots_jax.rl.update import UpdateConfig
@@ -32,8 +33,11 @@ def validate_config(config: ml_collections.ConfigDict,
     UpdateConfig.from_config(config).split(config.rl.batch_questions * config.sampling.group_size)
     if get_method(config.method).replay:
       ReplayBuffer.from_config(config, total_len=1)
+    remat_policy(config.model.remat_policy)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if config.model.attn_chunk < 0:
+    raise ConfigError(f"config.model.attn_chunk={config.model.attn_chunk} must be >= 0 (0 = off)")
   if config.model.path:
     check_model_path(config.model.path)
   elif config.data.train != "synthetic" and not config.dry_run:

@@ -28,10 +28,11 @@ from dots_jax.model import hf_io, sharding
 from dots_jax.rl import checkpoint, metrics, replay, update
 from dots_jax.rl.batch import make_batch
 from dots_jax.rl.metrics import Progress, banner, log_line
-from dots_jax.rollout import Generator, Roller
+from dots_jax.rollout import EngineSettings, Generator, Roller
 from dots_jax.selection import driver, factory
 from dots_jax.startup import check_workdir, enable_compilation_cache, validate_config
 from dots_jax.tiny.base import policy_path
+from dots_jax.tools import plan
 from dots_jax.tools.plan import dry_run
 from dots_jax.workdir import record_config
 
@@ -60,11 +61,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokenizer = hf_io.load_tokenizer(path)
   qcfg, model = hf_io.load_policy(path, dtype=config.model.dtype,
                                   param_dtype=config.model.param_dtype, remat=config.model.remat,
-                                  mesh=mesh)
+                                  remat_policy=config.model.remat_policy,
+                                  attn_chunk=config.model.attn_chunk, mesh=mesh)
   graphdef, params = nnx.split(model)
   del model
   generator = Generator(graphdef, qcfg, tokenizer, prompt_buckets=config.data.prompt_buckets,
-                        max_new_tokens=config.sampling.max_new_tokens, mesh=mesh)
+                        max_new_tokens=config.sampling.max_new_tokens, mesh=mesh,
+                        engine=EngineSettings.from_config(config))
   banner(f"policy: {path} ({qcfg.num_params() / 1e6:.2f}M params, {qcfg.num_hidden_layers} layers)")
 
   # ----- data -------------------------------------------------------------------------------------
@@ -73,7 +76,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   evaluator = evaluate.Evaluator(config, tokenizer)
   held_out = evaluate.PolicyEval(
       config, evaluator, evaluate.eval_generator(config, qcfg, graphdef, tokenizer, mesh), graphdef,
-      mesh)
+      mesh, pass_rates_dir=os.path.join(workdir, "pass_rates"))
   banner(f"data: {config.data.train} {len(prompts)} prompts ({dict(prompts.counts)}); eval "
          f"{ {k: len(v) for k, v in evaluator.prompts.items()} }")
 
@@ -86,7 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   buffer = replay.ReplayBuffer.from_config(config, roller.total_len) if method.replay else None
 
   # ----- train state + update ---------------------------------------------------------------------
-  ucfg = update.UpdateConfig.from_config(config)
+  ucfg = plan.update_config(config, qcfg, dict(mesh.shape), roller.total_len)
   optimizer = update.make_optimizer(config.rl, config.total_steps, ucfg.updates_per_step)
   state_sh = update.train_state_shardings(optimizer, params, mesh)
   # kl_beta != 0: the initial policy is the KL reference, kept as its own copy (the train state's
@@ -151,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # log
     record = _step_record(step_metrics, collected, is_replay, buffer, admitted, timer,
                           lr=float(lr_at(progress.optimizer_updates)))
-    progress.add_step(time.perf_counter() - t_step, record)
+    progress.add_step(time.perf_counter() - t_step, record, collected.indices)
     if config.log.samples_every and done % config.log.samples_every == 0:
       metrics.write_samples(workdir, done, fresh, tokenizer, config.log.samples)
     # evaluate

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from dots_jax import compare
+from dots_jax.workdir import record_config
+from config_files import load_config
 
 
 def write_run(root, name, accs, secs, rolls, effective=None):
@@ -43,7 +45,7 @@ def test_analysis_against_same_seed_grpo(tmp_path):
   assert f["rollouts_to_ds_target"] == 60 and s["dots_rr"]["rollouts_vs_ds"] == pytest.approx(0.4)
   assert g["rollouts_to_ds_target"] == 200
   table = compare.markdown_table(result)
-  assert "| dots_rr |" in table and "60%" in table and "never" in table and "0.75/0.88" in table
+  assert "| dots_rr |" in table and "(0.40)" in table and "never" in table and "0.75/0.88" in table
   compare.plot_curves({"grpo": {0: grpo}, "dots_rr": {0: fast}}, str(tmp_path / "c.png"))
   assert os.path.getsize(tmp_path / "c.png") > 1000
 
@@ -52,13 +54,18 @@ def test_main_analyze_only_writes_outputs(tmp_path):
   for seed in (0, 1):
     write_run(tmp_path, f"grpo_s{seed}", [0.1, 0.4], [0, 10], [0, 100])
     write_run(tmp_path, f"greso_s{seed}", [0.1, 0.45], [0, 6], [0, 40])
+  # The runs' recorded config gives G and the pool/held-out overlap of the testbed block.
+  record_config(load_config("tiny", "micro"), str(tmp_path / "grpo_s0"))
   result = compare.main(["--methods=grpo,greso", "--seeds=0,1", f"--workdir={tmp_path}",
                          "--analyze_only"])
   assert result["summary"]["greso"]["rollout_ratio"] == pytest.approx(0.4)
   for name in ("compare.json", "compare.md", "curves.png"):
     assert (tmp_path / name).exists()
   with open(tmp_path / "compare.json") as f:
-    assert set(json.load(f)["runs"]) == {"grpo", "greso"}
+    saved = json.load(f)
+  assert set(saved["runs"]) == {"grpo", "greso"}
+  assert saved["testbed"]["pool_heldout_overlap"] == {**saved["testbed"]["pool_heldout_overlap"],
+                                                      "value": 0.0, "pass": True}
 
 
 def test_errors_are_named(tmp_path):
@@ -69,3 +76,80 @@ def test_errors_are_named(tmp_path):
     compare.analyze({"dots": {0: compare.read_curve(run)}})
   with pytest.raises(SystemExit):
     compare.main(["--methods=dots", f"--workdir={tmp_path}", "--analyze_only"])
+
+
+def write_testbed_run(root, name, accs, rolls, pool_accs, *, pred_err=None, zero_var=0.5,
+                      pass_first=None, pass_last=None):
+  """A run with everything the testbed/goals blocks read: per-step selection and timing metrics,
+  evaluations of the held-out set and the pool, and per-question pass rates at the first and last
+  evaluation."""
+  d = root / name
+  d.mkdir()
+  with open(d / "metrics.jsonl", "w") as f:
+    for i, (a, r, pa) in enumerate(zip(accs, rolls, pool_accs)):
+      if i:
+        f.write(json.dumps({"step": 10 * i, "selection/effective_frac": 1 - zero_var,
+                            "selection/pred_abs_err": pred_err if pred_err is not None else None,
+                            "time/rollout_s": 0.1, "time/update_s": 0.5,
+                            "progress/distinct_questions": 40.0 * i}).replace("null", "NaN") + "\n")
+      f.write(json.dumps({"step": 10 * i, "eval/accuracy": a, "eval/stderr": 0.01,
+                          "eval/synthetic/avg@1": pa, "progress/seconds": float(i),
+                          "progress/rollouts": r}) + "\n")
+  if pass_first is not None:
+    (d / "pass_rates").mkdir()
+    last = 10 * (len(accs) - 1)
+    for step, p in ((0, pass_first), (last, pass_last)):
+      np.savez(d / "pass_rates" / f"{step}.npz", synthetic_heldout=p, synthetic=p)
+  return compare.read_curve(str(d))
+
+
+def test_testbed_and_goals_blocks_are_computed_from_the_runs(tmp_path):
+  p0 = np.array([0.0, 0.05, 0.5, 0.95, 1.0, 0.3])
+  p1 = np.array([0.0, 0.40, 0.9, 1.0, 1.0, 0.4])  # moved by >= 0.25: 2 of 6
+  rolls = [0, 100, 200, 300, 400]
+  curves = {"grpo": {}, "dots": {}, "dots_rr": {}, "ds": {}, "greso": {}}
+  for s, final in enumerate((0.60, 0.61, 0.62)):
+    curves["grpo"][s] = write_testbed_run(
+        tmp_path, f"grpo_{s}", [0.4, 0.5, 0.55, 0.58, final], rolls, [0.4, 0.5, 0.55, 0.58, final],
+        zero_var=0.7, pass_first=p0, pass_last=p1)
+    curves["dots"][s] = write_testbed_run(tmp_path, f"dots_{s}", [0.4, 0.6, 0.62, 0.63, 0.64],
+                                          rolls, [0.4] * 5, pred_err=0.1 + 0.01 * s)
+    curves["dots_rr"][s] = write_testbed_run(tmp_path, f"rr_{s}", [0.4, 0.65, 0.7, 0.7, 0.7],
+                                             [0, 50, 100, 150, 200], [0.4] * 5)
+    curves["ds"][s] = write_testbed_run(tmp_path, f"ds_{s}", [0.4, 0.5, 0.6, 0.65, 0.7],
+                                        [0, 200, 400, 600, 800], [0.4] * 5)
+    curves["greso"][s] = write_testbed_run(tmp_path, f"greso_{s}", [0.4, 0.5, 0.7, 0.7, 0.7],
+                                           [0, 150, 300, 450, 600], [0.4] * 5)
+  result = compare.analyze(curves, group_size=8, overlap=0.0)
+  tb, goals = result["testbed"], result["goals"]
+  # Base figures: the expected zero-variance share is the mean of p^G + (1-p)^G over the pool.
+  assert tb["zero_var_start"]["value"] == pytest.approx(np.mean(p0 ** 8 + (1 - p0) ** 8))
+  assert tb["all_wrong_start"]["value"] == pytest.approx(np.mean((1 - p0) ** 8))
+  assert tb["mid_pass_share"]["value"] == pytest.approx(2 / 6)
+  assert tb["pool_heldout_overlap"]["pass"]
+  assert tb["grpo_gain"]["value"] == pytest.approx(0.21)
+  assert tb["grpo_gain_over_seed_sd"]["value"] == pytest.approx(0.21 / 0.01)
+  # Last third of steps 0..40 starts at 26.67: accuracy there 0.55 + 0.03 * 2/3 = 0.57.
+  assert tb["grpo_late_gain_share"]["value"] == pytest.approx((0.60 - 0.57) / 0.20)
+  assert tb["heldout_vs_pool_gain"]["value"] == pytest.approx(1.0)
+  assert tb["moved_heldout_questions"]["value"] == pytest.approx(2 / 6)
+  assert tb["grpo_zero_var_end"]["value"] == pytest.approx(0.7)
+  assert tb["dots_tracking_error"]["value"] == pytest.approx(0.11) and tb["dots_tracking_error"]["pass"]
+  # Goals: DOTS+RR reaches GRPO's final (step 40, 400 rollouts) at 50 rollouts -> 0.125 worst seed;
+  # DOTS reaches 0.60 / 0.61 / 0.62 at step 10 / 20 / 20 -> worst 20 / 40.
+  assert goals["dots_rr_rollout_ratio"]["value"] == pytest.approx(50 / 400)
+  assert goals["dots_step_ratio"]["value"] == pytest.approx(0.5) and goals["dots_step_ratio"]["pass"]
+  assert goals["greso_rollouts_vs_ds"]["value"] == pytest.approx(300 / 800)
+  se = np.std([0.60, 0.61, 0.62], ddof=1) / np.sqrt(3)
+  assert goals["dots_equal_step_margin"]["value"] == pytest.approx(0.64 - (0.61 - se))
+  assert result["summary"]["grpo"]["distinct_questions"] == 160
+  assert result["summary"]["dots"]["update_s_per_step"] == pytest.approx(0.5)
+  table = compare.markdown_table(result)
+  assert "testbed:" in table and "goals: 5/5 pass" in table
+  # A different run gives different blocks: nothing is written in.
+  curves["dots"][0] = write_testbed_run(tmp_path, "dots_slow", [0.4, 0.45, 0.5, 0.55, 0.58],
+                                        rolls, [0.4] * 5, pred_err=0.3)
+  worse = compare.analyze(curves, group_size=8, overlap=3.0)
+  assert not worse["goals"]["dots_step_ratio"]["pass"]  # never reached on seed 0: NaN fails
+  assert not worse["testbed"]["dots_tracking_error"]["pass"]
+  assert not worse["testbed"]["pool_heldout_overlap"]["pass"]

@@ -55,6 +55,26 @@ def test_carry_counting():
   assert synthetic._carries((503, 498), "-") == 2
 
 
+def test_noisy_demonstrations_drop_carries():
+  rng = np.random.default_rng(0)
+  assert synthetic.noisy_result((159, 261), "+", 0.0, rng) == 420
+  assert synthetic.noisy_result((503, 498), "-", 0.0, rng) == 5
+  # With every carry dropped: column sums mod 10 (9+1 -> 0, 5+6 -> 1, 1+2 -> 3).
+  assert synthetic.noisy_result((159, 261), "+", 1.0 - 1e-12, rng) == 310
+  assert synthetic.noisy_result((95, 17), "+", 1.0 - 1e-12, rng) == 2  # 5+7 -> 2, 9+1 -> 0, no 1
+  # A question with k carries is answered exactly with probability (1 - drop)^k.
+  hits = [synthetic.noisy_result((159, 261), "+", 0.4, rng) == 420 for _ in range(4000)]
+  assert np.mean(hits) == pytest.approx(0.6 ** 2, abs=0.03)
+  # The problems are the same for every drop rate; only the addition/subtraction answers change.
+  syn = _syn()
+  exact = list(itertools.islice(synthetic.sft_stream(syn), 300))
+  noisy = list(itertools.islice(synthetic.sft_stream(syn, carry_drop=0.5), 300))
+  assert [p for p, _, _ in exact] == [p for p, _, _ in noisy]
+  assert 0 < sum(a != b for (_, a, _), (_, b, _) in zip(exact, noisy)) < 300
+  with pytest.raises(ValueError, match="sft_carry_drop"):
+    next(synthetic.sft_stream(syn, carry_drop=1.0))
+
+
 def test_sft_stream_disjoint_from_pool_and_heldout():
   syn = _syn()
   seen = {p for split in ("train", "heldout") for p, _, _ in synthetic.synthetic_rows(syn, split)}

@@ -59,4 +59,13 @@ def test_made_once_then_loaded_like_qwen(tmp_path, monkeypatch):
   assert p.shape == (40,) and np.all((p >= 0) & (p <= 1)) and greedy.dtype == bool
   rep = spread.spread_report(p, greedy, np.array([f for _, _, f in rows]), 8)
   assert rep["pool"]["zero_var"] == pytest.approx(np.mean(p ** 8 + (1 - p) ** 8), rel=1e-5)
+  # The base bars are the same arithmetic, and agree with groups drawn from those pass rates.
+  checked = spread.base_checks(c, p)
+  assert checked["zero_var_start"]["value"] == pytest.approx(rep["pool"]["zero_var"], rel=1e-6)
+  assert checked["all_wrong_start"]["value"] == pytest.approx(np.mean((1 - p) ** 8), rel=1e-6)
+  assert checked["pool_heldout_overlap"] == {**checked["pool_heldout_overlap"], "value": 0.0,
+                                             "pass": True}
+  draws = np.random.default_rng(0).random((2000, 40, 8)) < p[None, :, None]
+  zero_var = np.mean(draws.all(-1) | ~draws.any(-1))
+  assert zero_var == pytest.approx(checked["zero_var_start"]["value"], abs=0.01)
   assert set(rep["families"]) <= set(c.data.synthetic.families)

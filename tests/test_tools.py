@@ -4,6 +4,7 @@ import pytest
 
 from dots_jax.model import variants
 from dots_jax.tools import parity, plan
+from config_files import load_config
 from hf_fixtures import make_tiny_hf_checkpoint
 
 
@@ -53,3 +54,18 @@ def test_parity_cli(capsys, tmp_path):
   assert last.startswith("max_abs_logit_diff ")
   assert float(last.split()[-1]) == pytest.approx(result["max"], rel=1e-2)
   assert result["max"] <= 1e-4 and result["logit_scale"] > 1.0
+
+
+def test_update_estimate_matches_the_compiled_program():
+  """The planner's per-device estimate of the update step is within 25% of what XLA allocates for
+  the compiled program (no remat: the CPU backend does not honour rematerialisation, so only the
+  un-rematerialised program is comparable here; docs/MEMORY.md)."""
+  from dots_jax.model import qwen2
+  from dots_jax.tools import plan
+  c = load_config("tiny", "micro")
+  c.rl.batch_questions, c.sampling.group_size, c.rl.mini_batches = 4, 4, 1
+  cfg = qwen2.Qwen2Config(vocab_size=4096, hidden_size=128, intermediate_size=512,
+                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+  out = plan.compiled_programs(c, cfg, {"data": 1, "fsdp": 1, "tensor": 1}, seq=256)
+  ratio = out["update"]["estimated"] / out["update"]["compiled"]
+  assert 0.75 <= ratio <= 1.25, out["update"]

@@ -22,19 +22,15 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from dots_jax.bench.shapes import add_model_args, random_setup  # noqa: E402
 from dots_jax.model.hf_io import export_policy  # noqa: E402
-from dots_jax.model.qwen2 import Qwen2Config, init_model  # noqa: E402
+from dots_jax.model.qwen2 import Qwen2Config  # noqa: E402
 from dots_jax.sampling.sampler import Sampler  # noqa: E402
 
 
 def _parse() -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--hidden", type=int, default=512)
-  ap.add_argument("--layers", type=int, default=8)
-  ap.add_argument("--heads", type=int, default=8)
-  ap.add_argument("--kv_heads", type=int, default=2)
-  ap.add_argument("--intermediate", type=int, default=1408)
-  ap.add_argument("--vocab", type=int, default=32768)
+  add_model_args(ap, vocab=32768)
   ap.add_argument("--batch", type=int, default=32, help="prompts")
   ap.add_argument("--samples", type=int, default=4, help="completions per prompt")
   ap.add_argument("--prompt_len", type=int, default=64)
@@ -79,14 +75,8 @@ def _time_hf(hf, prompt_BxP: np.ndarray, args: argparse.Namespace) -> float:
 
 def main() -> None:
   args = _parse()
-  cfg = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden,
-                    intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-                    num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                    max_position_embeddings=max(4096, args.prompt_len + args.new_tokens))
-  graphdef, params = nnx.split(init_model(cfg, args.seed))
-  rng = np.random.default_rng(args.seed)
-  prompt_BxP = rng.integers(0, args.vocab, (args.batch, args.prompt_len), dtype=np.int32)
-  mask_BxP = np.ones_like(prompt_BxP)
+  cfg, graphdef, params, prompt_BxP, mask_BxP, _ = random_setup(args, args.batch, args.prompt_len,
+                                                                 args.new_tokens)
   n_tokens = args.batch * args.samples * args.new_tokens
   print(f"model: {cfg.num_params() / 1e6:.1f}M params, hidden {args.hidden}, {args.layers} layers, "
         f"{args.heads}q/{args.kv_heads}kv heads, vocab {args.vocab}; batch {args.batch} x "

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dots_jax.bench.shapes import add_model_args, model_config
 from dots_jax.config_base import base_config
 from dots_jax.model import qwen2
 from dots_jax.model.hf_io import export_policy
@@ -33,11 +34,8 @@ from dots_jax.rl.random_batch import random_batch
 
 
 def bench_cfg(args: argparse.Namespace) -> qwen2.Qwen2Config:
-  return qwen2.Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden,
-                           intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-                           num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                           eos_token_id=1, bos_token_id=1, dtype=args.dtype, param_dtype=args.dtype,
-                           remat=args.remat)
+  return model_config(args, eos_token_id=1, bos_token_id=1, dtype=args.dtype,
+                      param_dtype=args.dtype, remat=args.remat)
 
 
 def time_jax(cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace):
@@ -117,12 +115,7 @@ def time_torch(model_dir: str, batch: dict, args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--hidden", type=int, default=512)
-  p.add_argument("--intermediate", type=int, default=1408)
-  p.add_argument("--layers", type=int, default=8)
-  p.add_argument("--heads", type=int, default=8)
-  p.add_argument("--kv_heads", type=int, default=2)
-  p.add_argument("--vocab", type=int, default=32000)
+  add_model_args(p, vocab=32000)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=256)
   p.add_argument("--steps", type=int, default=2, help="timed steps after the first (>= 1)")

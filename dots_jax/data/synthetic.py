@@ -24,7 +24,7 @@ import numpy as np
 
 from dots_jax.data.question import Question
 
-_SPLIT_STREAMS = {"train": 1, "heldout": 2, "sft": 3}
+_SPLIT_STREAMS = {"train": 1, "heldout": 2, "sft": 3, "sft_noise": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,33 @@ def _carries(values: tuple[int, ...], op: str) -> int:
       carry = 1 if total < 0 else 0
     count += carry > 0
   return count
+
+
+def noisy_result(values: tuple[int, ...], op: str, drop: float, rng: np.random.Generator) -> int:
+  """Column arithmetic in which each carry (addition) or borrow (subtraction) is dropped, i.e. not
+  passed on to the next column, independently with probability `drop`.
+
+  The result of a demonstrator that executes the shared carry skill unreliably: a question with k
+  carries is answered exactly with probability (1 - drop)^k, so a policy imitating it has a pass
+  rate graded by carry count that RL can raise by sharpening one skill. drop = 0 is exact.
+  """
+  width = max(len(str(v)) for v in values)
+  digits_out, carry = [], 0
+  for col in range(width):
+    digits = [(v // 10 ** col) % 10 for v in values]
+    if op == "+":
+      total = sum(digits) + carry
+      digit, carry = total % 10, total // 10
+    else:
+      total = digits[0] - sum(digits[1:]) - carry
+      digit, carry = total % 10, 1 if total < 0 else 0
+    digits_out.append(digit)
+    if carry and rng.random() < drop:
+      carry = 0
+  result = sum(d * 10 ** i for i, d in enumerate(digits_out))
+  if op == "+":
+    result += carry * 10 ** width
+  return result
 
 
 def _operand(rng: np.random.Generator, digits: int, low_one_digit: int = 0) -> int:
@@ -167,17 +194,28 @@ def synthetic_questions(syn: Any, split: str) -> list:
           for i, (p, a, f) in enumerate(synthetic_rows(syn, split))]
 
 
-def sft_stream(syn: Any, seed: int = 0) -> Iterator[tuple[str, str, str]]:
+def sft_stream(syn: Any, seed: int = 0, carry_drop: float = 0.0
+               ) -> Iterator[tuple[str, str, str]]:
   """Endless (problem, answer, family) stream for supervised warm-up, disjoint from both splits.
 
   Families are drawn with `syn.sft_weights`; every problem in the RL pool or held-out split is
-  skipped, so SFT cannot memorise what RL and evaluation later see.
+  skipped, so SFT cannot memorise what RL and evaluation later see. With `carry_drop` > 0 the
+  answers of addition and subtraction problems are demonstrations that drop each carry/borrow with
+  that probability (`noisy_result`; products stay exact). The noise has its own random stream, so
+  the sequence of problems is the same for every `carry_drop`.
   """
+  if not 0.0 <= carry_drop < 1.0:
+    raise ValueError(f"config.tiny.sft_carry_drop must be in [0, 1), got {carry_drop}")
   families, probs = _families_and_weights(syn, "sft_weights")
   exclude = {p for split in ("train", "heldout") for p, _, _ in synthetic_rows(syn, split)}
   rng = np.random.default_rng([syn.seed, _SPLIT_STREAMS["sft"], seed])
+  noise = np.random.default_rng([syn.seed, _SPLIT_STREAMS["sft_noise"], seed])
   while True:
     fam = families[int(rng.choice(len(families), p=probs))]
     problem, answer = sample_problem(fam, rng)
-    if problem not in exclude:
-      yield problem, answer, fam.name
+    if problem in exclude:
+      continue
+    if carry_drop > 0 and fam.op != "*":
+      values = tuple(int(v) for v in problem[:-1].split(fam.op))
+      answer = str(noisy_result(values, fam.op, carry_drop, noise))
+    yield problem, answer, fam.name

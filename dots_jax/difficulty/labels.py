@@ -23,7 +23,7 @@ from dots_jax.difficulty import embed
 from dots_jax.difficulty.setup import backbone_path, question_embeddings
 from dots_jax.model.hf_io import load_policy, load_tokenizer
 from dots_jax.rewards import score_batch
-from dots_jax.rollout import Decoding, Generator
+from dots_jax.rollout import Decoding, EngineSettings, Generator
 from dots_jax.tiny.base import policy_path
 
 
@@ -74,7 +74,8 @@ def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, g
   graphdef, params = nnx.split(model)
   decoding = Decoding.training(config)
   generator = Generator(graphdef, qcfg, tokenizer, prompt_buckets=config.data.prompt_buckets,
-                        max_new_tokens=decoding.max_new_tokens)
+                        max_new_tokens=decoding.max_new_tokens,
+                        engine=EngineSettings.from_config(config))
   generate = generator.text_fn(params, decoding)
   built = build_prompts(tokenizer, problems, config.data)
   kept = np.asarray(built.kept, np.int64)

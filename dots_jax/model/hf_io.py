@@ -168,7 +168,9 @@ def _check_tied_head(reader: _Reader, rows: int, chunk: int = 4096) -> None:
 
 
 def load_policy(path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32",
-                remat: bool = False, mesh: Mesh | None = None, allow_unexpected: bool = False
+                remat: bool = False, remat_policy: str = "nothing_saveable", attn_chunk: int = 0,
+                mesh: Mesh | None = None,
+                allow_unexpected: bool = False
                 ) -> tuple[qwen2.Qwen2Config, qwen2.Qwen2ForCausalLM]:
   """Loads a HF Qwen2/Qwen2.5 directory; parameters are placed on `mesh` (None: first device).
 
@@ -176,7 +178,7 @@ def load_policy(path: str | os.PathLike, *, dtype: str = "float32", param_dtype:
   """
   path = os.fspath(path)
   cfg = qwen2.Qwen2Config.from_hf(read_hf_config(path), dtype=dtype, param_dtype=param_dtype,
-                                  remat=remat)
+                                  remat=remat, remat_policy=remat_policy, attn_chunk=attn_chunk)
   graphdef, abstract_state = qwen2.abstract_model(cfg)
   if mesh is None:
     one = SingleDeviceSharding(jax.local_devices()[0])

@@ -12,6 +12,8 @@ Masking contract (left padding, explicit positions):
     mask of the input. With a cache (`init_cache`: per layer [B, S, K, H]) it covers all S cache
     slots, including the T being written now.
   * Causality is by slot index: query t (written at slot `cache_index + t`) sees slots <= its own.
+    `cache_index` is one int for the batch, or an int per row (the slot engine's rows are at
+    different lengths).
 Pad queries produce finite garbage (masked scores use a large finite negative, never -inf) that callers
 mask out.
 """
@@ -52,6 +54,13 @@ class Qwen2Config:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  # What a rematerialised layer keeps for the backward pass: a jax.checkpoint_policies name
+  # ("nothing_saveable": only the layer's input; "dots_with_no_batch_dims_saveable": also the
+  # weight matmuls' outputs, less recomputation for more memory).
+  remat_policy: str = "nothing_saveable"
+  # Queries per attention block (0 = all at once): attention scores exist for one block of queries
+  # at a time, [B, heads, attn_chunk, S] instead of [B, heads, T, S], forward and backward.
+  attn_chunk: int = 0
 
   @property
   def head_dim(self) -> int:
@@ -229,27 +238,68 @@ class Attention(nnx.Module):
     v_BxTxKxH = self.v_proj(x_BxTxD).reshape(b, t, kh, h)
 
     if k_cache_BxSxKxH is None:
-      k_BxSxKxH, v_BxSxKxH, start = k_BxTxKxH, v_BxTxKxH, 0
+      k_BxSxKxH, v_BxSxKxH, start_B = k_BxTxKxH, v_BxTxKxH, jnp.zeros((b,), jnp.int32)
+    elif jnp.ndim(cache_index) == 1:
+      # A write position per row (the slot engine: rows at different lengths); out-of-range rows
+      # (finished slots) are dropped by the scatter.
+      start_B = cache_index
+      rows_Bx1 = jnp.arange(b)[:, None]
+      cols_BxT = start_B[:, None] + jnp.arange(t)[None, :]
+      k_BxSxKxH = k_cache_BxSxKxH.at[rows_Bx1, cols_BxT].set(
+          k_BxTxKxH.astype(k_cache_BxSxKxH.dtype), mode="drop")
+      v_BxSxKxH = v_cache_BxSxKxH.at[rows_Bx1, cols_BxT].set(
+          v_BxTxKxH.astype(v_cache_BxSxKxH.dtype), mode="drop")
     else:
-      start = cache_index
+      start_B = jnp.full((b,), cache_index, jnp.int32)
       k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
-          k_cache_BxSxKxH, k_BxTxKxH.astype(k_cache_BxSxKxH.dtype), start, axis=1)
+          k_cache_BxSxKxH, k_BxTxKxH.astype(k_cache_BxSxKxH.dtype), cache_index, axis=1)
       v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
-          v_cache_BxSxKxH, v_BxTxKxH.astype(v_cache_BxSxKxH.dtype), start, axis=1)
+          v_cache_BxSxKxH, v_BxTxKxH.astype(v_cache_BxSxKxH.dtype), cache_index, axis=1)
     s = k_BxSxKxH.shape[1]
 
     q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, kh, g, h)
-    scores_BxKxGxTxS = jnp.einsum(
-        "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(q_BxTxNxH.dtype),
-        preferred_element_type=jnp.float32) * (h ** -0.5)
-    q_slot_T = start + jnp.arange(t)
-    causal_TxS = jnp.arange(s)[None, :] <= q_slot_T[:, None]
-    allowed_BxTxS = causal_TxS[None] & kv_mask_BxS[:, None, :].astype(bool)
-    scores_BxKxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxKxGxTxS, _MASK_VALUE)
-    probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
-    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(probs.dtype))
+    q_slot_BxT = start_B[:, None] + jnp.arange(t)[None, :]
+    causal_BxTxS = jnp.arange(s)[None, None, :] <= q_slot_BxT[:, :, None]
+    allowed_BxTxS = causal_BxTxS & kv_mask_BxS[:, None, :].astype(bool)
+    if cfg.attn_chunk and t > cfg.attn_chunk:
+      out_BxTxKxGxH = _attend_chunked(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, allowed_BxTxS,
+                                      cfg.attn_chunk)
+    else:
+      out_BxTxKxGxH = _attend(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, allowed_BxTxS)
     out = self.o_proj(out_BxTxKxGxH.reshape(b, t, n * h).astype(x_BxTxD.dtype))
     return out, k_BxSxKxH, v_BxSxKxH
+
+
+def _attend(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
+            allowed_BxTxS: jax.Array) -> jax.Array:
+  """Softmax attention of grouped queries over the keys they are allowed to see (float32 scores)."""
+  h = q_BxTxKxGxH.shape[-1]
+  scores_BxKxGxTxS = jnp.einsum(
+      "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(q_BxTxKxGxH.dtype),
+      preferred_element_type=jnp.float32) * (h ** -0.5)
+  scores_BxKxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxKxGxTxS, _MASK_VALUE)
+  probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
+  return jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(probs.dtype))
+
+
+def _attend_chunked(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
+                    allowed_BxTxS: jax.Array, chunk: int) -> jax.Array:
+  """`_attend` one block of `chunk` queries at a time (each row's softmax is over all its keys, so
+  the result is the same): a loop whose body is rematerialised, so the backward pass recomputes one
+  block's scores instead of keeping every block's."""
+  b, t = q_BxTxKxGxH.shape[:2]
+  blocks = -(-t // chunk)
+  pad = blocks * chunk - t
+  if pad:  # padded query rows see nothing and are dropped below
+    q_BxTxKxGxH = jnp.pad(q_BxTxKxGxH, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+    allowed_BxTxS = jnp.pad(allowed_BxTxS, ((0, 0), (0, pad), (0, 0)))
+  q_NxBxCxKxGxH = jnp.moveaxis(q_BxTxKxGxH.reshape(b, blocks, chunk, *q_BxTxKxGxH.shape[2:]), 1, 0)
+  a_NxBxCxS = jnp.moveaxis(allowed_BxTxS.reshape(b, blocks, chunk, -1), 1, 0)
+  block = jax.checkpoint(lambda qa: _attend(qa[0], k_BxSxKxH, v_BxSxKxH, qa[1]))
+  out_NxBxCxKxGxH = jax.lax.map(block, (q_NxBxCxKxGxH, a_NxBxCxS))
+  out = jnp.moveaxis(out_NxBxCxKxGxH, 0, 1).reshape(b, blocks * chunk,
+                                                     *out_NxBxCxKxGxH.shape[3:])
+  return out[:, :t]
 
 
 class MLP(nnx.Module):
@@ -283,7 +333,8 @@ def _layer_forward(layer, x, positions, kv_mask, k_cache, v_cache, cache_index):
   return layer(x, positions, kv_mask, k_cache, v_cache, cache_index)
 
 
-def _remat_layer_forward(layer, x, positions, kv_mask, k_cache, v_cache, cache_index):
+def _remat_layer_forward(layer, x, positions, kv_mask, k_cache, v_cache, cache_index, *,
+                         policy: str = "nothing_saveable"):
   """`_layer_forward` under jax.checkpoint on the layer's split state: its activations are
   recomputed in the backward pass. (nnx.remat tracks the module's Variables across traces and
   refuses a module merged inside lax.map / scan bodies, which is where the update runs it.)"""
@@ -293,7 +344,20 @@ def _remat_layer_forward(layer, x, positions, kv_mask, k_cache, v_cache, cache_i
     return _layer_forward(nnx.merge(graphdef, state), x, positions, kv_mask, k_cache, v_cache,
                           cache_index)
 
-  return jax.checkpoint(pure)(state, x, positions, kv_mask, k_cache, v_cache, cache_index)
+  return jax.checkpoint(pure, policy=remat_policy(policy))(
+      state, x, positions, kv_mask, k_cache, v_cache, cache_index)
+
+
+def remat_policy(name: str) -> Any:
+  """The jax.checkpoint policy called `name` (config.model.remat_policy)."""
+  policy = getattr(jax.checkpoint_policies, name, None)
+  if policy is None or name.startswith("_") or name in ("save_only_these_names",
+                                                        "save_any_names_but_these",
+                                                        "save_from_both_policies"):
+    raise ValueError(f"config.model.remat_policy={name!r} is not a jax.checkpoint_policies policy "
+                     "(e.g. nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable, "
+                     "everything_saveable)")
+  return policy
 
 
 class Qwen2ForCausalLM(nnx.Module):
@@ -315,7 +379,8 @@ class Qwen2ForCausalLM(nnx.Module):
              ) -> tuple[jax.Array, KVCache | None]:
     """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (None without one)."""
     x = self.embed_tokens(tokens_BxT)
-    step = _remat_layer_forward if self.cfg.remat else _layer_forward
+    step = (functools.partial(_remat_layer_forward, policy=self.cfg.remat_policy)
+            if self.cfg.remat else _layer_forward)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       kc = None if cache is None else cache.ks[i]

@@ -50,20 +50,27 @@ class Progress:
   last_reward: float = float("nan")
   last_eval: float = float("nan")
   optimizer_updates: int = 0  # taken so far (mini-batches without loss tokens are skipped)
+  # Pool indices of every question trained on so far (fresh groups; replayed ones were fresh once),
+  # sorted: how much of the pool a method's selection ever uses.
+  trained_questions: list[int] = dataclasses.field(default_factory=list)
 
-  def add_step(self, seconds: float, record: dict[str, Any]) -> None:
-    """Counts a finished step: its training seconds and what its metrics record says it did."""
+  def add_step(self, seconds: float, record: dict[str, Any], questions: np.ndarray) -> None:
+    """Counts a finished step: its training seconds, what its metrics record says it did and the
+    pool indices of its fresh groups."""
     self.seconds += seconds
     self.rollouts += int(record["selection/rollouts"])
     self.optimizer_updates += int(record["train/optimizer_updates"])
     self.last_reward = float(record["reward_mean"])
+    self.trained_questions = sorted(set(self.trained_questions).union(
+        int(i) for i in np.asarray(questions).ravel()))
 
   def state_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   def metrics(self) -> dict[str, float]:
     return {"progress/rollouts": float(self.rollouts), "progress/seconds": self.seconds,
-            "progress/optimizer_updates": float(self.optimizer_updates)}
+            "progress/optimizer_updates": float(self.optimizer_updates),
+            "progress/distinct_questions": float(len(self.trained_questions))}
 
 
 def _scalar(v: Any) -> float | int | bool:

@@ -98,14 +98,19 @@ def needs_truncation(top_k: jax.Array | int, top_p: jax.Array | float, vocab_siz
 
 
 def draw(logits_NxV: jax.Array, rng: jax.Array) -> jax.Array:
-  """One exact sample per row from softmax(logits) (-inf entries are never drawn) -> int32 [N]."""
+  """One exact sample per row from softmax(logits) (-inf entries are never drawn) -> int32 [N].
+  `rng` is one key for the batch or a key per row ([N])."""
   n, v = logits_NxV.shape
   blocks = -(-v // _DRAW_BLOCK)
   w_NxV = jnp.exp(logits_NxV - jnp.max(logits_NxV, axis=-1, keepdims=True))
   w_NxBxK = jnp.pad(w_NxV, ((0, 0), (0, blocks * _DRAW_BLOCK - v))).reshape(n, blocks, _DRAW_BLOCK)
   bsum_NxB = jnp.sum(w_NxBxK, axis=-1)
   bcum_NxB = jnp.cumsum(bsum_NxB, axis=-1)
-  u_N = jax.random.uniform(rng, (n,), jnp.float32) * bcum_NxB[:, -1]
+  if rng.shape == (n,):  # one key per row: each row's draw independent of the batch it is in
+    u_N = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(rng)
+  else:
+    u_N = jax.random.uniform(rng, (n,), jnp.float32)
+  u_N = u_N * bcum_NxB[:, -1]
 
   def first_above(cum_NxM, target_N, weights_NxM):
     """First index whose prefix sum exceeds the target; float rounding can leave none, in which

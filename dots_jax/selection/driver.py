@@ -123,6 +123,8 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
       "selection/pred_abs_err": (float(np.abs(predicted - st["pass_rate"])[has_pred].mean())
                                  if has_pred.any() else np.nan),
       "selection/effective_frac": 1.0 - _mean(st["zero_var"]),
+      "selection/all_correct_frac": _mean(st["all_correct"]),
+      "selection/all_wrong_frac": _mean(st["all_wrong"]),
       "selection/effective_frac_rolled": (float(1.0 - ctx.zero_var / ctx.generated)
                                           if ctx.generated else np.nan),
       "selection/rollouts": float(rollouts),

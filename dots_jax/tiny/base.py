@@ -117,7 +117,8 @@ def build_tiny_base(config: Any, out_dir: str, log: Callable[[str], None] = prin
   length = config.data.max_prompt_tokens + config.sampling.max_new_tokens
   log(f"  tiny Qwen2: {cfg.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}, "
       f"SFT {config.tiny.sft_steps} steps x {config.tiny.sft_batch}")
-  info = sft.run_sft(model, sft_stream(config.data.synthetic, config.tiny.seed), config.tiny,
+  info = sft.run_sft(model, sft_stream(config.data.synthetic, config.tiny.seed,
+                                         config.tiny.sft_carry_drop), config.tiny,
                      prompt_encoder(tokenizer, config.data), answer_encoder(tokenizer), eos_id,
                      length, log)
   export_policy(cfg, model, out_dir, tokenizer_dir=tok_dir)

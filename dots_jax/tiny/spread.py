@@ -8,7 +8,8 @@ correct iff the argmax at every target position is the target token.
   python -m dots_jax.tiny.spread --config=configs/tiny.py [--split=train] [--samples=8]
 
 `--samples` also draws G real samples per question with the rollout generator and scores them
-with the reward, as a check of the exact figures.
+with the reward, as a check of the exact figures. The last lines check the testbed's base bars
+(`dots_jax.tiny.bars.BASE_BARS`, on the pool split), ending `N/M base checks pass`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dots_jax.model.hf_io import load_policy, load_tokenizer
 from dots_jax.rewards import score_batch
 from dots_jax.rl.batch import group_stats
 from dots_jax.rollout import Decoding, Generator
-from dots_jax.tiny import sft
+from dots_jax.tiny import bars, sft
 from dots_jax.tiny.base import answer_encoder, policy_path, prompt_encoder
 
 
@@ -93,6 +94,15 @@ def sampled_zero_var(config: Any, path: str, rows: list[tuple[str, str, str]], g
           "all_wrong": float(st["all_wrong"].mean())}
 
 
+def base_checks(config: Any, pool_p_N: np.ndarray) -> dict[str, dict[str, Any]]:
+  """The base bars on the pool's exact pass rates (and the pool/held-out split's disjointness)."""
+  syn = config.data.synthetic
+  overlap = ({p for p, _, _ in synthetic_rows(syn, "train")}
+             & {p for p, _, _ in synthetic_rows(syn, "heldout")})
+  figures = bars.base_figures(pool_p_N, config.sampling.group_size, len(overlap))
+  return bars.check_all(bars.BASE_BARS, figures)
+
+
 def main(argv: list[str]) -> None:
   del argv
   config = _CONFIG.value
@@ -104,7 +114,13 @@ def main(argv: list[str]) -> None:
   report["split"], report["model_path"] = _SPLIT.value, path
   if _SAMPLES.value:
     report["sampled"] = sampled_zero_var(config, path, rows, g, config.seed)
+  pool_p = p if _SPLIT.value == "train" else exact_pass_rates(
+      config, path, synthetic_rows(config.data.synthetic, "train"))[0]
+  checked = base_checks(config, pool_p)
+  report["base_checks"] = checked
   print(json.dumps(report, indent=1))
+  print("\n".join(bars.report_lines(checked)))
+  print(f"{sum(c['pass'] for c in checked.values())}/{len(checked)} base checks pass")
 
 
 if __name__ == "__main__":

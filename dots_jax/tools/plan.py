@@ -11,6 +11,7 @@ temporaries are not included (they depend on micro-batching and rematerialisatio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ from dots_jax.config_common import ConfigError
 from dots_jax.methods import get_method
 from dots_jax.model import hf_io, qwen2, sharding, variants
 from dots_jax.rl import replay, update
+from dots_jax.rollout import EngineSettings
+from dots_jax.sampling.engine import slot_cache_bytes
 from dots_jax.startup import validate_config
 from dots_jax.tiny.base import tiny_model_config
 from dots_jax.tiny.tokenizer import make_char_tokenizer
@@ -71,7 +74,8 @@ def policy_shape(config: ml_collections.ConfigDict) -> tuple[qwen2.Qwen2Config, 
   """The policy architecture a config trains, without loading weights: model.variant's shapes, else
   model.path's config.json, else the tiny base's; and where it came from."""
   runtime = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                 remat=config.model.remat)
+                 remat=config.model.remat, remat_policy=config.model.remat_policy,
+                 attn_chunk=config.model.attn_chunk)
   if config.model.variant:
     return variants.get_variant(config.model.variant, **runtime), f"variant {config.model.variant}"
   if config.model.path:
@@ -110,10 +114,33 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   _log(f"per device params {gib(mem['params'])} + AdamW {gib(mem['adam'])} + grads "
        f"{gib(mem['grads'])} + KV cache {gib(mem['kv_cache'])} (rollout of {rows} sequences x "
        f"{seq} slots) = {gib(mem['total'])} (activations not included)")
+  settings = EngineSettings.from_config(config)
+  slots = settings.slots_for(cfg, max(config.data.prompt_buckets), config.sampling.max_new_tokens,
+                             dp)
+  if slots:
+    kv = slot_cache_bytes(cfg, slots // dp, max(config.data.prompt_buckets),
+                          config.sampling.max_new_tokens)
+    resident = mem["params"] + mem["adam"]
+    mem["rollout_kv_cache"] = kv
+    _log(f"rollout    slot engine: {slots} slots ({slots // dp} per device) x {seq} cache slots = "
+         f"{gib(kv)} KV cache per device; with params + AdamW {gib(resident + kv)} "
+         f"(the static batch would hold {gib(mem['kv_cache'])})"
+         + (f"; more slots than the step's {rows} completions: a smaller "
+            "config.sampling.kv_budget_gib frees memory" if slots > rows else ""))
+  else:
+    _log(f"rollout    static batch: all {rows} sequences at once ({gib(mem['kv_cache'])} KV cache "
+         "per device; config.sampling.slots or kv_budget_gib bound it)")
   _log(f"method     {config.method} (replay {'on' if get_method(config.method).replay else 'off'})")
   structure = step_structure(config)
   for line in structure["lines"]:
     _log(f"step       {line}")
+  ucfg = update_config(config, cfg, sizes, seq)
+  mb, micro, n_micro = ucfg.split(_update_rows(config, dp))
+  _log(f"update     mini-batch {mb} rows = {n_micro} micro-batches of {micro} rows"
+       f"{' (from rl.memory_budget_gib=' + str(config.rl.memory_budget_gib) + ')' if config.rl.memory_budget_gib and not config.rl.micro_batch else ''}"
+       f"; attention blocks of {cfg.attn_chunk or seq} queries; logits chunks of "
+       f"{config.rl.logits_chunk or seq} positions; remat {cfg.remat_policy if cfg.remat else 'off'}; "
+       f"estimated {gib(update_estimate(config, cfg, sizes, seq, grad=True))} per device")
   _log(f"steps      {config.total_steps} x {config.rl.batch_questions} questions x G={g} = "
        f"{config.total_steps * rows:,} training rollouts (selection may add more)")
   _log(f"eval       every {config.eval.every} steps on {', '.join(config.data.eval_sets)}; "
@@ -128,31 +155,73 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-                    sizes: Mapping[str, int], seq: int, *, grad: bool) -> int:
-  """Per-device bytes of one update (grad=True) or pi_old (grad=False) program: weights (+ AdamW
-  and gradients), plus the activations of one micro-batch: every layer's input (kept for the
-  backward pass under remat; all intermediates without it), one layer's attention scores and
-  probabilities (float32, [rows, heads, T, T]) and one vocabulary-projection chunk's logits."""
+                    sizes: Mapping[str, int], seq: int, *, grad: bool,
+                    micro_batch: int | None = None) -> int:
+  """Per-device bytes of one update (grad=True) or pi_old (grad=False) program.
+
+  Weights (+ AdamW moments and gradients), the micro-batch's batch arrays, the activations the
+  backward pass keeps (every layer's input under remat; every layer's intermediates without it:
+  q/k/v and attention output, MLP gate/up/activation/product, and the float32 attention scores,
+  probabilities and their masked copy unless queries are blocked), and at the peak the larger of
+  two transients that do not live together: one layer's recomputation/gradient (with its attention
+  block's scores) and the vocabulary projection of one logits chunk (float32 logits, their
+  log-softmax and its gradient; one copy without a backward pass). `micro_batch` overrides the
+  config's (the budget search below tries candidates)."""
   mem = plan(cfg, sizes, batch=1, seq=1)
   weights = mem["params"] + (mem["adam"] + mem["grads"] if grad else 0)
   dp = sharding.data_parallel_size(sizes)
-  ucfg = update.UpdateConfig.from_config(config)
-  rows = config.rl.batch_questions * config.sampling.group_size
-  _, micro, _ = ucfg.split(rows)
+  micro = micro_batch or update_config(config, cfg, sizes, seq).split(_update_rows(config, dp))[1]
   r = -(-micro // dp)
   act = np.dtype(cfg.dtype).itemsize
   tp = sizes["tensor"]
-  chunk = config.rl.logits_chunk or seq
-  layer_inputs = cfg.num_hidden_layers * r * seq * cfg.hidden_size * act
-  attention = 2 * r * (cfg.num_attention_heads // tp) * seq * seq * 4
-  mlp = 3 * r * seq * (cfg.intermediate_size // tp) * act
-  logits = 2 * r * min(chunk, seq) * (cfg.vocab_size // tp) * 4
-  per_layer = attention + mlp
-  if not grad:  # no backward: only the live layer and one logits chunk
-    return weights + r * seq * cfg.hidden_size * act + per_layer + logits
-  if cfg.remat:
-    return weights + layer_inputs + per_layer + logits
-  return weights + layer_inputs + cfg.num_hidden_layers * per_layer + logits
+  heads, kv_heads = cfg.num_attention_heads // tp, max(cfg.num_key_value_heads // tp, 1)
+  d, f, h = cfg.hidden_size, cfg.intermediate_size // tp, cfg.head_dim
+  tokens = r * seq
+  q_block = min(cfg.attn_chunk or seq, seq)
+  scores = 3 * r * heads * q_block * seq * 4  # scores, probabilities, masked scores
+  # Blocked attention rematerialises each block: only the full-size scores of unblocked attention
+  # are kept per layer.
+  kept_scores = 0 if q_block < seq else scores
+  projections = tokens * ((2 * heads + 2 * kv_heads) * h + 3 * d) * act
+  mlp = 4 * tokens * f * act
+  layer_kept = projections + mlp + kept_scores
+  layer_transient = projections + mlp + scores
+  chunk = min(config.rl.logits_chunk or seq, seq)
+  logits = r * chunk * (cfg.vocab_size // tp) * 4
+  batch = r * seq * (4 * 4)  # tokens, masks, behaviour / old log-probs of the micro-batch
+  if not grad:  # no backward: one layer or one logits chunk at a time
+    return weights + batch + tokens * d * act + max(layer_transient, logits)
+  kept = (cfg.num_hidden_layers * tokens * d * act if cfg.remat
+          else cfg.num_hidden_layers * layer_kept)
+  return weights + batch + kept + max(layer_transient, 3 * logits)
+
+
+def _update_rows(config: ml_collections.ConfigDict, dp: int) -> int:
+  """Rows of one step's update batch: every group of the step, padded to the data shards."""
+  return -(-config.rl.batch_questions * config.sampling.group_size // dp) * dp
+
+
+def update_config(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+                  sizes: Mapping[str, int], seq: int) -> update.UpdateConfig:
+  """The update's static settings; with rl.micro_batch = 0 and rl.memory_budget_gib > 0 the
+  micro-batch is the largest that splits the mini-batch over the data shards and whose estimated
+  per-device bytes (`update_estimate`) fit the budget."""
+  ucfg = update.UpdateConfig.from_config(config)
+  budget = config.rl.memory_budget_gib * 2**30
+  if config.rl.micro_batch or budget <= 0:
+    return ucfg
+  dp = sharding.data_parallel_size(sizes)
+  mb, _, _ = ucfg.split(_update_rows(config, dp))
+  fits = [m for m in range(mb, 0, -1) if mb % m == 0 and m % dp == 0
+          and update_estimate(config, cfg, sizes, seq, grad=True, micro_batch=m) <= budget]
+  if not fits:
+    smallest = update_estimate(config, cfg, sizes, seq, grad=True, micro_batch=dp)
+    raise ConfigError(
+        f"config.rl.memory_budget_gib={config.rl.memory_budget_gib}: even a micro-batch of {dp} "
+        f"rows (one per data shard) needs an estimated {smallest / 2**30:.2f} GiB per device; raise "
+        "the budget, shard further (config.mesh), set config.model.remat/attn_chunk or "
+        "config.rl.logits_chunk")
+  return dataclasses.replace(ucfg, micro_batch=fits[0])
 
 
 def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
@@ -172,14 +241,13 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   params_sh = sharding.param_shardings(abstract, mesh)
   attach = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
   params = jax.tree.map(attach, abstract, params_sh)
-  ucfg = update.UpdateConfig.from_config(config)
+  ucfg = update_config(config, cfg, sizes, seq)
   optimizer = update.make_optimizer(config.rl, config.total_steps, ucfg.updates_per_step)
   state_sh = update.train_state_shardings(optimizer, params, mesh)
   state = jax.tree.map(attach, jax.eval_shape(
       lambda p: update.init_train_state(p, optimizer, config.seed), params), state_sh)
   fns = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh)
-  dp = sharding.data_parallel_size(sizes)
-  rows = -(-config.rl.batch_questions * config.sampling.group_size // dp) * dp
+  rows = _update_rows(config, sharding.data_parallel_size(sizes))
   dtypes = {"tokens_NxT": np.int32, "mask_NxT": np.int32, "loss_mask_NxT": np.int32,
             "behav_logp_NxT": np.float32, update.OLD_LOGP: np.float32, "adv_N": np.float32,
             "is_replay_N": np.bool_}

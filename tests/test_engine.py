@@ -1,0 +1,110 @@
+"""The slot engine: same completions as the static batch, independent of scheduling, bounded."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dots_jax.model import qwen2
+from dots_jax.sampling.engine import Engine, slot_cache_bytes, slots_for_budget
+from dots_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
+
+CFG = qwen2.Qwen2Config(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, rope_theta=1e4,
+                        initializer_range=0.3)
+EOS, R, G = 7, 12, 3
+
+
+@pytest.fixture(scope="module")
+def setup():
+  graphdef, params = nnx.split(qwen2.init_model(CFG, 0))
+  rng = np.random.default_rng(0)
+  mask = np.ones((5, 6), np.int32)
+  mask[0, :3] = 0
+  mask[2, :1] = 0
+  tokens = (rng.integers(1, CFG.vocab_size, (5, 6)) * mask).astype(np.int32)
+  return graphdef, params, tokens, mask
+
+
+def _engine(graphdef, slots, **kw):
+  return Engine(graphdef, CFG, slots=slots, max_prompt_len=8, max_new_tokens=R, eos_ids=[EOS],
+                pad_id=0, steps_per_call=4, **kw)
+
+
+def test_greedy_matches_the_static_batch(setup):
+  graphdef, params, tokens, mask = setup
+  ref = Sampler(graphdef, CFG, max_prompt_len=6, max_new_tokens=R, eos_ids=[EOS], pad_id=0
+                ).generate(params, tokens, mask, None, num_samples=G, temperature=0.0, greedy=True)
+  out = _engine(graphdef, 4).generate(params, tokens, mask, None, num_samples=G, temperature=0.0,
+                                      greedy=True)
+  np.testing.assert_array_equal(out.tokens_NxR, ref.tokens_NxR)
+  np.testing.assert_array_equal(out.lengths_N, ref.lengths_N)
+  np.testing.assert_array_equal(out.finish_reason_N, ref.finish_reason_N)
+  np.testing.assert_allclose(out.logp_NxR, ref.logp_NxR, atol=1e-5)
+  assert {FINISH_STOP, FINISH_LENGTH} <= set(out.finish_reason_N.tolist())  # both reasons occur
+
+
+@pytest.mark.parametrize("top_p,top_k", [(1.0, 0), (0.8, 5)])
+def test_outputs_do_not_depend_on_slots_or_windows(setup, top_p, top_k):
+  graphdef, params, tokens, mask = setup
+  key = jax.random.key(3)
+  runs = [_engine(graphdef, slots, windows=w).generate(
+      params, tokens, mask, key, num_samples=G, temperature=1.0, top_p=top_p, top_k=top_k)
+      for slots, w in ((1, 1), (3, 4), (8, 2))]
+  for other in runs[1:]:
+    np.testing.assert_array_equal(other.tokens_NxR, runs[0].tokens_NxR)
+    np.testing.assert_array_equal(other.lengths_N, runs[0].lengths_N)
+    np.testing.assert_allclose(other.logp_NxR, runs[0].logp_NxR, atol=1e-5)
+
+
+def test_logprobs_equal_the_trainers(setup):
+  graphdef, params, tokens, mask = setup
+  out = _engine(graphdef, 5).generate(params, tokens, mask, jax.random.key(1), num_samples=G,
+                                      temperature=1.0)
+  full = np.concatenate([out.prompt_tokens_NxP, out.tokens_NxR], 1)
+  full_mask = np.concatenate([out.prompt_mask_NxP, out.mask_NxR], 1)
+  logp = qwen2.sequence_logprobs(nnx.merge(graphdef, params), jnp.asarray(full),
+                                 jnp.asarray(full_mask))[:, tokens.shape[1]:]
+  np.testing.assert_allclose(np.asarray(logp) * out.mask_NxR, out.logp_NxR, atol=1e-5)
+
+
+def test_limits_finish_reasons_and_bounded_programs(setup):
+  graphdef, params, tokens, mask = setup
+  engine = _engine(graphdef, 4)
+  limits = np.array([1, 2, 3, 12, 5] * G, np.int32)
+  for seed in range(3):  # more calls compile nothing new
+    out = engine.generate(params, tokens, mask, jax.random.key(seed), num_samples=G,
+                          temperature=1.0, limits_N=limits)
+    assert np.all(out.lengths_N <= limits)
+    stop = out.finish_reason_N == FINISH_STOP
+    last = out.tokens_NxR[np.arange(len(limits)), out.lengths_N - 1]
+    assert np.all(last[stop] == EOS) and np.all(out.lengths_N[~stop] == limits[~stop])
+    assert np.all(out.tokens_NxR[out.mask_NxR == 0] == 0)
+  # One insert program (one prompt bucket) and at most one decode program per window size.
+  assert engine.trace_count <= 1 + len(engine.windows)
+  assert engine.last_stats.insert_calls > 1  # slots were refilled as completions finished
+
+
+def test_slots_from_a_kv_budget():
+  per_slot = slot_cache_bytes(CFG, 1, 8, R)
+  assert per_slot == 2 * 2 * (8 + R) * 2 * 8 * 4
+  assert slots_for_budget(CFG, 10 * per_slot / 2**30, 8, R) == 10
+  assert slots_for_budget(CFG, 10 * per_slot / 2**30, 8, R, multiple=4) == 8
+  with pytest.raises(ValueError, match="kv_budget_gib"):
+    slots_for_budget(CFG, 0.5 * per_slot / 2**30, 8, R)
+
+
+def test_slots_split_over_the_data_axes(setup):
+  """On a mesh (8 simulated devices) the slot axis is sharded and the completions are the same."""
+  from dots_jax.model import sharding
+  graphdef, params, tokens, mask = setup
+  key = jax.random.key(5)
+  ref = _engine(graphdef, 4).generate(params, tokens, mask, key, num_samples=G, temperature=1.0)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sharded = jax.device_put(params, sharding.param_shardings(params, mesh))
+  engine = _engine(graphdef, 4, mesh=mesh)
+  out = engine.generate(sharded, tokens, mask, key, num_samples=G, temperature=1.0)
+  np.testing.assert_array_equal(out.tokens_NxR, ref.tokens_NxR)
+  np.testing.assert_allclose(out.logp_NxR, ref.logp_NxR, atol=1e-5)
+  with pytest.raises(ValueError, match="multiple of the 4"):
+    _engine(graphdef, 6, mesh=mesh)
