@@ -80,8 +80,10 @@ def test_limits_finish_reasons_and_bounded_programs(setup):
     last = out.tokens_NxR[np.arange(len(limits)), out.lengths_N - 1]
     assert np.all(last[stop] == EOS) and np.all(out.lengths_N[~stop] == limits[~stop])
     assert np.all(out.tokens_NxR[out.mask_NxR == 0] == 0)
-  # One insert program (one prompt bucket) and at most one decode program per window size.
-  assert engine.trace_count <= 1 + len(engine.windows)
+  # Per prompt bucket one insert program per prefill block size (a few powers of two), and at
+  # most one decode program per window size.
+  assert engine.trace_count <= len(engine.prefill_sizes(G)) + len(engine.windows)
+  assert engine.prefill_sizes(G) == (1, 2, 3)  # 4 slots, G = 3: at most 3 prompts per block
   assert engine.last_stats.insert_calls > 1  # slots were refilled as completions finished
 
 

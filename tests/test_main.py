@@ -70,8 +70,10 @@ def test_resume_continues_where_it_stopped(cache, tmp_path):
 
 def test_kl_penalty_runs_against_the_initial_policy(cache, tmp_path):
   # kl_beta != 0 keeps a copy of the initial params as the reference; the first update starts at
-  # the reference (KL 0), later ones have moved away from it.
-  c = micro(cache, **{"rl.kl_beta": 0.1, "rl.lr": 1e-2, "rl.warmup_steps": 0, "total_steps": 3})
+  # the reference (KL 0), later ones have moved away from it. One mini-batch per step: the KL
+  # metric is the step's mean over its mini-batches, and later ones have already moved.
+  c = micro(cache, **{"rl.kl_beta": 0.1, "rl.lr": 1e-2, "rl.warmup_steps": 0, "total_steps": 3,
+                      "rl.mini_batches": 1})
   train.train_and_evaluate(c, str(tmp_path))
   kl = [r["train/kl"] for r in read_metrics(tmp_path)[1:]]
   assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 1e-6

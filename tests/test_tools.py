@@ -69,3 +69,17 @@ def test_update_estimate_matches_the_compiled_program():
   out = plan.compiled_programs(c, cfg, {"data": 1, "fsdp": 1, "tensor": 1}, seq=256)
   ratio = out["update"]["estimated"] / out["update"]["compiled"]
   assert 0.75 <= ratio <= 1.25, out["update"]
+
+
+def test_compiled_plan_includes_the_rollout_program():
+  """With the slot engine configured the dry run also compiles its decode program; the estimate
+  (params, slot cache, logits) is the same order as the compiled bytes."""
+  from dots_jax.model import qwen2
+  from dots_jax.tools import plan
+  c = load_config("tiny", "micro")
+  c.sampling.slots = 16
+  cfg = qwen2.Qwen2Config(vocab_size=4096, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+  out = plan.compiled_programs(c, cfg, {"data": 2, "fsdp": 1, "tensor": 1}, seq=24)
+  ratio = out["rollout"]["estimated"] / out["rollout"]["compiled"]
+  assert 0.5 <= ratio <= 2.0, out["rollout"]

@@ -100,7 +100,7 @@ def main() -> None:
   engine = Engine(graphdef, cfg, slots=args.slots, max_prompt_len=args.prompt_len,
                   max_new_tokens=args.cap, eos_ids=(), pad_id=0,
                   steps_per_call=args.steps_per_call, windows=args.windows)
-  engine.warmup(params, args.prompt_len)
+  engine.warmup(params, args.prompt_len, args.samples)
   out, engine_s = _timed(lambda: engine.generate(params, prompt_BxP, mask_BxP, key,
                                                  num_samples=args.samples, temperature=1.0,
                                                  limits_N=lengths))
@@ -108,13 +108,12 @@ def main() -> None:
     raise RuntimeError("the engine did not end every completion at its forced length")
   stats = engine.last_stats
   state = engine._empty_state()
-  engine_mem = max(
-      _peak_bytes(engine._decode, params, state, key, np.float32(1.0), np.float32(1.0),
-                  np.int32(0), np.bool_(False), window=engine.windows[-1]),
-      _peak_bytes(engine._insert, params, state, prompt_BxP[:args.slots + 1],
-                  mask_BxP[:args.slots + 1], np.zeros((args.slots,), np.int32),
-                  np.zeros((args.slots,), np.int32), np.zeros((args.slots,), np.int32),
-                  np.ones((args.slots,), np.int32)))
+  zeros = np.zeros((args.slots,), np.int32)
+  engine_mem = max(  # every program the engine compiles: each window, each prefill block size
+      [_peak_bytes(engine._decode, params, state, key, np.float32(1.0), np.float32(1.0),
+                   np.int32(0), np.bool_(False), window=w) for w in engine.windows]
+      + [_peak_bytes(engine._insert, params, state, prompt_BxP[:u], mask_BxP[:u], zeros, zeros,
+                     zeros, zeros + 1) for u in engine.prefill_sizes(args.samples)])
   engine_tps = useful / engine_s
   print(f"engine:       {engine_tps:10.1f} useful tokens/s ({engine_s:.2f} s; {args.slots} slots, "
         f"{stats.decode_calls} decode calls x {args.steps_per_call} steps, {stats.insert_calls} "

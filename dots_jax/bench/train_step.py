@@ -8,6 +8,10 @@ final weights (after 1 + steps updates) is printed for both.
 
   python -m dots_jax.bench.train_step            # CPU default: D=512, 8 layers, 8/2 heads, V=32k, 8x256
   python -m dots_jax.bench.train_step --steps 3 --batch 8 --seq 256 --skip_torch
+  # long sequences at Qwen2.5's vocabulary: 20 GB of float32 logits alone without chunking
+  python -m dots_jax.bench.train_step --batch 8 --seq 4096 --vocab 151936 --hidden 128 \
+      --intermediate 512 --layers 2 --heads 4 --kv_heads 2 --remat --logits_chunk 256 \
+      --attn_chunk 512 --steps 1 --skip_torch --memory
 
 Tokens/s counts all B*T positions of the batch per step (prompt and completion, as the model processes
 them). Timings exclude compilation (JAX) and the first step (both).
@@ -33,21 +37,40 @@ from dots_jax.rl import update
 from dots_jax.rl.random_batch import random_batch
 
 
-def bench_cfg(args: argparse.Namespace) -> qwen2.Qwen2Config:
+def bench_cfg(args: argparse.Namespace, attn_chunk: int | None = None) -> qwen2.Qwen2Config:
   return model_config(args, eos_token_id=1, bos_token_id=1, dtype=args.dtype,
-                      param_dtype=args.dtype, remat=args.remat)
+                      param_dtype=args.dtype, remat=args.remat,
+                      attn_chunk=args.attn_chunk if attn_chunk is None else attn_chunk)
 
 
-def time_jax(cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace):
+def _update_parts(cfg: qwen2.Qwen2Config, args: argparse.Namespace, logits_chunk: int):
   config = base_config()
   config.rl.lr = 1e-3
   config.rl.micro_batch = args.micro_batch
+  config.rl.logits_chunk = logits_chunk
   graphdef, params = nnx.split(qwen2.init_model(cfg, 0))
-  # The update donates its state: keep a host copy of the initial weights for the torch side.
-  model = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))
   ucfg = update.UpdateConfig.from_config(config)
   opt = update.make_optimizer(config.rl, total_steps=100)
-  fn = update.make_update_fn(graphdef, opt, ucfg)
+  return graphdef, params, opt, update.make_update_fn(graphdef, opt, ucfg)
+
+
+def compiled_bytes(cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace,
+                   logits_chunk: int) -> int:
+  """Per-device bytes XLA allocates for the update program (shapes only: nothing runs)."""
+  graphdef, params, opt, fn = _update_parts(cfg, args, logits_chunk)
+  state = jax.eval_shape(lambda p: update.init_train_state(p, opt, seed=0), params)
+  rows = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()
+          if k in update.BATCH_KEYS}
+  rows[update.OLD_LOGP] = jax.ShapeDtypeStruct(batch["tokens_NxT"].shape, np.float32)
+  ma = fn.update_fn.lower(state, rows, None).compile().memory_analysis()
+  return int(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+             + ma.temp_size_in_bytes)
+
+
+def time_jax(cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace):
+  graphdef, params, opt, fn = _update_parts(cfg, args, args.logits_chunk)
+  # The update donates its state: keep a host copy of the initial weights for the torch side.
+  model = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))
   state = update.init_train_state(params, opt, seed=0)
   t0 = time.perf_counter()
   state, m = fn(state, batch)
@@ -122,6 +145,11 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--micro_batch", type=int, default=0)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--remat", action="store_true")
+  p.add_argument("--logits_chunk", type=int, default=0, help="rl.logits_chunk (0 = off)")
+  p.add_argument("--attn_chunk", type=int, default=0, help="model.attn_chunk (0 = off)")
+  p.add_argument("--memory", action="store_true",
+                 help="also print the update program's compiled bytes, with these chunks and "
+                      "without any (the latter compiled only)")
   p.add_argument("--skip_torch", action="store_true")
   args = p.parse_args(argv)
 
@@ -133,7 +161,14 @@ def main(argv: list[str] | None = None) -> None:
   batch["loss_mask_NxT"][:, prompt:] = 1
   ntok = args.batch * args.seq
   print(f"model: {cfg.num_params() / 1e6:.1f}M params, batch {args.batch}x{args.seq}, "
-        f"{args.dtype}, backend {jax.default_backend()}, {jax.device_count()} device(s)")
+        f"{args.dtype}, backend {jax.default_backend()}, {jax.device_count()} device(s), "
+        f"logits chunk {args.logits_chunk or 'off'}, attention blocks {args.attn_chunk or 'off'}")
+  if args.memory:
+    ours = compiled_bytes(cfg, batch, args, args.logits_chunk)
+    full = compiled_bytes(bench_cfg(args, attn_chunk=0), batch, args, 0)
+    print(f"update program: {ours / 2**30:.2f} GiB with these chunks, {full / 2**30:.2f} GiB "
+          f"without (full [B, T, V] logits and [B, heads, T, T] scores); machine memory "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", flush=True)
   model, jloss, compile_s, jt = time_jax(cfg, batch, args)
   jax_tps = ntok / np.median(jt)
   print(f"jax  : compile+first {compile_s:.1f}s, step {np.median(jt):.2f}s (median of {len(jt)}), "

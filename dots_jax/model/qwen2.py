@@ -9,8 +9,9 @@ N query heads, K key/value heads, G = N // K queries per KV head, V vocabulary, 
 Masking contract (left padding, explicit positions):
   * `positions_BxT` are the RoPE positions of the query tokens (callers use `positions_from_mask`).
   * `kv_mask_BxS` says which key slots hold real tokens. Without a cache S == T and it is the token
-    mask of the input. With a cache (`init_cache`: per layer [B, S, K, H]) it covers all S cache
-    slots, including the T being written now.
+    mask of the input. With a cache (`init_cache`: per layer [B, C, K, H]) it covers the first S
+    cache slots (S <= C; usually all of them), including the T being written now; slots past S are
+    not attended.
   * Causality is by slot index: query t (written at slot `cache_index + t`) sees slots <= its own.
     `cache_index` is one int for the batch, or an int per row (the slot engine's rows are at
     different lengths).
@@ -255,17 +256,19 @@ class Attention(nnx.Module):
           k_cache_BxSxKxH, k_BxTxKxH.astype(k_cache_BxSxKxH.dtype), cache_index, axis=1)
       v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
           v_cache_BxSxKxH, v_BxTxKxH.astype(v_cache_BxSxKxH.dtype), cache_index, axis=1)
-    s = k_BxSxKxH.shape[1]
+    # Keys beyond the mask's length are not attended (the slot engine's cache windows): only the
+    # first S cache slots are read, whatever the cache's size.
+    s = kv_mask_BxS.shape[1]
+    k_att, v_att = k_BxSxKxH[:, :s], v_BxSxKxH[:, :s]
 
     q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, kh, g, h)
     q_slot_BxT = start_B[:, None] + jnp.arange(t)[None, :]
     causal_BxTxS = jnp.arange(s)[None, None, :] <= q_slot_BxT[:, :, None]
     allowed_BxTxS = causal_BxTxS & kv_mask_BxS[:, None, :].astype(bool)
     if cfg.attn_chunk and t > cfg.attn_chunk:
-      out_BxTxKxGxH = _attend_chunked(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, allowed_BxTxS,
-                                      cfg.attn_chunk)
+      out_BxTxKxGxH = _attend_chunked(q_BxTxKxGxH, k_att, v_att, allowed_BxTxS, cfg.attn_chunk)
     else:
-      out_BxTxKxGxH = _attend(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, allowed_BxTxS)
+      out_BxTxKxGxH = _attend(q_BxTxKxGxH, k_att, v_att, allowed_BxTxS)
     out = self.o_proj(out_BxTxKxGxH.reshape(b, t, n * h).astype(x_BxTxD.dtype))
     return out, k_BxSxKxH, v_BxSxKxH
 

@@ -80,7 +80,7 @@ class Engine:
 
   def __init__(self, graphdef: nnx.GraphDef, cfg: Qwen2Config, *, slots: int, max_prompt_len: int,
                max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, steps_per_call: int = 8,
-               windows: int = 4, prefill_prompts: int = 0, mesh: Mesh | None = None):
+               windows: int = 4, mesh: Mesh | None = None):
     if slots < 1 or steps_per_call < 1 or windows < 1:
       raise ValueError(f"slots ({slots}), steps_per_call ({steps_per_call}) and windows "
                        f"({windows}) must be >= 1")
@@ -97,9 +97,6 @@ class Engine:
     total = max_prompt_len + max_new_tokens
     self.windows = tuple(sorted({min(total, max_prompt_len + -(-max_new_tokens * (i + 1) // windows))
                                  for i in range(windows)}))
-    # Completions per insert: a block of up to `slots` waiting rows, its prompts prefilled together.
-    self.block = slots
-    self.prefill_prompts = prefill_prompts or slots
     self.trace_count = 0
     self.last_stats: EngineStats | None = None
     self.mesh = mesh
@@ -202,26 +199,32 @@ class Engine:
       logits_SxV = model.logits_from_hidden(h_Sx1xD)[:, 0]
       return cache.ks, cache.vs, logits_SxV, t_next, alive_next, tokens_SxR, logp_SxR
 
-    carry = (tuple(k[:, :window] for k in state["k"]), tuple(v[:, :window] for v in state["v"]),
-             state["logits"], state["t"], state["alive"], state["tokens"], state["logp"])
+    # The whole cache is carried (updated in place); attention reads its first `window` slots,
+    # the length of the mask.
+    carry = (state["k"], state["v"], state["logits"], state["t"], state["alive"], state["tokens"],
+             state["logp"])
     ks, vs, logits, t, alive, tokens, logp = jax.lax.fori_loop(0, self.steps, step, carry)
     state = dict(state)
-    state["k"] = tuple(jax.lax.dynamic_update_slice_in_dim(full, w, 0, axis=1)
-                       for full, w in zip(state["k"], ks))
-    state["v"] = tuple(jax.lax.dynamic_update_slice_in_dim(full, w, 0, axis=1)
-                       for full, w in zip(state["v"], vs))
+    state["k"], state["v"] = ks, vs
     state.update(logits=logits, t=t, alive=alive, tokens=tokens, logp=logp)
     return state
 
-  def warmup(self, params: nnx.State, prompt_len: int) -> None:
-    """Compiles the insert program for prompts of `prompt_len` and every decode window now (a
-    run's first rollouts then time generation, not compilation)."""
+  def prefill_sizes(self, num_samples: int) -> tuple[int, ...]:
+    """Prompt-block sizes of the insert program: powers of two up to what the slots can take
+    (a block of consecutive completions spans at most slots / G + 1 prompts)."""
+    most = -(-self.slots // num_samples) + 1
+    sizes = {min(2 ** i, most) for i in range(most.bit_length() + 1)}
+    return tuple(sorted(sizes))
+
+  def warmup(self, params: nnx.State, prompt_len: int, num_samples: int) -> None:
+    """Compiles the insert programs for prompts of `prompt_len` (G = `num_samples`) and every
+    decode window now (a run's first rollouts then time generation, not compilation)."""
     state = self._empty_state()
-    u = min(self.prefill_prompts, self.block) + 1
-    zeros = np.zeros((self.block,), np.int32)
-    state = self._insert(params, state, np.ones((u, prompt_len), np.int32),
-                         np.ones((u, prompt_len), np.int32), np.full_like(zeros, self.slots),
-                         zeros, zeros, zeros + 1)
+    zeros = np.zeros((self.slots,), np.int32)
+    for u in self.prefill_sizes(num_samples):
+      state = self._insert(params, state, np.ones((u, prompt_len), np.int32),
+                           np.ones((u, prompt_len), np.int32), np.full_like(zeros, self.slots),
+                           zeros, zeros, zeros + 1)
     for window in self.windows:
       state = self._decode(params, state, jax.random.key(0), np.float32(1.0), np.float32(1.0),
                            np.int32(0), np.bool_(False), window=window)
@@ -273,17 +276,15 @@ class Engine:
     state = self._empty_state()
     decode_calls = insert_calls = slot_steps = 0
     windows = []
-    m_block = self.block
-    u_block = min(self.prefill_prompts, m_block) + 1
+    m_block = self.slots
+    sizes = self.prefill_sizes(g)
     while waiting or (occupant >= 0).any():
       if waiting and free:
-        take = []
-        while waiting and len(take) < min(len(free), m_block):
-          take.append(waiting.popleft())
+        # Every free slot takes the next waiting completion; their prompts are prefilled once,
+        # in a block of the smallest size that holds them (padding rows are prefilled too).
+        take = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
         prompts = list(dict.fromkeys(r // g for r in take))
-        while len(prompts) > u_block - 1 and len(take) > 1:  # keep the prefill block bounded
-          waiting.appendleft(take.pop())
-          prompts = list(dict.fromkeys(r // g for r in take))
+        u_block = next(u for u in sizes if u >= len(prompts))
         uniq = {q: i for i, q in enumerate(prompts)}
         slot_M = np.full((m_block,), self.slots, np.int32)
         src_M = np.zeros((m_block,), np.int32)

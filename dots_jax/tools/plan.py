@@ -27,7 +27,7 @@ from dots_jax.methods import get_method
 from dots_jax.model import hf_io, qwen2, sharding, variants
 from dots_jax.rl import replay, update
 from dots_jax.rollout import EngineSettings
-from dots_jax.sampling.engine import slot_cache_bytes
+from dots_jax.sampling.engine import Engine, slot_cache_bytes
 from dots_jax.startup import validate_config
 from dots_jax.tiny.base import tiny_model_config
 from dots_jax.tiny.tokenizer import make_char_tokenizer
@@ -196,6 +196,31 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   return weights + batch + kept + max(layer_transient, 3 * logits)
 
 
+def rollout_engine(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config, graphdef: Any,
+                   mesh: Any) -> Engine | None:
+  """The slot engine the training rollouts would use on `mesh` (None: the static batch)."""
+  dp = sharding.data_parallel_size(mesh)
+  prompt, new = max(config.data.prompt_buckets), config.sampling.max_new_tokens
+  settings = EngineSettings.from_config(config)
+  slots = settings.slots_for(cfg, prompt, new, dp)
+  if not slots:
+    return None
+  return Engine(graphdef, cfg, slots=slots, max_prompt_len=prompt, max_new_tokens=new,
+                eos_ids=(0,), pad_id=0, steps_per_call=settings.steps_per_call,
+                windows=settings.windows, mesh=mesh)
+
+
+def rollout_estimate(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], engine: Engine) -> int:
+  """Per-device bytes of a decode program: params, the slots' KV cache and per-slot state, and
+  the float32 logits (the state's, the step's and the sampling pass's)."""
+  dp = sharding.data_parallel_size(sizes)
+  rows = engine.slots // dp
+  kv = slot_cache_bytes(cfg, rows, engine.max_prompt_len, engine.max_new_tokens)
+  logits = 3 * rows * (cfg.vocab_size // sizes["tensor"]) * 4
+  outputs = 2 * rows * engine.max_new_tokens * 4  # tokens and log-probs
+  return plan(cfg, sizes, batch=1, seq=1)["params"] + kv + logits + outputs
+
+
 def _update_rows(config: ml_collections.ConfigDict, dp: int) -> int:
   """Rows of one step's update batch: every group of the step, padded to the data shards."""
   return -(-config.rl.batch_questions * config.sampling.group_size // dp) * dp
@@ -226,7 +251,8 @@ def update_config(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
 
 def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                       sizes: Mapping[str, int], seq: int) -> dict[str, dict[str, int]]:
-  """Lowers and compiles pi_old and the update step with shapes only on a mesh of `sizes` and
+  """Lowers and compiles pi_old, the update step and (with the slot engine) the rollout decode
+  program with shapes only on a mesh of `sizes` and
   returns, per program, the per-device bytes of `memory_analysis()` (arguments + outputs - aliased
   + temporaries) beside `update_estimate`. Needs that many devices: `dots_jax.main` gives a CPU dry
   run host-platform devices (--xla_force_host_platform_device_count) when plan_compile is set."""
@@ -256,12 +282,21 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
            for k, dt in dtypes.items()}
   lowered = {"pi_old": fns.old_logp_fn.lower(params, batch["tokens_NxT"], batch["mask_NxT"]),
              "update": fns.update_fn.lower(state, batch, None)}
+  estimates = {name: update_estimate(config, cfg, sizes, seq, grad=name == "update")
+               for name in lowered}
+  engine = rollout_engine(config, cfg, graphdef, mesh)
+  if engine is not None:  # the slot engine's decode program over its largest cache window
+    engine_state = jax.tree.map(attach, jax.eval_shape(engine._empty_arrays), engine._state_sh)
+    lowered["rollout"] = engine._decode.lower(
+        params, engine_state, jax.random.key(0), np.float32(1.0), np.float32(1.0), np.int32(0),
+        np.bool_(False), window=engine.windows[-1])
+    estimates["rollout"] = rollout_estimate(cfg, sizes, engine)
   out = {}
   for name, low in lowered.items():
     ma = low.compile().memory_analysis()
     compiled = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
                 + ma.temp_size_in_bytes)
-    est = update_estimate(config, cfg, sizes, seq, grad=name == "update")
+    est = estimates[name]
     out[name] = {"compiled": int(compiled), "estimated": int(est),
                  "temp": int(ma.temp_size_in_bytes), "arguments": int(ma.argument_size_in_bytes)}
     _log(f"program    {name}: {compiled / 2**30:.2f} GiB compiled (temporaries "
