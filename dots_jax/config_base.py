@@ -16,6 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
   # With dry_run: also compile pi_old and the update step ahead of time on the configured mesh
   # (simulated on CPU) and print each program's compiled per-device bytes beside the estimate.
   c.plan_compile = False
+  # With dry_run: the accelerator's memory per device in GiB (e.g. 80 for an H100, 95 for a v5p
+  # chip); > 0 prints whether the planned programs fit it. 0: no verdict.
+  c.plan_device_gib = 0.0
   # Resume a workdir whose config.json differs in more than dots_jax.workdir.RESUMABLE_CHANGES.
   c.allow_config_change = False
 

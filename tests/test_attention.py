@@ -61,3 +61,15 @@ def test_blocked_attention_keeps_one_block_of_scores():
   full, blocked = temp_bytes(cfg), temp_bytes(dataclasses.replace(cfg, attn_chunk=32))
   scores = 2 * cfg.num_attention_heads * t * t * 4
   assert full > scores and blocked < full - scores // 2
+
+
+@pytest.mark.parametrize("policy", ["dots_saveable", "everything_saveable"])
+def test_remat_policies_give_the_same_gradients(policy):
+  """model.remat_policy chooses what a layer keeps for its backward pass, not what it computes."""
+  ref_logp, ref_grads = _loss_and_grad(dataclasses.replace(CFG, remat=False))
+  logp, grads = _loss_and_grad(dataclasses.replace(CFG, remat=True, remat_policy=policy))
+  np.testing.assert_allclose(logp, ref_logp, atol=1e-6, rtol=0)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b))
+  with pytest.raises(ValueError, match="remat_policy='no_such_policy'"):
+    qwen2.remat_policy("no_such_policy")

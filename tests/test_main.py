@@ -132,6 +132,26 @@ def test_dry_run_plans_real_models_on_cpu(name, capsys):
   assert "per device" in out and "dots_rr (replay on)" in out
 
 
+@pytest.mark.parametrize("name,mesh,device_gib", [
+    ("qwen1p5b_math", dict(data=8, fsdp=1), 80), ("qwen7b", dict(data=1, fsdp=8), 141),
+    ("qwen7b", dict(data=1, fsdp=32), 95)])
+def test_reference_configs_fit_their_devices(name, mesh, device_gib, capsys):
+  """The shipped slot and micro-batch settings fit the devices the README names (the planner's
+  estimate per device); a device too small for the rollout's KV cache is refused in the verdict."""
+  c = load_config(name, "method=dots_rr")
+  c.dry_run, c.plan_device_gib = True, device_gib
+  c.mesh.update(tensor=1, **mesh)
+  plan = train.train_and_evaluate(c, "")
+  out = capsys.readouterr().out
+  assert f"fits a {device_gib} GiB device" in out, out
+  assert plan["estimated_peak"] <= device_gib * 2**30
+  # Peak memory no longer grows with the step's rows: the slots bound the KV cache.
+  assert plan["memory"]["rollout_kv_cache"] <= c.sampling.kv_budget_gib * 2**30
+  c.plan_device_gib = plan["estimated_peak"] / 2**30 * 0.9
+  train.train_and_evaluate(c, "")
+  assert "does NOT fit" in capsys.readouterr().out
+
+
 def test_reference_settings_match_dots_script():
   c = load_config("qwen1p5b_math")
   assert (c.rl.batch_questions, c.sampling.group_size, c.rl.lr, c.rl.schedule) == (512, 8, 1e-6,

@@ -83,3 +83,22 @@ def test_compiled_plan_includes_the_rollout_program():
   out = plan.compiled_programs(c, cfg, {"data": 2, "fsdp": 1, "tensor": 1}, seq=24)
   ratio = out["rollout"]["estimated"] / out["rollout"]["compiled"]
   assert 0.5 <= ratio <= 2.0, out["rollout"]
+
+
+def test_micro_batch_from_a_memory_budget():
+  """rl.micro_batch = 0 with rl.memory_budget_gib: the largest micro-batch (dividing the
+  mini-batch, a multiple of the data shards) whose estimate fits; a budget below one row per shard
+  is one ConfigError naming the flag."""
+  from dots_jax.config_common import ConfigError
+  from dots_jax.tools import plan
+  c = load_config("qwen1p5b_math", "")
+  cfg, _ = plan.policy_shape(c)
+  sizes = {"data": 8, "fsdp": 1, "tensor": 1}
+  seq = max(c.data.prompt_buckets) + c.sampling.max_new_tokens
+  c.rl.micro_batch = 0
+  estimate = lambda m: plan.update_estimate(c, cfg, sizes, seq, grad=True, micro_batch=m)
+  c.rl.memory_budget_gib = (estimate(64) + estimate(128)) / 2 / 2**30  # 64 fits, 128 does not
+  assert plan.update_config(c, cfg, sizes, seq).micro_batch == 64
+  c.rl.memory_budget_gib = estimate(8) * 0.99 / 2**30
+  with pytest.raises(ConfigError, match="rl.memory_budget_gib"):
+    plan.update_config(c, cfg, sizes, seq)

@@ -2,8 +2,9 @@
 main job's dry run (`dry_run(config)`, `--config.dry_run=True`), which prints it for a config.
 
 Numbers come from the real sharding rules applied to the abstract (shape-only) model, so they are
-the bytes each device holds, not an estimate divided by the device count. Activations and XLA
-temporaries are not included (they depend on micro-batching and rematerialisation).
+the bytes each device holds, not an estimate divided by the device count. `plan` counts the state
+(params, AdamW, grads, a KV cache); `update_estimate` adds a program's activations, logits chunks
+and all-gathered layers; `compiled_programs` sets XLA's own figures beside them (docs/MEMORY.md).
 
   python -m dots_jax.tools.plan --variant=7B --mesh=data:1,fsdp:8,tensor:1 --batch=64 --seq=2048
 """
@@ -112,8 +113,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
        f"layers, compute {cfg.dtype}, params {cfg.param_dtype}, remat {cfg.remat}")
   _log(f"mesh       {sizes} = {math.prod(sizes.values())} devices ({dp} data-parallel shards)")
   _log(f"per device params {gib(mem['params'])} + AdamW {gib(mem['adam'])} + grads "
-       f"{gib(mem['grads'])} + KV cache {gib(mem['kv_cache'])} (rollout of {rows} sequences x "
-       f"{seq} slots) = {gib(mem['total'])} (activations not included)")
+       f"{gib(mem['grads'])} = {gib(mem['params'] + mem['adam'] + mem['grads'])} (the rollout's "
+       "KV cache and the update's activations: below)")
   settings = EngineSettings.from_config(config)
   slots = settings.slots_for(cfg, max(config.data.prompt_buckets), config.sampling.max_new_tokens,
                              dp)
@@ -147,11 +148,27 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
        f"checkpoint every {config.ckpt.every}")
   out = {"mesh": sizes, "memory": mem, "steps": config.total_steps, "rows_per_step": rows,
          "step_structure": {k: v for k, v in structure.items() if k != "lines"}}
+  resident = mem["params"] + mem["adam"]  # held across the step; grads live inside the update
+  estimates = {"rollout": resident + mem.get("rollout_kv_cache", mem["kv_cache"]),
+               "update": update_estimate(config, cfg, sizes, seq, grad=True)}
+  out["estimated_peak"] = max(estimates.values())
+  if config.plan_device_gib > 0:
+    _log(fit_verdict(estimates, config.plan_device_gib))
   if config.plan_compile:
     out["programs"] = compiled_programs(config, cfg, sizes, seq)
     peak = max(out["programs"].values(), key=lambda p: p["compiled"])
     _log(f"peak per device: {gib(peak['compiled'])} compiled, {gib(peak['estimated'])} estimated")
   return out
+
+
+def fit_verdict(estimates: Mapping[str, int], device_gib: float) -> str:
+  """One line: whether each phase's estimated per-device bytes (the rollout holds params, AdamW
+  and its KV cache; the update its own estimate) fit a device of `device_gib` GiB."""
+  peak_name, peak = max(estimates.items(), key=lambda kv: kv[1])
+  parts = ", ".join(f"{name} {b / 2**30:.2f} GiB" for name, b in estimates.items())
+  ok = peak <= device_gib * 2**30
+  return (f"fit        {'fits' if ok else 'does NOT fit'} a {device_gib:g} GiB device: {parts} "
+          f"(peak: {peak_name}, {100 * peak / (device_gib * 2**30):.0f}% of the device)")
 
 
 def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
@@ -164,7 +181,8 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   q/k/v and attention output, MLP gate/up/activation/product, and the float32 attention scores,
   probabilities and their masked copy unless queries are blocked), and at the peak the larger of
   two transients that do not live together: one layer's recomputation/gradient (with its attention
-  block's scores) and the vocabulary projection of one logits chunk (float32 logits, their
+  block's scores and, under fsdp, its all-gathered weights and full gradient) and the vocabulary
+  projection of one logits chunk (float32 logits, their
   log-softmax and its gradient; one copy without a backward pass). `micro_batch` overrides the
   config's (the budget search below tries candidates)."""
   mem = plan(cfg, sizes, batch=1, seq=1)
@@ -189,11 +207,18 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   chunk = min(config.rl.logits_chunk or seq, seq)
   logits = r * chunk * (cfg.vocab_size // tp) * 4
   batch = r * seq * (4 * 4)  # tokens, masks, behaviour / old log-probs of the micro-batch
+  # Sharded over fsdp, a layer's weights are all-gathered before use (in the param dtype, then
+  # cast to compute) and, with a backward, its full gradient exists before the reduce-scatter.
+  layer_elems = (cfg.num_params() - 2 * cfg.vocab_size * cfg.hidden_size) // cfg.num_hidden_layers
+  gathered = 0
+  if sizes["fsdp"] > 1:
+    gathered = layer_elems // tp * (np.dtype(cfg.param_dtype).itemsize + act
+                                    + (np.dtype(cfg.param_dtype).itemsize if grad else 0))
   if not grad:  # no backward: one layer or one logits chunk at a time
-    return weights + batch + tokens * d * act + max(layer_transient, logits)
+    return weights + batch + tokens * d * act + max(layer_transient + gathered, logits)
   kept = (cfg.num_hidden_layers * tokens * d * act if cfg.remat
           else cfg.num_hidden_layers * layer_kept)
-  return weights + batch + kept + max(layer_transient, 3 * logits)
+  return weights + batch + kept + max(layer_transient + gathered, 3 * logits)
 
 
 def rollout_engine(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config, graphdef: Any,
