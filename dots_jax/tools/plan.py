@@ -209,7 +209,8 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   batch = r * seq * (4 * 4)  # tokens, masks, behaviour / old log-probs of the micro-batch
   # Sharded over fsdp, a layer's weights are all-gathered before use (in the param dtype, then
   # cast to compute) and, with a backward, its full gradient exists before the reduce-scatter.
-  layer_elems = (cfg.num_params() - 2 * cfg.vocab_size * cfg.hidden_size) // cfg.num_hidden_layers
+  embeddings = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+  layer_elems = (cfg.num_params() - embeddings - cfg.hidden_size) // cfg.num_hidden_layers
   gathered = 0
   if sizes["fsdp"] > 1:
     gathered = layer_elems // tp * (np.dtype(cfg.param_dtype).itemsize + act
