@@ -75,15 +75,19 @@ class Qwen2Config:
       return (self.eos_token_id,)
     return tuple(self.eos_token_id)
 
-  def num_params(self) -> int:
-    d, f, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
+  @property
+  def params_per_layer(self) -> int:
+    """Parameters of one decoder layer (attention with biases, MLP, two norms)."""
+    d, f = self.hidden_size, self.intermediate_size
     kv = self.num_key_value_heads * self.head_dim
     q = self.num_attention_heads * self.head_dim
     attn = d * q + q + 2 * (d * kv + kv) + q * d
-    mlp = 3 * d * f
-    per_layer = attn + mlp + 2 * d
+    return attn + 3 * d * f + 2 * d
+
+  def num_params(self) -> int:
+    d, v = self.hidden_size, self.vocab_size
     head = 0 if self.tie_word_embeddings else v * d
-    return v * d + l * per_layer + d + head
+    return v * d + self.num_hidden_layers * self.params_per_layer + d + head
 
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **runtime: Any) -> "Qwen2Config":

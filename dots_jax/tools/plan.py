@@ -137,11 +137,12 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     _log(f"step       {line}")
   ucfg = update_config(config, cfg, sizes, seq)
   mb, micro, n_micro = ucfg.split(_update_rows(config, dp))
+  update_bytes = update_estimate(config, cfg, sizes, seq, grad=True)
   _log(f"update     mini-batch {mb} rows = {n_micro} micro-batches of {micro} rows"
        f"{' (from rl.memory_budget_gib=' + str(config.rl.memory_budget_gib) + ')' if config.rl.memory_budget_gib and not config.rl.micro_batch else ''}"
        f"; attention blocks of {cfg.attn_chunk or seq} queries; logits chunks of "
        f"{config.rl.logits_chunk or seq} positions; remat {cfg.remat_policy if cfg.remat else 'off'}; "
-       f"estimated {gib(update_estimate(config, cfg, sizes, seq, grad=True))} per device")
+       f"estimated {gib(update_bytes)} per device")
   _log(f"steps      {config.total_steps} x {config.rl.batch_questions} questions x G={g} = "
        f"{config.total_steps * rows:,} training rollouts (selection may add more)")
   _log(f"eval       every {config.eval.every} steps on {', '.join(config.data.eval_sets)}; "
@@ -150,7 +151,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
          "step_structure": {k: v for k, v in structure.items() if k != "lines"}}
   resident = mem["params"] + mem["adam"]  # held across the step; grads live inside the update
   estimates = {"rollout": resident + mem.get("rollout_kv_cache", mem["kv_cache"]),
-               "update": update_estimate(config, cfg, sizes, seq, grad=True)}
+               "update": update_bytes}
   out["estimated_peak"] = max(estimates.values())
   if config.plan_device_gib > 0:
     _log(fit_verdict(estimates, config.plan_device_gib))
@@ -182,9 +183,9 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   probabilities and their masked copy unless queries are blocked), and at the peak the larger of
   two transients that do not live together: one layer's recomputation/gradient (with its attention
   block's scores and, under fsdp, its all-gathered weights and full gradient) and the vocabulary
-  projection of one logits chunk (float32 logits, their
-  log-softmax and its gradient; one copy without a backward pass). `micro_batch` overrides the
-  config's (the budget search below tries candidates)."""
+  projection of one logits chunk (float32 logits, their log-softmax and its gradient; one copy
+  without a backward pass). `micro_batch` overrides the config's (the budget search below tries
+  candidates)."""
   mem = plan(cfg, sizes, batch=1, seq=1)
   weights = mem["params"] + (mem["adam"] + mem["grads"] if grad else 0)
   dp = sharding.data_parallel_size(sizes)
@@ -209,11 +210,9 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   batch = r * seq * (4 * 4)  # tokens, masks, behaviour / old log-probs of the micro-batch
   # Sharded over fsdp, a layer's weights are all-gathered before use (in the param dtype, then
   # cast to compute) and, with a backward, its full gradient exists before the reduce-scatter.
-  embeddings = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
-  layer_elems = (cfg.num_params() - embeddings - cfg.hidden_size) // cfg.num_hidden_layers
   gathered = 0
   if sizes["fsdp"] > 1:
-    gathered = layer_elems // tp * (np.dtype(cfg.param_dtype).itemsize + act
+    gathered = cfg.params_per_layer // tp * (np.dtype(cfg.param_dtype).itemsize + act
                                     + (np.dtype(cfg.param_dtype).itemsize if grad else 0))
   if not grad:  # no backward: one layer or one logits chunk at a time
     return weights + batch + tokens * d * act + max(layer_transient + gathered, logits)
