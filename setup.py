@@ -32,9 +32,13 @@ setup(
         "plots": ["matplotlib>=3.8"],
         # Weights & Biases logging (config.log.wandb_project).
         "wandb": ["wandb>=0.17"],
+        # gs:// workdirs and model paths (etils.epath over gcsfs; orbax writes arrays through
+        # tensorstore's own GCS driver).
+        "gcs": ["gcsfs>=2024.2"],
         # torch is pinned exactly: 2.13.0 CPU installs from a local file on the dev/CI machines,
         # any other spec pulls a multi-GB CUDA build. Only the parity tests and benchmarks need it.
+        # gcp-storage-emulator: a local bucket server for the gs:// tests.
         "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scipy>=1.11",
-                 "matplotlib>=3.8"],
+                 "matplotlib>=3.8", "gcsfs>=2024.2", "gcp-storage-emulator>=2024.8"],
     },
 )

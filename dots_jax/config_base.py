@@ -10,7 +10,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.method = "grpo"  # grpo | dots | dots_rr | greso | ds | mopps | dots_rr_greso (dots_jax.selection)
+  c.method = "grpo"  # grpo | dots | dots_rr | greso | ds | mopps | dots_rr_greso | oracle (dots_jax.methods)
   c.total_steps = 100
   c.dry_run = False  # build with shapes only and print the plan
   # With dry_run: also compile pi_old and the update step ahead of time on the configured mesh
@@ -72,12 +72,13 @@ def base_config() -> ml_collections.ConfigDict:
   # init_std ~ 1/sqrt(hidden_size): Qwen's 0.02 is made for d >= 896 and slows SFT of a width-128
   # model; rope_theta 1e4 resolves positions in short sequences better than Qwen's 1e6
   # (docs/TESTBED.md). sft_carry_drop: probability that an SFT demonstration drops each carry/borrow
-  # (dots_jax.data.synthetic.noisy_result), so the base executes the carry skill unreliably.
+  # (dots_jax.data.synthetic.noisy_result), so the base executes the carry skill unreliably;
+  # sft_borrow_drop, when >= 0, sets the borrow's rate apart (subtraction a second skill of its own).
   c.tiny = ml_collections.ConfigDict(dict(
       hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, mlp_ratio=4, max_positions=256,
       rope_theta=10_000.0, init_std=0.088,
       sft_steps=1200, sft_schedule_steps=1200, sft_batch=128, sft_lr=2e-3, sft_warmup=50, seed=0,
-      sft_carry_drop=0.0, cache_dir=""))
+      sft_carry_drop=0.0, sft_borrow_drop=-1.0, cache_dir=""))
 
   # Rollouts (dots_jax.sampling).
   c.sampling = ml_collections.ConfigDict()

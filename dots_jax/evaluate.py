@@ -15,18 +15,17 @@ CLI: python -m dots_jax.evaluate --config=configs/tiny.py --config.model.path=DI
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
+from dots_jax import fs
 from dots_jax.data.dataset import QuestionSet, load_dataset
-from dots_jax.data.prompts import build_prompts
+from dots_jax.data.prompts import PromptTable, build_prompts
 from dots_jax.data.sources import DOTS_AVERAGE_SETS
 from dots_jax.exact import ExactFn, exact_logprob_fn, target_tokens
 from dots_jax.model.hf_io import load_policy, load_tokenizer
@@ -117,17 +116,9 @@ def reward_kind(set_name: str) -> str:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Atomic write: a reader never sees a half-written file, and a failure keeps the old one."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  """Atomic write (local or remote): a reader never sees a half-written file, and a failure keeps
+  the old one."""
+  fs.write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 class Evaluator:
@@ -290,10 +281,53 @@ class PolicyEval:
     flat["eval/stderr"] = float(first["stderr"])
     flat["eval/seconds"] = float(report["seconds"])
     if self.pass_rates_dir and c.eval.exact and jax.process_index() == 0:
-      os.makedirs(self.pass_rates_dir, exist_ok=True)
-      np.savez(os.path.join(self.pass_rates_dir, f"{step}.npz"),
-               **{k: v.astype(np.float32) for k, v in self.evaluator.pass_rates.items()})
+      fs.save_npz(fs.join(self.pass_rates_dir, f"{step}.npz"),
+                  **{k: v.astype(np.float32) for k, v in self.evaluator.pass_rates.items()})
     return flat
+
+
+class PoolPassRates:
+  """Exact pass rates of training-pool questions (`PromptTable` indices) under given params, for a
+  training set whose reward accepts one completion (the synthetic sets) and config.eval.exact. The
+  loop hands `at(params)` to the driver: it measures a strategy's predictions on the trained batch
+  against the truth, and the oracle source selects with it. Scoring runs in calls of
+  rl.batch_questions rows (one compiled shape; the trained batch is one call)."""
+
+  def __init__(self, config: Any, tokenizer: Any, prompts: PromptTable, graphdef: Any,
+               mesh: Any = None):
+    golds = [prompts.question(i).answer for i in range(len(prompts))]
+    self.targets = exact_targets(config.data.train, golds, tokenizer)
+    self.prompts = prompts.tokens
+    self.graphdef, self.mesh = graphdef, mesh
+    self.length = max(config.data.prompt_buckets) + config.sampling.max_new_tokens
+    self.rows = int(config.rl.batch_questions)
+
+  @classmethod
+  def for_config(cls, config: Any, tokenizer: Any, prompts: PromptTable, graphdef: Any,
+                 mesh: Any = None, *, required: bool = False) -> "PoolPassRates | None":
+    """The scorer where the training task has exact pass rates, else None (`required`: raise a
+    ConfigError naming the settings instead)."""
+    if config.eval.exact and reward_kind(config.data.train) == "reversed_digits":
+      return cls(config, tokenizer, prompts, graphdef, mesh)
+    if required:
+      raise ConfigError(f"config.method={config.method!r} selects with exact pass rates: it needs "
+                        f"config.eval.exact=True and a synthetic training set (data.train="
+                        f"{config.data.train!r}, eval.exact={config.eval.exact})")
+    return None
+
+  def at(self, params: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """indices -> float64 pass rates under `params`."""
+    exact = exact_logprob_fn(self.graphdef, params, length=self.length, batch=self.rows,
+                             mesh=self.mesh)
+
+    def rates(indices: np.ndarray) -> np.ndarray:
+      idx = [int(i) for i in np.asarray(indices).ravel()]
+      logp = [np.asarray(exact([self.prompts[i] for i in idx[s:s + self.rows]],
+                               [self.targets[i] for i in idx[s:s + self.rows]]), np.float64)
+              for s in range(0, len(idx), self.rows)]
+      return np.exp(np.concatenate(logp)) if logp else np.zeros((0,), np.float64)
+
+    return rates
 
 
 def evaluate_checkpoint(config: Any, path: str = "") -> dict:
@@ -317,7 +351,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, config: Any = None) 
   config = config or trained.config
   report = evaluate_params(config, trained.qcfg, trained.graphdef, trained.params,
                            load_tokenizer(trained.tokenizer_dir), mesh)
-  report.update(workdir=os.path.abspath(workdir), step=trained.step)
+  report.update(workdir=fs.absolute(workdir), step=trained.step)
   return report
 
 
@@ -337,7 +371,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     if _WORKDIR.value:
       report = evaluate_workdir(_WORKDIR.value, _STEP.value, config)
-      out = os.path.join(_WORKDIR.value, f"eval_step_{report['step']}.json")
+      out = fs.join(_WORKDIR.value, f"eval_step_{report['step']}.json")
     elif config is None:
       raise ConfigError("pass --config=<config file> (and --config.model.path) or --workdir=<run>")
     else:

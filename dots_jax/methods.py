@@ -2,7 +2,9 @@
 
 A method is three independent switches:
   * source: where candidate questions come from: "stream" (a seeded epoch-by-epoch shuffle, the
-    reference trainers' dataloader) or "dots" (difficulty-targeted sampling, `selection.dots`);
+    reference trainers' dataloader), "dots" (difficulty-targeted sampling, `selection.dots`) or
+    "oracle" (the same sampling from exact pass rates instead of the estimator: a diagnostic upper
+    bound for synthetic tasks, not a paper's method);
   * filter: what happens around the rollout: "none" (train on every group), "ds" (dynamic sampling:
     drop zero-variance groups after rollout, roll out more), "greso" (skip predicted zero-variance
     questions before rollout, then as "ds"), "mopps" (Thompson-sampled pass rates pick the batch);
@@ -17,7 +19,7 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  source: str  # "stream" | "dots"
+  source: str  # "stream" | "dots" | "oracle"
   filter: str  # "none" | "ds" | "greso" | "mopps"
   replay: bool
 
@@ -31,6 +33,8 @@ METHODS: dict[str, Method] = {
     "dots_rr": Method("dots", "none", True),  # DOTS + rollout replay
     "dots_greso": Method("dots", "greso", False),
     "dots_rr_greso": Method("dots", "greso", True),
+    "oracle": Method("oracle", "none", False),  # DOTS's rule with a perfect estimator
+    "oracle_rr": Method("oracle", "none", True),
 }
 
 

@@ -10,7 +10,6 @@ writes logs and checkpoint metadata.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from dots_jax import evaluate
+from dots_jax import evaluate, fs
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.prompts import PromptTable
 from dots_jax.difficulty.offline import dots_inputs
@@ -76,7 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   evaluator = evaluate.Evaluator(config, tokenizer)
   held_out = evaluate.PolicyEval(
       config, evaluator, evaluate.eval_generator(config, qcfg, graphdef, tokenizer, mesh), graphdef,
-      mesh, pass_rates_dir=os.path.join(workdir, "pass_rates"))
+      mesh, pass_rates_dir=fs.join(workdir, "pass_rates"))
   banner(f"data: {config.data.train} {len(prompts)} prompts ({dict(prompts.counts)}); eval "
          f"{ {k: len(v) for k, v in evaluator.prompts.items()} }")
 
@@ -86,6 +85,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     emb, estimator = dots_inputs(config, prompts.problems())
     dots_kwargs = dict(embeddings_NxD=emb, estimator=estimator)
   strategy = factory.make_strategy(config, len(prompts), **dots_kwargs)
+  # Exact pass rates of pool questions (synthetic tasks): the predictions' true error, the oracle.
+  pool_rates = evaluate.PoolPassRates.for_config(config, tokenizer, prompts, graphdef, mesh,
+                                                 required=method.source == "oracle")
   buffer = replay.ReplayBuffer.from_config(config, roller.total_len) if method.replay else None
 
   # ----- train state + update ---------------------------------------------------------------------
@@ -135,8 +137,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # select -> rollout -> reward: the strategy decides which questions, the driver rolls them out.
     num_fresh = buffer.plan(step)[0] if buffer is not None else config.rl.batch_questions
     with timer.phase("rollout"):
-      collected = driver.collect_batch(strategy, functools.partial(roller.run, state.params, step),
-                                       step, num_fresh, seed=config.seed)
+      collected = driver.collect_batch(
+          strategy, functools.partial(roller.run, state.params, step), step, num_fresh,
+          seed=config.seed, pass_rates=pool_rates.at(state.params) if pool_rates else None)
     fresh = collected.rollouts.groups
     # replay: buffered groups join this step's batch (a short batch is padded to the planned shape).
     groups, is_replay = replay.mix_replay(buffer, fresh, config.seed, step)
@@ -156,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           lr=float(lr_at(progress.optimizer_updates)))
     progress.add_step(time.perf_counter() - t_step, record, collected.indices)
     if config.log.samples_every and done % config.log.samples_every == 0:
-      metrics.write_samples(workdir, done, fresh, tokenizer, config.log.samples)
+      writer.write_samples(done, fresh, tokenizer, config.log.samples)
     # evaluate
     if held_out.due(done):
       record.update(held_out.run(state.params, done))
@@ -173,9 +176,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpt.save(done, state, {"selection": strategy.state_dict(),
                               "replay": buffer.state_dict() if buffer is not None else {},
                               "metrics": writer.state_dict(), "progress": progress.state_dict()})
+      writer.flush()
       if config.ckpt.export_hf:
         hf_io.export_policy(qcfg, nnx.merge(graphdef, state.params),
-                            os.path.join(workdir, "hf", str(done)), tokenizer_dir=path)
+                            fs.join(workdir, "hf", str(done)), tokenizer_dir=path)
     if preempted:
       banner(f"preempted: saved step {done}; rerun the same command to resume")
       break
@@ -189,9 +193,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              "total_steps": config.total_steps, "preempted": steps_done < config.total_steps,
              "rollouts": progress.rollouts, "train_seconds": progress.seconds,
              "final_eval_accuracy": progress.last_eval, "last_reward": progress.last_reward,
-             "model_path": path, "workdir": os.path.abspath(workdir)}
+             "model_path": path, "workdir": fs.absolute(workdir)}
   if jax.process_index() == 0:
-    evaluate.write_json(os.path.join(workdir, "summary.json"), summary)
+    evaluate.write_json(fs.join(workdir, "summary.json"), summary)
   banner(f"done: {config.method} {steps_done} steps, {progress.rollouts:,} rollouts, "
          f"{progress.seconds:.0f}s training, held-out accuracy {progress.last_eval:.4f}")
   writer.close()

@@ -78,8 +78,8 @@ def test_errors_are_named(tmp_path):
     compare.main(["--methods=dots", f"--workdir={tmp_path}", "--analyze_only"])
 
 
-def write_testbed_run(root, name, accs, rolls, pool_accs, *, pred_err=None, zero_var=0.5,
-                      pass_first=None, pass_last=None):
+def write_testbed_run(root, name, accs, rolls, pool_accs, *, pred_err=None, pred_err_exact=None,
+                      zero_var=0.5, pass_first=None, pass_last=None):
   """A run with everything the testbed/goals blocks read: per-step selection and timing metrics,
   evaluations of the held-out set and the pool, and per-question pass rates at the first and last
   evaluation."""
@@ -90,6 +90,7 @@ def write_testbed_run(root, name, accs, rolls, pool_accs, *, pred_err=None, zero
       if i:
         f.write(json.dumps({"step": 10 * i, "selection/effective_frac": 1 - zero_var,
                             "selection/pred_abs_err": pred_err if pred_err is not None else None,
+                            "selection/pred_abs_err_exact": pred_err_exact,
                             "time/rollout_s": 0.1, "time/update_s": 0.5,
                             "progress/distinct_questions": 40.0 * i}).replace("null", "NaN") + "\n")
       f.write(json.dumps({"step": 10 * i, "eval/accuracy": a, "eval/stderr": 0.01,
@@ -153,3 +154,12 @@ def test_testbed_and_goals_blocks_are_computed_from_the_runs(tmp_path):
   assert not worse["goals"]["dots_step_ratio"]["pass"]  # never reached on seed 0: NaN fails
   assert not worse["testbed"]["dots_tracking_error"]["pass"]
   assert not worse["testbed"]["pool_heldout_overlap"]["pass"]
+  # Where the runs logged the error against exact pass rates, the bar reads it (the observed pass
+  # rate's binomial noise is not the estimator's); the observed one is kept beside it.
+  curves["dots"] = {s: write_testbed_run(tmp_path, f"dots_exact_{s}", [0.4, 0.6, 0.62, 0.63, 0.64],
+                                         rolls, [0.4] * 5, pred_err=0.3, pred_err_exact=0.05 * (s + 1))
+                    for s in range(3)}
+  exact = compare.analyze(curves, group_size=8, overlap=0.0)
+  assert exact["testbed"]["dots_tracking_error"]["value"] == pytest.approx(0.1)
+  assert exact["testbed"]["dots_tracking_error"]["against_observed"] == pytest.approx(0.3)
+  assert "0.100 (0.300)" in compare.markdown_table(exact)

@@ -3,12 +3,14 @@ import json
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from config_files import load_config
 from dots_jax import train
 from dots_jax.config_common import ConfigError
 from dots_jax.methods import METHODS
+from dots_jax.tiny import tracking
 
 
 
@@ -54,6 +56,22 @@ def test_every_method_runs(cache, tmp_path, method):
   assert records[-1]["replay/replayed_groups"] >= 0
   with open(tmp_path / "summary.json") as f:
     assert json.load(f)["rollouts"] == summary["rollouts"]
+  # The synthetic task has exact pass rates: predictions on the trained batch are scored against
+  # them (methods that predict), and that scoring's time is not the method's.
+  predicts = METHODS[method].source in ("dots", "oracle")
+  assert ("selection/pred_abs_err_exact" in records[1]) == predicts
+  if predicts:
+    assert 0.0 <= records[1]["selection/pred_abs_err_exact"] <= 1.0
+
+
+def test_tracking_report_reads_a_run(cache, tmp_path):
+  train.train_and_evaluate(micro(cache, "method=grpo"), str(tmp_path))
+  rows = tracking.analyze_run(str(tmp_path), draws=1, ref_factor=2)
+  assert [r.step for r in rows] == [0, 2]
+  with np.load(tmp_path / "pass_rates" / "2.npz") as z:
+    assert rows[-1].mean_pass_rate == pytest.approx(float(z["synthetic"].mean()), rel=1e-5)
+  assert all(0.0 <= r.structure_r2 <= 1.0 for r in rows)
+  assert "| estimator r (8 refs, G=4)" in tracking.report(rows, 8, 16, 4)
 
 
 def test_resume_continues_where_it_stopped(cache, tmp_path):

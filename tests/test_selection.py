@@ -266,12 +266,39 @@ def test_dots_selection_concentrates_near_alpha(planted):
   assert dots.source.rounds == 2
 
 
+def test_predictions_are_scored_against_exact_pass_rates_and_the_oracle_selects_with_them(planted):
+  p, emb, model = planted
+  env = Env(p)
+  exact = lambda i: env.p[i]
+  dots = make_strategy(_config("dots"), len(p), embeddings_NxD=emb, estimator=model)
+  oracle = make_strategy(_config("oracle"), len(p))
+  uni = make_strategy(_config("grpo"), len(p))
+  for step in range(4):
+    d = collect_batch(dots, env, step, 16, seed=1, pass_rates=exact)
+    o = collect_batch(oracle, env, step, 16, seed=1, pass_rates=exact)
+    u = collect_batch(uni, env, step, 16, seed=1, pass_rates=exact)
+    # The error against the truth, on the trained questions, next to the one against observation.
+    assert d.metrics["selection/pred_abs_err_exact"] == pytest.approx(
+        np.abs(d.predicted - p[d.indices]).mean())
+    assert d.metrics["selection/exact_pass_rate"] == pytest.approx(p[d.indices].mean())
+    # The oracle predicts the exact rates (a fixed environment: no drift within a round) and rolls
+    # out no reference questions; uniform GRPO predicts nothing, so nothing is scored.
+    assert o.metrics["selection/pred_abs_err_exact"] == pytest.approx(0.0, abs=1e-6)
+    assert o.metrics["selection/rollouts_reference"] == 0
+    assert "selection/pred_abs_err_exact" not in u.metrics
+    assert np.abs(p[o.indices] - 0.5).max() < 0.1  # about 80 of the 400 uniform rates lie that close
+  assert oracle.source.rounds == 2
+  with pytest.raises(RuntimeError, match="exact pass rates"):
+    collect_batch(make_strategy(_config("oracle"), len(p)), env, 0, 16, seed=1)
+
+
 def _run(strategy, env, steps, start=0):
   out = []
   for step in range(start, start + steps):
-    b = collect_batch(strategy, env, step, 16, seed=11)
+    b = collect_batch(strategy, env, step, 16, seed=11, pass_rates=lambda i: env.p[i])
     out.append((b.indices.copy(), b.rewards_BxG.copy(),
-                {k: v for k, v in b.metrics.items() if k != "selection/overhead_s"}))
+                {k: v for k, v in b.metrics.items()
+                 if k not in ("selection/overhead_s", "selection/diagnostic_s")}))
   return out
 
 

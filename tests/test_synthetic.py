@@ -55,6 +55,15 @@ def test_carry_counting():
   assert synthetic._carries((503, 498), "-") == 2
 
 
+def test_problem_structure_keys_operation_digits_and_carries():
+  assert synthetic.problem_structure("159+261=") == "+3.3c2"
+  assert synthetic.problem_structure("503-498=") == "-3.3c2"
+  assert synthetic.problem_structure("12+34+56=") == "+2.2.2c2"  # 2+4+6 and 1+3+5+1 carry
+  assert synthetic.problem_structure("23*4=") == "*2.1"
+  with pytest.raises(ValueError, match="not a synthetic problem"):
+    synthetic.problem_structure("What is 2+2?")
+
+
 def test_noisy_demonstrations_drop_carries():
   rng = np.random.default_rng(0)
   assert synthetic.noisy_result((159, 261), "+", 0.0, rng) == 420
@@ -73,6 +82,15 @@ def test_noisy_demonstrations_drop_carries():
   assert 0 < sum(a != b for (_, a, _), (_, b, _) in zip(exact, noisy)) < 300
   with pytest.raises(ValueError, match="sft_carry_drop"):
     next(synthetic.sft_stream(syn, carry_drop=1.0))
+  # A borrow rate of its own: subtraction answers change, addition answers stay exact.
+  borrow = list(itertools.islice(synthetic.sft_stream(syn, borrow_drop=0.9), 300))
+  changed = {"+": 0, "-": 0}
+  for (p, a, _), (_, b, _) in zip(exact, borrow):
+    op = "-" if "-" in p else "+"
+    changed[op] += a != b
+  assert changed["+"] == 0 < changed["-"]
+  with pytest.raises(ValueError, match="sft_borrow_drop"):
+    next(synthetic.sft_stream(syn, borrow_drop=1.0))
 
 
 def test_sft_stream_disjoint_from_pool_and_heldout():

@@ -18,6 +18,7 @@ the policy must emit `dots_jax.rewards.format_reversed(answer)` ("975") then EOS
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Iterator
 
 import numpy as np
@@ -77,6 +78,20 @@ def _carries(values: tuple[int, ...], op: str) -> int:
       carry = 1 if total < 0 else 0
     count += carry > 0
   return count
+
+
+def problem_structure(problem: str) -> str:
+  """What decides a synthetic question's difficulty for a carry-skill policy: its operation, operand
+  digit counts and carries/borrows, e.g. "+3.3c2" for "681+928=" (a key to group questions by)."""
+  m = re.fullmatch(r"(\d+(?:[+*-]\d+)+)=", problem)
+  if not m:
+    raise ValueError(f"not a synthetic problem: {problem!r}")
+  op = next(c for c in problem if c in "+-*")
+  operands = problem[:-1].split(op)
+  digits = ".".join(str(len(o)) for o in operands)
+  if op == "*":
+    return f"*{digits}"
+  return f"{op}{digits}c{_carries(tuple(int(o) for o in operands), op)}"
 
 
 def noisy_result(values: tuple[int, ...], op: str, drop: float, rng: np.random.Generator) -> int:
@@ -194,18 +209,23 @@ def synthetic_questions(syn: Any, split: str) -> list:
           for i, (p, a, f) in enumerate(synthetic_rows(syn, split))]
 
 
-def sft_stream(syn: Any, seed: int = 0, carry_drop: float = 0.0
+def sft_stream(syn: Any, seed: int = 0, carry_drop: float = 0.0, borrow_drop: float = -1.0
                ) -> Iterator[tuple[str, str, str]]:
   """Endless (problem, answer, family) stream for supervised warm-up, disjoint from both splits.
 
   Families are drawn with `syn.sft_weights`; every problem in the RL pool or held-out split is
   skipped, so SFT cannot memorise what RL and evaluation later see. With `carry_drop` > 0 the
   answers of addition and subtraction problems are demonstrations that drop each carry/borrow with
-  that probability (`noisy_result`; products stay exact). The noise has its own random stream, so
-  the sequence of problems is the same for every `carry_drop`.
+  that probability (`noisy_result`; products stay exact); `borrow_drop` >= 0 gives subtraction its
+  own rate (negative: the same as addition). The noise has its own random stream, so the sequence of
+  problems is the same for every rate.
   """
   if not 0.0 <= carry_drop < 1.0:
     raise ValueError(f"config.tiny.sft_carry_drop must be in [0, 1), got {carry_drop}")
+  if borrow_drop >= 1.0:
+    raise ValueError(f"config.tiny.sft_borrow_drop must be < 1 (negative: sft_carry_drop), got "
+                     f"{borrow_drop}")
+  drop = {"+": carry_drop, "-": carry_drop if borrow_drop < 0 else borrow_drop}
   families, probs = _families_and_weights(syn, "sft_weights")
   exclude = {p for split in ("train", "heldout") for p, _, _ in synthetic_rows(syn, split)}
   rng = np.random.default_rng([syn.seed, _SPLIT_STREAMS["sft"], seed])
@@ -215,7 +235,7 @@ def sft_stream(syn: Any, seed: int = 0, carry_drop: float = 0.0
     problem, answer = sample_problem(fam, rng)
     if problem in exclude:
       continue
-    if carry_drop > 0 and fam.op != "*":
+    if fam.op != "*" and drop[fam.op] > 0:
       values = tuple(int(v) for v in problem[:-1].split(fam.op))
-      answer = str(noisy_result(values, fam.op, carry_drop, noise))
+      answer = str(noisy_result(values, fam.op, drop[fam.op], noise))
     yield problem, answer, fam.name

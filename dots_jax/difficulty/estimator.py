@@ -171,6 +171,17 @@ def linear_recalibration(pred_K: np.ndarray, labels_K: np.ndarray) -> tuple[floa
   return slope, float(y.mean() - slope * x.mean())
 
 
+def predict_recalibrated(model: DifficultyEstimator, pq_NxH: np.ndarray, emb_NxD: np.ndarray,
+                         ref_idx_K: np.ndarray, ref_labels_K: np.ndarray, chunk: int = 8192
+                         ) -> tuple[np.ndarray, tuple[float, float]]:
+  """DOTS's prediction of a round: every question against the references `ref_idx_K` (rows of
+  `emb_NxD`, projected queries `pq_NxH`) with their labels, then the linear recalibration fitted on
+  the references' own predictions, clipped to [0, 1]. Returns (predictions [N], (slope, intercept))."""
+  raw = predict_from_projections(model, pq_NxH, emb_NxD[ref_idx_K], ref_labels_K, chunk)
+  recal = linear_recalibration(raw[ref_idx_K], ref_labels_K)
+  return np.clip(recal[0] * raw + recal[1], 0.0, 1.0).astype(np.float32), recal
+
+
 # ----- persistence: estimator.json (architecture) + params.npz (leaves keyed by tree path) -----
 
 def params_to_flat(model: nnx.Module) -> dict[str, np.ndarray]:

@@ -13,13 +13,13 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 
+from dots_jax import fs
 from dots_jax.rl.batch import group_stats
 
 
@@ -56,8 +56,9 @@ class Progress:
 
   def add_step(self, seconds: float, record: dict[str, Any], questions: np.ndarray) -> None:
     """Counts a finished step: its training seconds, what its metrics record says it did and the
-    pool indices of its fresh groups."""
-    self.seconds += seconds
+    pool indices of its fresh groups. Diagnostics the step ran (`selection/diagnostic_s`: scoring
+    predictions against exact pass rates) are not the method's time and are left out."""
+    self.seconds += seconds - float(record.get("selection/diagnostic_s", 0.0))
     self.rollouts += int(record["selection/rollouts"])
     self.optimizer_updates += int(record["train/optimizer_updates"])
     self.last_reward = float(record["reward_mean"])
@@ -131,15 +132,18 @@ class MetricsWriter:
                run_config: dict[str, Any] | None = None):
     self.active = jax.process_index() == 0
     self.workdir = workdir
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = fs.join(workdir, "metrics.jsonl")
     self.history: list[dict[str, Any]] = []
+    self._log = self._samples = None
     self._tb = None
     # Weights & Biases (optional extra): started at the first write, after a resume has restored
     # the run id, so a resumed job continues the same W&B run.
     self.wandb_project, self.wandb_id, self._wandb = wandb_project, "", None
     self.run_config = run_config or {}
     if self.active:
-      os.makedirs(workdir, exist_ok=True)
+      fs.makedirs(workdir)
+      self._log = fs.AppendLog(self.path)
+      self._samples = fs.AppendLog(fs.join(workdir, "samples.jsonl"))
       if tensorboard:
         self._open_tb(purge_step=None)
 
@@ -149,7 +153,7 @@ class MetricsWriter:
       self._tb.close()
     # purge_step: events at or after it (written after the checkpoint a resume starts from) are
     # dropped, so TensorBoard does not show those steps twice.
-    self._tb = SummaryWriter(os.path.join(self.workdir, "tb"), purge_step=purge_step)
+    self._tb = SummaryWriter(fs.join(self.workdir, "tb"), purge_step=purge_step)
 
   def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     """Records scalar metrics for `step` (jax/numpy scalars are converted); returns the record."""
@@ -159,8 +163,7 @@ class MetricsWriter:
     if self.active and self.wandb_project:
       self._wandb_run().log({k: v for k, v in record.items() if k != "step"}, step=int(step))
     if self.active:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record, allow_nan=True) + "\n")
+      self._log.append([json.dumps(record, allow_nan=True)])
       if self._tb is not None:
         for k, v in record.items():
           if k != "step" and isinstance(v, (int, float, bool)) and math.isfinite(float(v)):
@@ -168,8 +171,31 @@ class MetricsWriter:
     return record
 
   def flush(self) -> None:
+    """Makes everything written so far durable where it lives (a remote workdir gets its logs
+    uploaded: the loop flushes at every checkpoint and at the end)."""
     if self._tb is not None:
       self._tb.flush()
+    for log in (self._log, self._samples):
+      if log is not None:
+        log.sync()
+
+  def write_samples(self, step: int, groups: Any, tokenizer: Any, count: int) -> None:
+    """Appends the first `count` of the step's fresh completions (prompt, completion, reward) to
+    <workdir>/samples.jsonl (process 0): what the policy writes, next to the numbers."""
+    if not self.active or count <= 0:
+      return
+    g = groups.tokens_QxGxT.shape[1]
+    rows = []
+    for n in range(min(count, groups.num_groups * g)):
+      q, k = divmod(n, g)
+      tokens, mask = groups.tokens_QxGxT[q, k], groups.mask_QxGxT[q, k]
+      completion = groups.loss_mask_QxGxT[q, k] > 0
+      rows.append(json.dumps({
+          "step": int(step), "question": int(groups.qid_Q[q]), "sample": k,
+          "prompt": tokenizer.decode(tokens[(mask > 0) & ~completion].tolist()),
+          "completion": tokenizer.decode(tokens[completion].tolist()),
+          "reward": float(groups.rewards_QxG[q, k])}))
+    self._samples.append(rows)
 
   def _wandb_run(self) -> Any:
     if self._wandb is None:
@@ -190,37 +216,14 @@ class MetricsWriter:
     self.history = [dict(r) for r in state["history"]]
     self.wandb_id = state.get("wandb_id", "")
     if self.active:
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        for r in self.history:
-          f.write(json.dumps(r, allow_nan=True) + "\n")
-      os.replace(tmp, self.path)
+      self._log.rewrite([json.dumps(r, allow_nan=True) for r in self.history])
       if self._tb is not None and self.history:
         self._open_tb(purge_step=int(self.history[-1]["step"]) + 1)
 
   def close(self) -> None:
+    self.flush()
     if self._tb is not None:
       self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
       self._wandb = None
-
-
-def write_samples(workdir: str, step: int, groups: Any, tokenizer: Any, count: int) -> None:
-  """Appends the first `count` of the step's fresh completions (prompt, completion, reward) to
-  <workdir>/samples.jsonl (process 0): what the policy writes, next to the numbers."""
-  if jax.process_index() != 0 or count <= 0:
-    return
-  g = groups.tokens_QxGxT.shape[1]
-  rows = []
-  for n in range(min(count, groups.num_groups * g)):
-    q, k = divmod(n, g)
-    tokens, mask = groups.tokens_QxGxT[q, k], groups.mask_QxGxT[q, k]
-    completion = groups.loss_mask_QxGxT[q, k] > 0
-    rows.append({"step": int(step), "question": int(groups.qid_Q[q]), "sample": k,
-                 "prompt": tokenizer.decode(tokens[(mask > 0) & ~completion].tolist()),
-                 "completion": tokenizer.decode(tokens[completion].tolist()),
-                 "reward": float(groups.rewards_QxG[q, k])})
-  with open(os.path.join(workdir, "samples.jsonl"), "a") as f:
-    for r in rows:
-      f.write(json.dumps(r) + "\n")

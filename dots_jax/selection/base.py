@@ -10,7 +10,7 @@ driver derives from (seed, step), so a strategy restored from `state_dict` repla
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -66,6 +66,10 @@ class StepContext:
   last_zero_var_ratio: float = float("nan")  # over the latest training round
   skipped: int = 0  # questions strategies declined to roll out this step (GRESO)
   final_round_planned: bool = False  # `RolloutRounds` has sized the step's last round
+  # Exact pass rates of question indices under the policy rolling out this step, where the task has
+  # one accepted completion (`dots_jax.evaluate.PoolPassRates`); None elsewhere. The driver measures
+  # the predictions' error with it; the oracle source selects with it.
+  pass_rates: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 @dataclasses.dataclass

@@ -1,17 +1,25 @@
-"""DOTS candidate source (arXiv 2506.05316, reference trainer's round loop).
+"""Difficulty-targeted candidate sources: DOTS (arXiv 2506.05316, reference trainer's round loop) and
+its oracle.
 
-Every `round_steps` training steps a round starts: K reference questions drawn at random are rolled
-out (labels only, not trained on), the estimator predicts every question's pass rate against them in
-jitted chunks, a least-squares line fitted on the references' own predictions recalibrates all
-predictions, and `round_steps * batch_questions` questions are sampled without replacement from
+Every `round_steps` training steps a round starts: the source predicts every question's pass rate,
+and `round_steps * batch_questions` questions are sampled without replacement from
 softmax(-|p_hat - alpha| / tau) and shuffled; steps then take batches from that list in order. After
 the sampled block the list continues with the rest of the same without-replacement draw, so a strategy
 that needs extra candidates in a round (GRESO, dynamic sampling on top of DOTS) still gets the next
 most suitable ones.
 
-Optional online fine-tuning: the groups trained on during a round, labelled with their observed pass
-rates, fine-tune the adapters at the start of the next round against that round's reference set (the
-labels all come from the same policy era), before predicting with the new references.
+`DotsSource` predicts as DOTS does: K reference questions drawn at random are rolled out (labels
+only, not trained on), the estimator predicts every question's pass rate against them in jitted
+chunks, and a least-squares line fitted on the references' own predictions recalibrates all
+predictions. Optional online fine-tuning: the groups trained on during a round, labelled with their
+observed pass rates, fine-tune the adapters at the start of the next round against that round's
+reference set (the labels all come from the same policy era), before predicting with the new
+references.
+
+`OracleSource` is a diagnostic, not a method of the papers: the same sampling from the exact pass
+rates of every question under the current policy (tasks with one accepted completion, where one
+forward pass gives them: `dots_jax.exact`), with no reference rollouts. It measures what DOTS's
+selection rule could do with a perfect estimator, separating the rule from the estimator.
 """
 
 from __future__ import annotations
@@ -25,7 +33,100 @@ from dots_jax.difficulty.fit import fit_estimator
 from dots_jax.selection.base import Proposal, StepContext, group_stats
 
 
-class DotsSource:
+class TargetedSource:
+  """The round loop shared by DOTS and its oracle: predictions per round, sampling near `alpha`,
+  serving candidates in order. Subclasses set `self.pred` when a round starts."""
+
+  def __init__(self, num_questions: int, *, round_steps: int, alpha: float, tau: float):
+    if round_steps < 1 or tau <= 0:
+      raise ValueError(f"selection.dots needs round_steps >= 1 and tau > 0, got {round_steps}, {tau}")
+    self.num_questions = int(num_questions)
+    self.round_steps = int(round_steps)
+    self.alpha, self.tau = float(alpha), float(tau)
+    self._reset_round_state()
+
+  def _reset_round_state(self) -> None:
+    self.order = np.zeros((0,), np.int64)
+    self.pos = 0
+    self.steps_in_round = 0
+    self.rounds = 0
+    self.pred = np.full(self.num_questions, np.nan, np.float32)
+
+  def _round_due(self, ctx: StepContext) -> bool:
+    return ctx.round == 0 and (self.rounds == 0 or self.steps_in_round >= self.round_steps)
+
+  def _start_round(self, ctx: StepContext) -> None:
+    self.order = self._sample_order(ctx, ctx.batch_questions)
+    self.pos, self.steps_in_round = 0, 0
+    self.rounds += 1
+
+  def _sample_order(self, ctx: StepContext, batch_questions: int) -> np.ndarray:
+    # Gumbel top-k == successive sampling without replacement from softmax(logits).
+    logits = -np.abs(self.pred.astype(np.float64) - self.alpha) / self.tau
+    keys = logits + ctx.rng.gumbel(size=self.num_questions)
+    order = np.argsort(-keys, kind="stable")
+    budget = min(self.round_steps * batch_questions, self.num_questions)
+    head = order[:budget][ctx.rng.permutation(budget)]  # the reference trainer shuffles the block
+    return np.concatenate([head, order[budget:]])
+
+  def take(self, n: int) -> np.ndarray:
+    if not len(self.order):
+      raise RuntimeError(f"{type(self).__name__}.take before the first round")
+    out = []
+    while n > 0:
+      part = self.order[self.pos:self.pos + n]
+      out.append(part)
+      n -= len(part)
+      self.pos = (self.pos + len(part)) % len(self.order)
+    return np.concatenate(out)
+
+  def predicted(self, indices: np.ndarray) -> np.ndarray:
+    return self.pred[indices]
+
+  def observe_prelude(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> None:
+    raise RuntimeError(f"{type(self).__name__} proposed no label-only rollouts")
+
+  def observe_train(self, indices: np.ndarray, rewards_NxG: np.ndarray) -> None:
+    del indices, rewards_NxG
+
+  def end_step(self, ctx: StepContext) -> dict[str, float]:
+    del ctx
+    self.steps_in_round += 1
+    return {"dots/rounds": float(self.rounds)}
+
+  def state_dict(self) -> dict[str, np.ndarray]:
+    out = {"order": self.order, "pos": np.asarray(self.pos),
+           "steps_in_round": np.asarray(self.steps_in_round), "rounds": np.asarray(self.rounds),
+           "pred": self.pred}
+    return {k: np.array(v) for k, v in out.items()}
+
+  def load_state_dict(self, state: dict[str, Any]) -> None:
+    pred = np.asarray(state["pred"], np.float32)
+    if pred.shape != (self.num_questions,):
+      raise ValueError(f"selection state covers {pred.shape[0]} questions, data set has "
+                       f"{self.num_questions}")
+    self.order = np.asarray(state["order"], np.int64)
+    self.pos, self.steps_in_round = int(state["pos"]), int(state["steps_in_round"])
+    self.rounds = int(state["rounds"])
+    self.pred = pred.copy()
+
+
+class OracleSource(TargetedSource):
+  """DOTS's sampling from exact pass rates (`StepContext.pass_rates`): the estimator's upper bound."""
+
+  def prelude(self, ctx: StepContext) -> Proposal | None:
+    if self._round_due(ctx):
+      if ctx.pass_rates is None:
+        raise RuntimeError("the oracle source needs exact pass rates (config.eval.exact=True on a "
+                           "task with one accepted completion)")
+      self.pred = np.asarray(ctx.pass_rates(np.arange(self.num_questions)), np.float32)
+      self._start_round(ctx)
+    return None
+
+
+class DotsSource(TargetedSource):
+  """DOTS: predictions from reference rollouts through the attention estimator."""
+
   def __init__(self, embeddings_NxD: np.ndarray, model: est.DifficultyEstimator, *, ref_size: int,
                round_steps: int, alpha: float, tau: float, chunk: int = 8192,
                online_finetune: bool = False, online_steps: int = 20, online_lr: float = 1e-4,
@@ -36,25 +137,17 @@ class DotsSource:
                        f"{model.cfg.input_dim}")
     if not 2 <= ref_size <= emb.shape[0]:
       raise ValueError(f"selection.dots.ref_size={ref_size} must be in [2, {emb.shape[0]}]")
-    if round_steps < 1 or tau <= 0:
-      raise ValueError(f"selection.dots needs round_steps >= 1 and tau > 0, got {round_steps}, {tau}")
     self.emb = emb
-    self.num_questions = emb.shape[0]
     self.model = model
-    self.ref_size, self.round_steps = int(ref_size), int(round_steps)
-    self.alpha, self.tau, self.chunk = float(alpha), float(tau), int(chunk)
+    self.ref_size, self.chunk = int(ref_size), int(chunk)
     self.online_finetune = bool(online_finetune)
     self.online_steps, self.online_lr, self.online_batch = online_steps, online_lr, online_batch
     self.seed = int(seed)
     self._pq = None  # cached P_q(e) for all questions; dropped when the adapters change
-    self._reset_round_state()
+    super().__init__(emb.shape[0], round_steps=round_steps, alpha=alpha, tau=tau)
 
   def _reset_round_state(self) -> None:
-    self.order = np.zeros((0,), np.int64)
-    self.pos = 0
-    self.steps_in_round = 0
-    self.rounds = 0
-    self.pred = np.full(self.num_questions, np.nan, np.float32)
+    super()._reset_round_state()
     self.ref_idx = np.zeros((0,), np.int64)
     self.ref_labels = np.zeros((0,), np.float32)
     self.recal = (1.0, 0.0)
@@ -64,7 +157,7 @@ class DotsSource:
   # ----- round start: reference rollouts, prediction, sampling -----
 
   def prelude(self, ctx: StepContext) -> Proposal | None:
-    if ctx.round > 0 or (self.rounds > 0 and self.steps_in_round < self.round_steps):
+    if not self._round_due(ctx):
       return None
     refs = ctx.rng.choice(self.num_questions, self.ref_size, replace=False)
     return Proposal(refs, self.pred[refs], train=False)
@@ -75,9 +168,7 @@ class DotsSource:
       self._finetune(ctx)
     self.ref_idx, self.ref_labels = proposal.indices.copy(), labels
     self._predict()
-    self.order = self._sample_order(ctx, ctx.batch_questions)
-    self.pos, self.steps_in_round = 0, 0
-    self.rounds += 1
+    self._start_round(ctx)
     self.seen_idx = np.zeros((0,), np.int64)
     self.seen_labels = np.zeros((0,), np.float32)
 
@@ -87,19 +178,8 @@ class DotsSource:
     return self._pq
 
   def _predict(self) -> None:
-    raw = est.predict_from_projections(self.model, self._projections(), self.emb[self.ref_idx],
-                                       self.ref_labels, self.chunk)
-    self.recal = est.linear_recalibration(raw[self.ref_idx], self.ref_labels)
-    self.pred = np.clip(self.recal[0] * raw + self.recal[1], 0.0, 1.0).astype(np.float32)
-
-  def _sample_order(self, ctx: StepContext, batch_questions: int) -> np.ndarray:
-    # Gumbel top-k == successive sampling without replacement from softmax(logits).
-    logits = -np.abs(self.pred.astype(np.float64) - self.alpha) / self.tau
-    keys = logits + ctx.rng.gumbel(size=self.num_questions)
-    order = np.argsort(-keys, kind="stable")
-    budget = min(self.round_steps * batch_questions, self.num_questions)
-    head = order[:budget][ctx.rng.permutation(budget)]  # the reference trainer shuffles the block
-    return np.concatenate([head, order[budget:]])
+    self.pred, self.recal = est.predict_recalibrated(self.model, self._projections(), self.emb,
+                                                     self.ref_idx, self.ref_labels, self.chunk)
 
   def _finetune(self, ctx: StepContext) -> None:
     fit_estimator(self.model, self.emb, self._label_vector(), steps=self.online_steps,
@@ -114,22 +194,6 @@ class DotsSource:
     labels[self.ref_idx] = self.ref_labels
     return labels
 
-  # ----- serving candidates -----
-
-  def take(self, n: int) -> np.ndarray:
-    if not len(self.order):
-      raise RuntimeError("DotsSource.take before the first reference round")
-    out = []
-    while n > 0:
-      part = self.order[self.pos:self.pos + n]
-      out.append(part)
-      n -= len(part)
-      self.pos = (self.pos + len(part)) % len(self.order)
-    return np.concatenate(out)
-
-  def predicted(self, indices: np.ndarray) -> np.ndarray:
-    return self.pred[indices]
-
   def observe_train(self, indices: np.ndarray, rewards_NxG: np.ndarray) -> None:
     if self.online_finetune:
       self.seen_idx = np.concatenate([self.seen_idx, indices])
@@ -137,34 +201,25 @@ class DotsSource:
           [self.seen_labels, group_stats(rewards_NxG)["pass_rate"].astype(np.float32)])
 
   def end_step(self, ctx: StepContext) -> dict[str, float]:
-    del ctx
-    self.steps_in_round += 1
-    return {"dots/recal_slope": self.recal[0], "dots/recal_intercept": self.recal[1],
-            "dots/ref_pass_rate": float(self.ref_labels.mean()) if len(self.ref_labels) else np.nan,
-            "dots/rounds": float(self.rounds)}
+    out = super().end_step(ctx)
+    out.update({"dots/recal_slope": self.recal[0], "dots/recal_intercept": self.recal[1],
+                "dots/ref_pass_rate": (float(self.ref_labels.mean()) if len(self.ref_labels)
+                                       else np.nan)})
+    return out
 
   # ----- checkpointing -----
 
   def state_dict(self) -> dict[str, np.ndarray]:
-    out = {"order": self.order, "pos": np.asarray(self.pos),
-           "steps_in_round": np.asarray(self.steps_in_round), "rounds": np.asarray(self.rounds),
-           "pred": self.pred, "ref_idx": self.ref_idx, "ref_labels": self.ref_labels,
-           "recal": np.asarray(self.recal, np.float64), "seen_idx": self.seen_idx,
-           "seen_labels": self.seen_labels}
-    out = {k: np.array(v) for k, v in out.items()}
+    out = super().state_dict()
+    out.update({"ref_idx": np.array(self.ref_idx), "ref_labels": np.array(self.ref_labels),
+                "recal": np.asarray(self.recal, np.float64), "seen_idx": np.array(self.seen_idx),
+                "seen_labels": np.array(self.seen_labels)})
     if self.online_finetune:  # the adapters drift only when fine-tuned online
       out.update({f"params/{k}": v for k, v in est.params_to_flat(self.model).items()})
     return out
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
-    pred = np.asarray(state["pred"], np.float32)
-    if pred.shape != (self.num_questions,):
-      raise ValueError(f"DOTS state covers {pred.shape[0]} questions, data set has "
-                       f"{self.num_questions}")
-    self.order = np.asarray(state["order"], np.int64)
-    self.pos, self.steps_in_round = int(state["pos"]), int(state["steps_in_round"])
-    self.rounds = int(state["rounds"])
-    self.pred = pred.copy()
+    super().load_state_dict(state)
     self.ref_idx = np.asarray(state["ref_idx"], np.int64)
     self.ref_labels = np.asarray(state["ref_labels"], np.float32)
     self.recal = tuple(float(v) for v in np.asarray(state["recal"]))

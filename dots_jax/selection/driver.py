@@ -7,7 +7,9 @@ dilute the token mean); the update pads it to the planned shape.
 The main loop supplies `rollout_fn(indices, round) -> Rollouts` (`dots_jax.rollout`): rollout + reward
 for those question indices, G completions each, rows question-major; `round` numbers the rollout
 calls of the step (its randomness is keyed by it). The chosen groups come back concatenated in
-rollout order (`CollectedBatch.rollouts`), with every call's reward statistics.
+rollout order (`CollectedBatch.rollouts`), with every call's reward statistics. Where the task gives
+exact pass rates (`pass_rates`), a strategy's predictions for the trained batch are also compared with
+them: the estimator's error without the G-sample noise of the observed pass rate.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dots_jax.rollout import Rollouts
 from dots_jax.selection.base import Proposal, StepContext, Strategy, group_stats, step_rng
 
 RolloutFn = Callable[[np.ndarray, int], Rollouts]
+PassRatesFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass
@@ -43,14 +46,15 @@ class CollectedBatch:
 
 
 def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_groups: int, *,
-                  rng: np.random.Generator | None = None, seed: int = 0) -> CollectedBatch:
+                  rng: np.random.Generator | None = None, seed: int = 0,
+                  pass_rates: PassRatesFn | None = None) -> CollectedBatch:
   """Runs the strategy's rollout rounds for `step` until `num_groups` trainable groups exist.
   `rng=None` derives it from (seed, step), which is what makes a resumed run repeat the same
-  choices."""
+  choices. `pass_rates` gives exact pass rates under the rollout policy, where the task has them."""
   if num_groups < 1:
     raise ValueError(f"num_groups must be >= 1, got {num_groups}")
   ctx = StepContext(step=int(step), rng=rng if rng is not None else step_rng(seed, step),
-                    batch_questions=int(num_groups))
+                    batch_questions=int(num_groups), pass_rates=pass_rates)
   overhead = 0.0
   kept_parts, spare_parts = [], []  # (call number, group rows) of accepted / rejected groups
   calls: list[tuple[Rollouts, Proposal]] = []
@@ -139,7 +143,20 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
       "selection/overhead_s": overhead,
   }
   metrics.update(strat_metrics)
+  if pass_rates is not None and has_pred.any():
+    metrics.update(_exact_errors(pass_rates, indices[has_pred], predicted[has_pred]))
   return CollectedBatch(chosen_rollouts, indices, predicted, reward_stats, metrics)
+
+
+def _exact_errors(pass_rates: PassRatesFn, indices: np.ndarray, predicted: np.ndarray
+                  ) -> dict[str, float]:
+  """The predictions against the exact pass rates of the same questions. Its time is reported
+  (`selection/diagnostic_s`) so the loop can leave it out of the method's training seconds."""
+  t0 = time.perf_counter()
+  exact = np.asarray(pass_rates(indices), np.float64)
+  return {"selection/exact_pass_rate": float(exact.mean()),
+          "selection/pred_abs_err_exact": float(np.abs(predicted - exact).mean()),
+          "selection/diagnostic_s": time.perf_counter() - t0}
 
 
 def _mean(x: np.ndarray) -> float:

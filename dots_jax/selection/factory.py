@@ -9,7 +9,7 @@ import numpy as np
 from dots_jax.difficulty.estimator import DifficultyEstimator
 from dots_jax.methods import get_method
 from dots_jax.selection.base import EpochStream, RolloutRounds, Strategy
-from dots_jax.selection.dots import DotsSource
+from dots_jax.selection.dots import DotsSource, OracleSource
 from dots_jax.selection.greso import GresoStrategy
 from dots_jax.selection.mopps import MoppsStrategy
 from dots_jax.selection.uniform import DynamicSamplingStrategy, UniformStrategy
@@ -22,7 +22,8 @@ def make_strategy(config: ml_collections.ConfigDict, num_questions: int, *,
                   embeddings_NxD: np.ndarray | None = None,
                   estimator: DifficultyEstimator | None = None) -> Strategy:
   """The strategy for `config.method` over a training set of `num_questions` questions. DOTS methods
-  need the question embeddings and the estimator (`dots_jax.difficulty.setup.dots_inputs`)."""
+  need the question embeddings and the estimator (`dots_jax.difficulty.setup.dots_inputs`); oracle
+  methods need `StepContext.pass_rates` at every step (the loop passes them)."""
   method = get_method(config.method)
   source_kind, kind = method.source, method.filter
   sel = config.selection
@@ -36,6 +37,9 @@ def make_strategy(config: ml_collections.ConfigDict, num_questions: int, *,
         embeddings_NxD, estimator, ref_size=d.ref_size, round_steps=d.round_steps, alpha=d.alpha,
         tau=d.tau, chunk=d.chunk, online_finetune=d.online_finetune, online_steps=d.online_steps,
         online_lr=d.online_lr, online_batch=d.online_batch, seed=config.seed)
+  elif source_kind == "oracle":
+    d = sel.dots
+    source = OracleSource(num_questions, round_steps=d.round_steps, alpha=d.alpha, tau=d.tau)
   else:
     source = EpochStream(num_questions, config.seed)
   if kind == "none":

@@ -53,7 +53,8 @@ RUN_BARS = (
     Bar("moved_heldout_questions", 0.25, True,
         "uniform GRPO: share of held-out questions whose pass rate moved by >= 0.25"),
     Bar("dots_tracking_error", 0.15, False,
-        "DOTS: mean |predicted - observed pass rate| on the selected batch over the run"),
+        "DOTS: mean |predicted - exact pass rate| on the selected batch over the run (observed "
+        "G-sample pass rate where the task has no exact one)"),
 )
 
 GOALS = (

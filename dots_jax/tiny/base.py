@@ -36,6 +36,8 @@ def cache_root(tiny: Any) -> str:
 def tiny_key(config: Any) -> str:
   """Hash of every setting the base policy depends on (not cache_dir: where it lives is no input)."""
   tiny = {k: v for k, v in config.tiny.to_dict().items() if k != "cache_dir"}
+  if tiny.get("sft_borrow_drop", -1.0) < 0:  # unset (= sft_carry_drop): bases made before it keep
+    tiny.pop("sft_borrow_drop", None)  # their key
   payload = {"tiny": tiny, "synthetic": config.data.synthetic.to_dict(),
              "system_prompt": config.data.system_prompt, "chat_template": config.data.chat_template,
              "max_prompt_tokens": config.data.max_prompt_tokens,
@@ -118,7 +120,8 @@ def build_tiny_base(config: Any, out_dir: str, log: Callable[[str], None] = prin
   log(f"  tiny Qwen2: {cfg.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}, "
       f"SFT {config.tiny.sft_steps} steps x {config.tiny.sft_batch}")
   info = sft.run_sft(model, sft_stream(config.data.synthetic, config.tiny.seed,
-                                         config.tiny.sft_carry_drop), config.tiny,
+                                         config.tiny.sft_carry_drop, config.tiny.sft_borrow_drop),
+                     config.tiny,
                      prompt_encoder(tokenizer, config.data), answer_encoder(tokenizer), eos_id,
                      length, log)
   export_policy(cfg, model, out_dir, tokenizer_dir=tok_dir)

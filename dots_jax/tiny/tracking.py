@@ -1,0 +1,170 @@
+"""Can any estimator keep up? How predictable a run's pass rates are from the questions, step by step.
+
+  python -m dots_jax.tiny.tracking --workdir=/tmp/compare/grpo_s0
+
+Reads a run's exact per-question pass rates of the training pool (<workdir>/pass_rates/<step>.npz,
+set "synthetic": the first config.eval.max_questions pool questions, exact evaluation) and, at every
+evaluation, measures how well each predictor recovers them (Pearson r over those questions):
+  * estimator: the run's DOTS estimator and embeddings, predicting as a DOTS round does
+    (`estimator.predict_recalibrated`) from `ref_size` random references labelled with G samples
+    each, as in training; and from `ref_factor` x as many references labelled exactly (more and
+    noise-free labels: what better references alone could buy);
+  * ridge: a ridge regression on the same frozen embeddings fitted to that step's exact pass rates on
+    half the questions and scored on the other half: what a readout of these embeddings trained on
+    the current policy itself could reach;
+  * structure R^2: the share of pass-rate variance explained by each question's operation, digit
+    counts and carries (`synthetic.problem_structure`), the skill the testbed's difficulty is built on.
+Writes <workdir>/tracking.json. If the estimator's r falls while the ridge readout's falls with it,
+no estimator on these embeddings can track the policy: the remaining difficulty is not in the
+question's content.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from absl import app, flags
+
+from dots_jax.data.dataset import load_dataset
+from dots_jax.data.synthetic import problem_structure
+from dots_jax.difficulty import estimator as est
+from dots_jax.difficulty.offline import dots_inputs
+from dots_jax.workdir import read_config
+
+POOL_SET = "synthetic"
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a run of `python -m dots_jax.main` with exact "
+                               "evaluation of the pool (config.data.eval_sets has 'synthetic')")
+_DRAWS = flags.DEFINE_integer("draws", 5, "reference draws averaged per step")
+_REF_FACTOR = flags.DEFINE_integer("ref_factor", 8, "the larger, exactly labelled reference set, "
+                                   "as a multiple of selection.dots.ref_size")
+_RIDGE = flags.DEFINE_float("ridge", 10.0, "ridge penalty on the standardised embeddings")
+
+
+@dataclasses.dataclass
+class StepPredictability:
+  step: int
+  mean_pass_rate: float
+  estimator_r: float  # ref_size references, G-sample labels (as in training)
+  estimator_r_exact: float  # ref_factor x ref_size references, exact labels
+  ridge_r: float
+  structure_r2: float
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+  """Pearson r; NaN when either side is constant."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if x.std() < 1e-12 or y.std() < 1e-12:
+    return float("nan")
+  return float(np.corrcoef(x, y)[0, 1])
+
+
+def group_r2(p_N: np.ndarray, keys: Sequence[str]) -> float:
+  """Share of the variance of p explained by the mean of p within each key's group."""
+  p = np.asarray(p_N, np.float64)
+  keys = np.asarray(keys)
+  fitted = np.empty_like(p)
+  for k in np.unique(keys):
+    m = keys == k
+    fitted[m] = p[m].mean()
+  total = ((p - p.mean()) ** 2).sum()
+  return float(1.0 - ((p - fitted) ** 2).sum() / total) if total > 0 else float("nan")
+
+
+def ridge_r(x_NxD: np.ndarray, p_N: np.ndarray, penalty: float) -> float:
+  """r on the odd rows of a ridge regression fitted on the even rows (standardised features)."""
+  x = np.asarray(x_NxD, np.float64)
+  x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+  fit, test = slice(0, None, 2), slice(1, None, 2)
+  a, y = x[fit], np.asarray(p_N, np.float64)[fit]
+  w = np.linalg.solve(a.T @ a + penalty * np.eye(x.shape[1]), a.T @ (y - y.mean()))
+  return pearson(x[test] @ w, np.asarray(p_N)[test])
+
+
+def estimator_r(model: est.DifficultyEstimator, pq_NxH: np.ndarray, emb_NxD: np.ndarray,
+                p_N: np.ndarray, refs: int, group_size: int, rng: np.random.Generator,
+                draws: int) -> float:
+  """Mean r between p and DOTS's predictions from `refs` random references labelled with
+  `group_size` samples each (0: exactly)."""
+  out = []
+  for _ in range(draws):
+    idx = rng.choice(len(p_N), refs, replace=False)
+    labels = (p_N[idx] if group_size == 0
+              else rng.binomial(group_size, p_N[idx]) / group_size).astype(np.float32)
+    pred, _ = est.predict_recalibrated(model, pq_NxH, emb_NxD, idx, labels)
+    out.append(pearson(pred, p_N))
+  return float(np.nanmean(out)) if np.isfinite(out).any() else float("nan")
+
+
+def pass_rate_steps(workdir: str) -> list[int]:
+  d = os.path.join(workdir, "pass_rates")
+  if not os.path.isdir(d):
+    raise FileNotFoundError(f"{d} does not exist: the run needs config.eval.exact=True")
+  return sorted(int(f[:-4]) for f in os.listdir(d) if f.endswith(".npz") and f[:-4].isdigit())
+
+
+def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: float = 10.0,
+                seed: int = 0) -> list[StepPredictability]:
+  config = read_config(workdir)
+  pool = load_dataset(config.data, "train")
+  problems = [pool[i].problem for i in range(len(pool))]
+  evaluated = load_dataset(config.data, POOL_SET)
+  n_eval = min(len(evaluated), config.eval.max_questions or len(evaluated))
+  if [evaluated[i].problem for i in range(n_eval)] != problems[:n_eval]:
+    raise ValueError(f"{workdir}: eval set {POOL_SET!r} is not the head of the training pool "
+                     f"(data.train={config.data.train!r})")
+  emb, model = dots_inputs(config, problems)
+  d, g = config.selection.dots, int(config.sampling.group_size)
+  structure = None
+  out = []
+  rng = np.random.default_rng(seed)
+  for step in pass_rate_steps(workdir):
+    with np.load(os.path.join(workdir, "pass_rates", f"{step}.npz")) as z:
+      if POOL_SET not in z.files:
+        raise ValueError(f"{workdir}/pass_rates/{step}.npz has no {POOL_SET!r} set: add it to "
+                         "config.data.eval_sets")
+      p = z[POOL_SET].astype(np.float64)
+    n = len(p)
+    if structure is None:
+      structure = [problem_structure(t) for t in problems[:n]]
+      e = emb[:n]
+      pq = est.project_queries(model, e)
+    big = min(n, d.ref_size * ref_factor)
+    out.append(StepPredictability(
+        step=step, mean_pass_rate=float(p.mean()),
+        estimator_r=estimator_r(model, pq, e, p, d.ref_size, g, rng, draws),
+        estimator_r_exact=estimator_r(model, pq, e, p, big, 0, rng, draws),
+        ridge_r=ridge_r(e, p, penalty), structure_r2=group_r2(p, structure)))
+  return out
+
+
+def report(rows: list[StepPredictability], ref_size: int, big: int, group_size: int) -> str:
+  lines = [f"step | mean p | estimator r ({ref_size} refs, G={group_size}) | estimator r ({big} refs, "
+           "exact) | ridge r (embeddings, fitted now) | structure R^2"]
+  for r in rows:
+    lines.append(f"{r.step} | {r.mean_pass_rate:.3f} | {r.estimator_r:.2f} | "
+                 f"{r.estimator_r_exact:.2f} | {r.ridge_r:.2f} | {r.structure_r2:.2f}")
+  return "\n".join(lines)
+
+
+def main(argv: Any) -> None:
+  del argv
+  workdir = _WORKDIR.value
+  if not workdir:
+    raise app.UsageError("--workdir is required")
+  rows = analyze_run(workdir, draws=_DRAWS.value, ref_factor=_REF_FACTOR.value,
+                     penalty=_RIDGE.value)
+  config = read_config(workdir)
+  print(report(rows, config.selection.dots.ref_size,
+               config.selection.dots.ref_size * _REF_FACTOR.value, config.sampling.group_size))
+  with open(os.path.join(workdir, "tracking.json"), "w") as f:
+    json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
+  print(f"wrote {workdir}/tracking.json")
+
+
+if __name__ == "__main__":
+  app.run(main)
