@@ -22,14 +22,15 @@ evaluation with the training seconds and rollouts spent so far, evaluation time 
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import subprocess
 import sys
 from typing import Any
 
 import numpy as np
 
+from dots_jax import fs
 from dots_jax.tiny import bars
 
 BASELINE = "grpo"
@@ -41,27 +42,26 @@ MOVED = 0.25  # a held-out question "moved" when its pass rate changed by at lea
 
 def read_curve(run_dir: str) -> dict[str, np.ndarray]:
   """Evaluation points of one run: step, accuracy, stderr, training seconds and rollouts so far."""
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.isfile(path):
+  path = fs.join(run_dir, "metrics.jsonl")
+  if not fs.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: run the comparison without --analyze_only")
   rows, per_step = [], {k: [] for k in _STEP_KEYS}
   distinct = float("nan")
-  with open(path) as f:
-    for line_no, line in enumerate(f, start=1):
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not JSON ({e.msg})") from None
-      if "selection/effective_frac" in rec:  # a training step's record
-        for name, key in _STEP_KEYS.items():
-          per_step[name].append(float(rec.get(key, float("nan"))))
-      if "progress/distinct_questions" in rec:
-        distinct = float(rec["progress/distinct_questions"])
-      if "eval/accuracy" in rec:
-        pool = next((v for k, v in rec.items() if k.startswith(f"eval/{POOL_SET}/avg@")),
-                    float("nan"))
-        rows.append((rec["step"], rec["eval/accuracy"], rec["eval/stderr"],
-                     rec["progress/seconds"], rec["progress/rollouts"], pool))
+  for line_no, line in enumerate(fs.read_text(path).splitlines(), start=1):
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+    if "selection/effective_frac" in rec:  # a training step's record
+      for name, key in _STEP_KEYS.items():
+        per_step[name].append(float(rec.get(key, float("nan"))))
+    if "progress/distinct_questions" in rec:
+      distinct = float(rec["progress/distinct_questions"])
+    if "eval/accuracy" in rec:
+      pool = next((v for k, v in rec.items() if k.startswith(f"eval/{POOL_SET}/avg@")),
+                  float("nan"))
+      rows.append((rec["step"], rec["eval/accuracy"], rec["eval/stderr"],
+                   rec["progress/seconds"], rec["progress/rollouts"], pool))
   if not rows:
     raise ValueError(f"{path}: no evaluation records (config.eval.every must be > 0)")
   a = np.asarray(rows, np.float64)
@@ -85,10 +85,9 @@ def _read_pass_rates(run_dir: str, first: float, last: float) -> dict[str, dict[
   """{"first"|"last": {set: per-question pass rates}} from exact evaluation; {} where absent."""
   out = {}
   for which, step in (("first", first), ("last", last)):
-    path = os.path.join(run_dir, "pass_rates", f"{int(step)}.npz")
-    if os.path.isfile(path):
-      with np.load(path) as z:
-        out[which] = {k: z[k].astype(np.float64) for k in z.files}
+    path = fs.join(run_dir, "pass_rates", f"{int(step)}.npz")
+    if fs.isfile(path):
+      out[which] = {k: v.astype(np.float64) for k, v in fs.load_npz(path).items()}
   return out
 
 
@@ -335,7 +334,9 @@ def plot_curves(curves: dict[str, dict[int, dict[str, np.ndarray]]], out_png: st
     ax.grid(alpha=0.3)
   axes[0].legend()
   fig.tight_layout()
-  fig.savefig(out_png, dpi=120)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
+  fs.write_bytes(out_png, buf.getvalue())
   plt.close(fig)
 
 
@@ -376,23 +377,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   seeds = [int(s) for s in args.seeds.split(",") if s]
   if BASELINE not in methods:
     p.error(f"--methods must include the baseline {BASELINE!r}")
-  os.makedirs(args.workdir, exist_ok=True)
+  fs.makedirs(args.workdir)
   curves: dict[str, dict[int, dict[str, np.ndarray]]] = {m: {} for m in methods}
   for seed in seeds:  # seed-major: a partial comparison still has complete pairs with GRPO
     for method in methods:
-      run_dir = os.path.join(args.workdir, f"{method}_s{seed}")
+      run_dir = fs.join(args.workdir, f"{method}_s{seed}")
       if not args.analyze_only:
         run_one(args.config, overrides, method, seed, run_dir)
       curves[method][seed] = read_curve(run_dir)
-  group_size, overlap = _run_setup(os.path.join(args.workdir, f"{BASELINE}_s{seeds[0]}"))
+  group_size, overlap = _run_setup(fs.join(args.workdir, f"{BASELINE}_s{seeds[0]}"))
   result = analyze(curves, group_size, overlap)
   result.update(config=args.config, overrides=overrides, methods=methods, seeds=seeds)
-  with open(os.path.join(args.workdir, "compare.json"), "w") as f:
-    json.dump(result, f, indent=1, allow_nan=True)
+  fs.write_text(fs.join(args.workdir, "compare.json"), json.dumps(result, indent=1, allow_nan=True))
   table = markdown_table(result)
-  with open(os.path.join(args.workdir, "compare.md"), "w") as f:
-    f.write(table + "\n")
-  plot_curves(curves, os.path.join(args.workdir, "curves.png"))
+  fs.write_text(fs.join(args.workdir, "compare.md"), table + "\n")
+  plot_curves(curves, fs.join(args.workdir, "curves.png"))
   print(table)
   print(f"wrote {args.workdir}/compare.json, compare.md, curves.png")
   return result

@@ -46,6 +46,12 @@ def makedirs(path: str | os.PathLike) -> None:
   epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
+def listdir(path: str | os.PathLike) -> list[str]:
+  """Names in a directory, sorted; [] when it does not exist."""
+  p = epath.Path(path)
+  return sorted(c.name for c in p.iterdir()) if p.exists() else []
+
+
 def read_text(path: str | os.PathLike) -> str:
   return epath.Path(path).read_text()
 
@@ -90,6 +96,15 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {k: z[k] for k in z.files}
 
 
+def staging_path(url: str, staging_dir: str = "") -> str:
+  """A local path standing in for the remote `url` while it is written (under `staging_dir`, default
+  <tmp>/dots_jax_staging), the same for the same URL."""
+  root = staging_dir or os.path.join(tempfile.gettempdir(), "dots_jax_staging")
+  os.makedirs(root, exist_ok=True)
+  key = hashlib.sha256(url.encode()).hexdigest()[:16]
+  return os.path.join(root, f"{key}-{os.path.basename(url.rstrip('/'))}")
+
+
 class AppendLog:
   """An append-only text file (metrics.jsonl, samples.jsonl). Local: appended in place, every line
   at once. Remote: appended to a local staging copy, uploaded whole by `sync()` (the loop syncs at
@@ -99,10 +114,7 @@ class AppendLog:
     self.path = os.fspath(path)
     self.remote = is_remote(self.path)
     if self.remote:
-      root = staging_dir or os.path.join(tempfile.gettempdir(), "dots_jax_staging")
-      key = hashlib.sha256(self.path.encode()).hexdigest()[:16]
-      os.makedirs(root, exist_ok=True)
-      self.local = os.path.join(root, f"{key}-{os.path.basename(self.path)}")
+      self.local = staging_path(self.path, staging_dir)
       # Start from what the bucket holds (a resumed run appends to it).
       data = read_bytes(self.path) if exists(self.path) else b""
       with open(self.local, "wb") as f:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 
 import jax
 import ml_collections
 
+from dots_jax import fs
 from dots_jax.config_common import ConfigError
 from dots_jax.methods import get_method
 from dots_jax.model.qwen2 import remat_policy
@@ -54,19 +54,22 @@ def validate_config(config: ml_collections.ConfigDict,
 
 
 def check_model_path(path: str) -> None:
-  """A local Hugging Face Qwen2/Qwen2.5 directory."""
-  if "://" in path:
-    raise ConfigError(f"config.model.path={path!r}: remote URLs are not read; copy the checkpoint "
-                      "to a local disk or mount the bucket (gcsfuse) and pass that path")
-  if not os.path.isdir(path):
-    raise ConfigError(f"config.model.path={path!r} is not a directory; point it at a local Hugging "
-                      "Face checkpoint (config.json + *.safetensors + tokenizer files)")
-  cfg_file = os.path.join(path, "config.json")
-  if not os.path.isfile(cfg_file):
-    raise ConfigError(f"config.model.path={path!r} has no config.json; it must be a Hugging Face "
-                      "Qwen2/Qwen2.5 checkpoint directory")
-  with open(cfg_file) as f:
-    hf = json.load(f)
+  """A Hugging Face Qwen2/Qwen2.5 directory: local, or a gs:// URL (copied to the local cache when
+  the job loads it, `fs.localize`)."""
+  try:
+    if not fs.exists(path) or fs.isfile(path):
+      raise ConfigError(f"config.model.path={path!r} is not a directory; point it at a Hugging "
+                        "Face checkpoint (config.json + *.safetensors + tokenizer files)")
+    cfg_file = fs.join(path, "config.json")
+    if not fs.isfile(cfg_file):
+      raise ConfigError(f"config.model.path={path!r} has no config.json; it must be a Hugging "
+                        "Face Qwen2/Qwen2.5 checkpoint directory")
+    hf = json.loads(fs.read_text(cfg_file))
+  except ConfigError:
+    raise
+  except Exception as e:  # a URL scheme without its file system, no credentials, ...
+    raise ConfigError(f"config.model.path={path!r} cannot be read: {type(e).__name__}: {e} "
+                      "(gs:// needs pip install -e \".[gcs]\" and credentials)") from None
   if hf.get("model_type") != "qwen2" and "Qwen2ForCausalLM" not in hf.get("architectures", []):
     raise ConfigError(
         f"config.model.path={path!r} holds model_type={hf.get('model_type')!r} "
@@ -79,10 +82,12 @@ def check_workdir(workdir: str) -> None:
   if not workdir:
     raise ConfigError("--workdir is required: checkpoints, metrics.jsonl and summary.json go there "
                       "(an existing workdir resumes)")
-  if "://" in workdir:
-    raise ConfigError(f"--workdir={workdir!r}: remote URLs are not written to; use a local path "
-                      "or a mounted bucket (gcsfuse), which every process of the job must see")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  try:
+    is_file = fs.isfile(workdir)
+  except Exception as e:  # a URL scheme without its file system, no credentials, ...
+    raise ConfigError(f"--workdir={workdir!r} cannot be reached: {type(e).__name__}: {e} (gs:// "
+                      "needs pip install -e \".[gcs]\" and credentials)") from None
+  if is_file:
     raise ConfigError(f"--workdir={workdir!r} exists and is not a directory")
 
 
@@ -92,7 +97,7 @@ def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) ->
   current = jax.config.jax_compilation_cache_dir
   if current or not config.compilation_cache:
     return current or ""
-  path = (os.path.join(os.path.abspath(workdir), "compile_cache")
+  path = (fs.join(fs.absolute(workdir), "compile_cache")
           if config.compilation_cache == "workdir" else config.compilation_cache)
   jax.config.update("jax_compilation_cache_dir", path)
   return path

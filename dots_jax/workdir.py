@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 from flax import nnx
 
+from dots_jax import fs
 from dots_jax.config_base import base_config
 from dots_jax.config_common import ConfigError, all_keys
 from dots_jax.model import hf_io, qwen2
@@ -57,12 +57,11 @@ def config_changes(saved: ml_collections.ConfigDict, current: ml_collections.Con
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config `workdir` was started with, over today's defaults (tuples restored)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = fs.join(workdir, CONFIG_FILE)
+  if not fs.isfile(path):
     raise ConfigError(f"{path} does not exist: --workdir must be a run directory of "
                       "`python -m dots_jax.main` (it writes config.json at start-up)")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(fs.read_text(path))
   c = base_config()
 
   def merge(node: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
@@ -80,19 +79,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Checks a resumed run's config against the saved one, then (process 0) writes `config.json`."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.isfile(path):
+  path = fs.join(workdir, CONFIG_FILE)
+  if fs.isfile(path):
     changes = config_changes(read_config(workdir), config)
     if changes and not config.allow_config_change:
       raise ConfigError(
           f"--workdir={workdir} was started with another config ({'; '.join(changes)}); resume "
           "with the same settings, use a new workdir, or pass --config.allow_config_change=True")
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(config.to_json(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    fs.write_text(path, config.to_json(indent=2, sort_keys=True))
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from dots_jax import fs
 from dots_jax.data import builder, sources, synthetic
 from dots_jax.data.question import Question, field_mapper, read_questions
 
@@ -85,7 +86,8 @@ def _part_file(data_cfg: Any, part: str) -> tuple[str, Any]:
   """(file path, row mapper) of one part of a data set name: a registry name or a user file."""
   if not _is_path(part):
     return sources.find_source_file(data_cfg, part), sources.SOURCES[part].mapper
-  path = os.path.expanduser(part)
+  # A gs:// file is copied once into the local cache (the builder reads local files).
+  path = fs.localize(part) if fs.is_remote(part) else os.path.expanduser(part)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.data.train: {part!r} is not a file (a path must end in "
                             f"{', '.join(FILE_SUFFIXES)}; registry names: {sorted(sources.SOURCES)})")

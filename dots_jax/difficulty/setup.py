@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import logging
 
+from dots_jax import fs
 from dots_jax.difficulty import embed
 from dots_jax.difficulty.estimator import EstimatorConfig
 from dots_jax.model.hf_io import load_policy, load_tokenizer
@@ -15,8 +16,10 @@ from dots_jax.tiny.base import policy_path
 
 
 def backbone_path(config: Any) -> str:
-  """selection.dots.backbone, else the initial policy (model.path, else the cached tiny base)."""
-  return config.selection.dots.backbone or policy_path(config)
+  """selection.dots.backbone (a gs:// URL copied once into the local cache), else the initial
+  policy (model.path, else the cached tiny base)."""
+  backbone = config.selection.dots.backbone
+  return fs.localize(backbone) if backbone else policy_path(config)
 
 
 def question_embeddings(config: Any, problems: Sequence[str], *, dataset: str | None = None,

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from dots_jax import fs
 from dots_jax.model import qwen2, sharding
 
 CONFIG_FILE = "config.json"
@@ -261,8 +263,15 @@ def _hf_tensors(model: qwen2.Qwen2ForCausalLM) -> Iterator[tuple[str, jax.Array,
 def export_policy(cfg: qwen2.Qwen2Config, model: qwen2.Qwen2ForCausalLM,
                   out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
                   max_shard_size: int | str = "5GB") -> str:
-  """Writes a HF directory `transformers`/vLLM can load; tensors keep the params' dtype."""
+  """Writes a HF directory `transformers`/vLLM can load; tensors keep the params' dtype. A gs://
+  `out_dir` is written locally first, then uploaded (safetensors writes local files)."""
   out_dir = os.fspath(out_dir)
+  if fs.is_remote(out_dir):
+    with tempfile.TemporaryDirectory() as tmp:
+      export_policy(cfg, model, tmp, tokenizer_dir, max_shard_size)
+      if jax.process_index() == 0:
+        fs.upload_dir(tmp, out_dir)
+    return out_dir
   limit = _parse_size(max_shard_size)
   write = jax.process_index() == 0
   if write:

@@ -13,7 +13,6 @@ refuses, are written into the JSON with their dtype and shape and come back as e
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from dots_jax import fs
 
 _ARRAY_TAG = "__ndarray__"
 _INLINE_TAG = "__inline_ndarray__"  # [dtype str, shape, values]
@@ -76,7 +77,7 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"config.ckpt.keep must be >= 1, got {keep}")
     self.async_save = async_save
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = fs.join(fs.absolute(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)

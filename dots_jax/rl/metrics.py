@@ -135,6 +135,7 @@ class MetricsWriter:
     self.path = fs.join(workdir, "metrics.jsonl")
     self.history: list[dict[str, Any]] = []
     self._log = self._samples = None
+    self._tb_local = ""
     self._tb = None
     # Weights & Biases (optional extra): started at the first write, after a resume has restored
     # the run id, so a resumed job continues the same W&B run.
@@ -152,8 +153,11 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
     # purge_step: events at or after it (written after the checkpoint a resume starts from) are
-    # dropped, so TensorBoard does not show those steps twice.
-    self._tb = SummaryWriter(fs.join(self.workdir, "tb"), purge_step=purge_step)
+    # dropped, so TensorBoard does not show those steps twice. A remote workdir's events are written
+    # to a local staging directory and uploaded by `flush`.
+    tb_dir = fs.join(self.workdir, "tb")
+    self._tb_local = fs.staging_path(tb_dir) if fs.is_remote(tb_dir) else ""
+    self._tb = SummaryWriter(self._tb_local or tb_dir, purge_step=purge_step)
 
   def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     """Records scalar metrics for `step` (jax/numpy scalars are converted); returns the record."""
@@ -175,6 +179,8 @@ class MetricsWriter:
     uploaded: the loop flushes at every checkpoint and at the end)."""
     if self._tb is not None:
       self._tb.flush()
+      if self._tb_local:
+        fs.upload_dir(self._tb_local, fs.join(self.workdir, "tb"))
     for log in (self._log, self._samples):
       if log is not None:
         log.sync()
@@ -221,9 +227,12 @@ class MetricsWriter:
         self._open_tb(purge_step=int(self.history[-1]["step"]) + 1)
 
   def close(self) -> None:
-    self.flush()
     if self._tb is not None:
-      self._tb.close()
+      self._tb.close()  # writes what it still holds
+      if self._tb_local:
+        fs.upload_dir(self._tb_local, fs.join(self.workdir, "tb"))
+      self._tb = None
+    self.flush()
     if self._wandb is not None:
       self._wandb.finish()
       self._wandb = None

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import jax
 
+from dots_jax import fs
 from dots_jax.data.prompts import build_prompt
 from dots_jax.data.synthetic import sft_stream
 from dots_jax.model.hf_io import export_policy, load_tokenizer
@@ -70,8 +71,11 @@ def answer_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
 
 
 def policy_path(config: Any, log: Callable[[str], None] = print) -> str:
-  """The initial policy: config.model.path, or the cached tiny base (made now if missing)."""
-  return config.model.path or ensure_tiny_base(config, log)
+  """The initial policy's local directory: config.model.path (a gs:// URL copied once into the
+  local cache), or the cached tiny base (made now if missing)."""
+  if config.model.path:
+    return fs.localize(config.model.path)
+  return ensure_tiny_base(config, log)
 
 
 def ensure_tiny_base(config: Any, log: Callable[[str], None] = print) -> str:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Sequence
 
 import numpy as np
 from absl import app, flags
 
+from dots_jax import fs
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.synthetic import problem_structure
 from dots_jax.difficulty import estimator as est
@@ -101,10 +101,11 @@ def estimator_r(model: est.DifficultyEstimator, pq_NxH: np.ndarray, emb_NxD: np.
 
 
 def pass_rate_steps(workdir: str) -> list[int]:
-  d = os.path.join(workdir, "pass_rates")
-  if not os.path.isdir(d):
-    raise FileNotFoundError(f"{d} does not exist: the run needs config.eval.exact=True")
-  return sorted(int(f[:-4]) for f in os.listdir(d) if f.endswith(".npz") and f[:-4].isdigit())
+  d = fs.join(workdir, "pass_rates")
+  steps = sorted(int(f[:-4]) for f in fs.listdir(d) if f.endswith(".npz") and f[:-4].isdigit())
+  if not steps:
+    raise FileNotFoundError(f"{d} holds no <step>.npz: the run needs config.eval.exact=True")
+  return steps
 
 
 def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: float = 10.0,
@@ -123,11 +124,11 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
   out = []
   rng = np.random.default_rng(seed)
   for step in pass_rate_steps(workdir):
-    with np.load(os.path.join(workdir, "pass_rates", f"{step}.npz")) as z:
-      if POOL_SET not in z.files:
-        raise ValueError(f"{workdir}/pass_rates/{step}.npz has no {POOL_SET!r} set: add it to "
-                         "config.data.eval_sets")
-      p = z[POOL_SET].astype(np.float64)
+    rates = fs.load_npz(fs.join(workdir, "pass_rates", f"{step}.npz"))
+    if POOL_SET not in rates:
+      raise ValueError(f"{workdir}/pass_rates/{step}.npz has no {POOL_SET!r} set: add it to "
+                       "config.data.eval_sets")
+    p = rates[POOL_SET].astype(np.float64)
     n = len(p)
     if structure is None:
       structure = [problem_structure(t) for t in problems[:n]]
@@ -161,8 +162,8 @@ def main(argv: Any) -> None:
   config = read_config(workdir)
   print(report(rows, config.selection.dots.ref_size,
                config.selection.dots.ref_size * _REF_FACTOR.value, config.sampling.group_size))
-  with open(os.path.join(workdir, "tracking.json"), "w") as f:
-    json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
+  fs.write_text(fs.join(workdir, "tracking.json"),
+                json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
   print(f"wrote {workdir}/tracking.json")
 
 

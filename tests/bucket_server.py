@@ -1,0 +1,37 @@
+"""A local GCS server for the gs:// tests: `python tests/bucket_server.py PORT BUCKET`.
+
+gcp-storage-emulator (test extra), with one addition: download responses carry the object's
+generation (x-goog-generation), which tensorstore's GCS driver (orbax's array writes) reads back for
+its conditional writes and which the emulator leaves out, and requests are served in parallel.
+"""
+import http.server
+import sys
+
+from gcp_storage_emulator import server
+from gcp_storage_emulator.handlers import objects
+
+_download = objects.download
+
+
+def download_with_generation(request, response, storage, *args, **kwargs):
+  try:
+    obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+    response["x-goog-generation"] = str(obj["generation"])
+    response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+  except Exception:  # not found: the emulator's own handler answers 404
+    pass
+  return _download(request, response, storage, *args, **kwargs)
+
+
+def main(port: int, bucket: str) -> None:
+  # tensorstore sends requests in parallel; the emulator's one-request-at-a-time server drops some.
+  http.server.HTTPServer = http.server.ThreadingHTTPServer
+  objects.download = download_with_generation  # JSON-API reads (?alt=media) call it by name
+  server.HANDLERS = tuple(
+      (pattern, {m: (download_with_generation if fn is _download else fn) for m, fn in methods.items()})
+      for pattern, methods in server.HANDLERS)
+  server.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket).run()
+
+
+if __name__ == "__main__":
+  main(int(sys.argv[1]), sys.argv[2])
