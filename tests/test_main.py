@@ -230,3 +230,32 @@ def test_dry_run_compiles_pi_old_and_the_update(capsys):
   assert all(p["compiled"] > 0 and p["estimated"] > 0 for p in plan["programs"].values())
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert re.fullmatch(r"peak per device: \d+\.\d\d GiB compiled, \d+\.\d\d GiB estimated", last)
+
+
+def test_pool_pass_rates_equal_the_exact_evaluation_of_the_pool(cache):
+  """The truth the driver scores predictions against (and the oracle selects with) is the exact
+  evaluation's pass rate of the same questions."""
+  from flax import nnx
+
+  from dots_jax.data.dataset import load_dataset
+  from dots_jax.data.prompts import PromptTable
+  from dots_jax.evaluate import Evaluator, PoolPassRates, exact_fn
+  from dots_jax.model.hf_io import load_policy, load_tokenizer
+  from dots_jax.tiny.base import policy_path
+  c = micro(cache)
+  path = policy_path(c, log=lambda s: None)
+  tokenizer = load_tokenizer(path)
+  _, model = load_policy(path)
+  graphdef, params = nnx.split(model)
+  prompts = PromptTable(tokenizer, c.data, load_dataset(c.data, "train"))
+  rates = PoolPassRates.for_config(c, tokenizer, prompts, graphdef).at(params)
+  evaluator = Evaluator(c, tokenizer)
+  evaluator.run(None, jax.random.key(0), exact=exact_fn(c, graphdef, params))
+  want = evaluator.pass_rates["synthetic"]
+  got = rates(np.arange(len(want)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert 0.0 < got.mean() < 1.0
+  c.eval.exact = False  # no exact pass rates to score with: refused by name where required
+  assert PoolPassRates.for_config(c, tokenizer, prompts, graphdef) is None
+  with pytest.raises(ConfigError, match="eval.exact"):
+    PoolPassRates.for_config(c, tokenizer, prompts, graphdef, required=True)
