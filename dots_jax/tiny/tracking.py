@@ -26,7 +26,6 @@ import json
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
 
 from dots_jax import fs
 from dots_jax.data.dataset import load_dataset
@@ -36,13 +35,6 @@ from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.workdir import read_config
 
 POOL_SET = "synthetic"
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "a run of `python -m dots_jax.main` with exact "
-                               "evaluation of the pool (config.data.eval_sets has 'synthetic')")
-_DRAWS = flags.DEFINE_integer("draws", 5, "reference draws averaged per step")
-_REF_FACTOR = flags.DEFINE_integer("ref_factor", 8, "the larger, exactly labelled reference set, "
-                                   "as a multiple of selection.dots.ref_size")
-_RIDGE = flags.DEFINE_float("ridge", 10.0, "ridge penalty on the standardised embeddings")
 
 
 @dataclasses.dataclass
@@ -153,19 +145,26 @@ def report(rows: list[StepPredictability], ref_size: int, big: int, group_size: 
 
 
 def main(argv: Any) -> None:
+  from absl import app, flags
   del argv
-  workdir = _WORKDIR.value
-  if not workdir:
+  f = flags.FLAGS
+  if not f.workdir:
     raise app.UsageError("--workdir is required")
-  rows = analyze_run(workdir, draws=_DRAWS.value, ref_factor=_REF_FACTOR.value,
-                     penalty=_RIDGE.value)
-  config = read_config(workdir)
-  print(report(rows, config.selection.dots.ref_size,
-               config.selection.dots.ref_size * _REF_FACTOR.value, config.sampling.group_size))
-  fs.write_text(fs.join(workdir, "tracking.json"),
+  rows = analyze_run(f.workdir, draws=f.draws, ref_factor=f.ref_factor, penalty=f.ridge)
+  config = read_config(f.workdir)
+  print(report(rows, config.selection.dots.ref_size, config.selection.dots.ref_size * f.ref_factor,
+               config.sampling.group_size))
+  fs.write_text(fs.join(f.workdir, "tracking.json"),
                 json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
-  print(f"wrote {workdir}/tracking.json")
+  print(f"wrote {f.workdir}/tracking.json")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only when run as a command (main.py defines --workdir too)
+  from absl import app, flags
+  flags.DEFINE_string("workdir", None, "a run of `python -m dots_jax.main` with exact evaluation of "
+                      "the pool (config.data.eval_sets has 'synthetic')")
+  flags.DEFINE_integer("draws", 5, "reference draws averaged per step")
+  flags.DEFINE_integer("ref_factor", 8, "the larger, exactly labelled reference set, as a multiple "
+                       "of selection.dots.ref_size")
+  flags.DEFINE_float("ridge", 10.0, "ridge penalty on the standardised embeddings")
   app.run(main)
