@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import tempfile
+
 import numpy as np
 from etils import epath
 

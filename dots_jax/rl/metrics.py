@@ -179,11 +179,14 @@ class MetricsWriter:
     uploaded: the loop flushes at every checkpoint and at the end)."""
     if self._tb is not None:
       self._tb.flush()
-      if self._tb_local:
-        fs.upload_dir(self._tb_local, fs.join(self.workdir, "tb"))
+      self._upload_tb()
     for log in (self._log, self._samples):
       if log is not None:
         log.sync()
+
+  def _upload_tb(self) -> None:
+    if self._tb_local:  # a remote workdir: the staged event files go up whole
+      fs.upload_dir(self._tb_local, fs.join(self.workdir, "tb"))
 
   def write_samples(self, step: int, groups: Any, tokenizer: Any, count: int) -> None:
     """Appends the first `count` of the step's fresh completions (prompt, completion, reward) to
@@ -229,8 +232,7 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()  # writes what it still holds
-      if self._tb_local:
-        fs.upload_dir(self._tb_local, fs.join(self.workdir, "tb"))
+      self._upload_tb()
       self._tb = None
     self.flush()
     if self._wandb is not None:

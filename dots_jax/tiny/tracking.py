@@ -111,22 +111,21 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
     raise ValueError(f"{workdir}: eval set {POOL_SET!r} is not the head of the training pool "
                      f"(data.train={config.data.train!r})")
   emb, model = dots_inputs(config, problems)
+  e = emb[:n_eval]  # the evaluated questions, which every pass-rate file covers
+  pq = est.project_queries(model, e)
+  structure = [problem_structure(t) for t in problems[:n_eval]]
   d, g = config.selection.dots, int(config.sampling.group_size)
-  structure = None
+  big = min(n_eval, d.ref_size * ref_factor)
   out = []
   rng = np.random.default_rng(seed)
   for step in pass_rate_steps(workdir):
-    rates = fs.load_npz(fs.join(workdir, "pass_rates", f"{step}.npz"))
+    path = fs.join(workdir, "pass_rates", f"{step}.npz")
+    rates = fs.load_npz(path)
     if POOL_SET not in rates:
-      raise ValueError(f"{workdir}/pass_rates/{step}.npz has no {POOL_SET!r} set: add it to "
-                       "config.data.eval_sets")
+      raise ValueError(f"{path} has no {POOL_SET!r} set: add it to config.data.eval_sets")
     p = rates[POOL_SET].astype(np.float64)
-    n = len(p)
-    if structure is None:
-      structure = [problem_structure(t) for t in problems[:n]]
-      e = emb[:n]
-      pq = est.project_queries(model, e)
-    big = min(n, d.ref_size * ref_factor)
+    if len(p) != n_eval:
+      raise ValueError(f"{path} holds {len(p)} {POOL_SET!r} pass rates, the run evaluated {n_eval}")
     out.append(StepPredictability(
         step=step, mean_pass_rate=float(p.mean()),
         estimator_r=estimator_r(model, pq, e, p, d.ref_size, g, rng, draws),
