@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Queries per attention block in training-shaped passes (0 = all at once): bounds the attention
   # scores held in memory to [rows, heads, attn_chunk, T] (dots_jax.model.qwen2._attend_chunked).
   c.model.attn_chunk = 0
+  # Run the decoder blocks of cacheless passes (update, pi_old, scoring) as one lax.scan: compile
+  # time and program size stop growing with depth (dots_jax.model.qwen2.Qwen2Config.scan_layers).
+  c.model.scan_layers = False
 
   # Data and prompts (dots_jax.data).
   c.data = ml_collections.ConfigDict()

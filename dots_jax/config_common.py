@@ -24,6 +24,14 @@ class ConfigError(ValueError):
   """A configuration that cannot run; the message says which key to change and how."""
 
 
+def policy_runtime(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The runtime fields of `Qwen2Config` that config.model sets (dtypes, remat, attention blocks,
+  scanned layers), for `hf_io.load_policy` and the planner."""
+  m = config.model
+  return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+              remat_policy=m.remat_policy, attn_chunk=m.attn_chunk, scan_layers=m.scan_layers)
+
+
 def all_keys(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   """Every dotted leaf key of a config ("rl.lr", "selection.dots.alpha", ...)."""
   out = []
@@ -99,7 +107,8 @@ def apply_config_arg(c: ml_collections.ConfigDict, arg: str,
 def _verl_run(variant: str) -> ml_collections.ConfigDict:
   """What both reference scripts share: a Qwen2.5 shape in bfloat16 with float32 master weights and
   remat, verl's actor defaults (AdamW lr 1e-6 constant, weight decay 0.01, grad clip 1.0, clip
-  ratio 0.2, one PPO epoch over mini-batches in order), G = 8, math rewards, async checkpoints."""
+  ratio 0.2, one PPO epoch over mini-batches in order), G = 8, math rewards, async checkpoints;
+  scanned decoder blocks."""
   c = base_config()
   c.model.variant = variant
   c.model.dtype = "bfloat16"
@@ -116,6 +125,7 @@ def _verl_run(variant: str) -> ml_collections.ConfigDict:
   c.rl.kl_beta = 0.0
   c.rl.logits_chunk = 256  # never hold [rows, T, 151936] float32 logits
   c.model.attn_chunk = 512  # never hold [rows, heads, T, T] float32 attention scores
+  c.model.scan_layers = True  # one block's program at 28 layers: faster compiles (docs/MEMORY.md)
   c.sampling.engine_steps = 16
   c.data.chat_template = True
   c.sampling.group_size = 8

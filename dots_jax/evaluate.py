@@ -32,7 +32,7 @@ from dots_jax.model.hf_io import load_policy, load_tokenizer
 from dots_jax.model.sharding import make_mesh
 from dots_jax.rewards import score_batch
 from dots_jax.rollout import Decoding, EngineSettings, GenerateFn, Generator
-from dots_jax.config_common import ConfigError
+from dots_jax.config_common import ConfigError, policy_runtime
 from dots_jax.startup import validate_config
 from dots_jax.tiny.base import answer_encoder, policy_path
 from dots_jax.workdir import load_trained, read_config
@@ -335,8 +335,7 @@ def evaluate_checkpoint(config: Any, path: str = "") -> dict:
   validate_config(config)
   path = path or policy_path(config)
   mesh = make_mesh(config.mesh)
-  qcfg, model = load_policy(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                            mesh=mesh)
+  qcfg, model = load_policy(path, mesh=mesh, **policy_runtime(config))
   graphdef, params = nnx.split(model)
   report = evaluate_params(config, qcfg, graphdef, params, load_tokenizer(path), mesh)
   report["model_path"] = path

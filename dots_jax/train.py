@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from dots_jax import evaluate, fs
+from dots_jax.config_common import policy_runtime
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.prompts import PromptTable
 from dots_jax.difficulty.offline import dots_inputs
@@ -58,10 +59,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----- policy -----------------------------------------------------------------------------------
   path = policy_path(config, log=log_line)
   tokenizer = hf_io.load_tokenizer(path)
-  qcfg, model = hf_io.load_policy(path, dtype=config.model.dtype,
-                                  param_dtype=config.model.param_dtype, remat=config.model.remat,
-                                  remat_policy=config.model.remat_policy,
-                                  attn_chunk=config.model.attn_chunk, mesh=mesh)
+  qcfg, model = hf_io.load_policy(path, mesh=mesh, **policy_runtime(config))
   graphdef, params = nnx.split(model)
   del model
   generator = Generator(graphdef, qcfg, tokenizer, prompt_buckets=config.data.prompt_buckets,

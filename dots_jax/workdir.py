@@ -21,7 +21,7 @@ from flax import nnx
 
 from dots_jax import fs
 from dots_jax.config_base import base_config
-from dots_jax.config_common import ConfigError, all_keys
+from dots_jax.config_common import ConfigError, all_keys, policy_runtime
 from dots_jax.model import hf_io, qwen2
 from dots_jax.rl import checkpoint, update
 from dots_jax.tiny.base import policy_path
@@ -112,8 +112,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Any = None) -> Tra
   if step not in steps:
     raise ConfigError(f"--step={step}: {workdir} holds checkpoints {sorted(steps)}")
   path = policy_path(config)
-  qcfg, model = hf_io.load_policy(path, dtype=config.model.dtype,
-                                  param_dtype=config.model.param_dtype, mesh=mesh)
+  qcfg, model = hf_io.load_policy(path, mesh=mesh, **policy_runtime(config))
   graphdef, params = nnx.split(model)
   ucfg = update.UpdateConfig.from_config(config)
   optimizer = update.make_optimizer(config.rl, config.total_steps, ucfg.updates_per_step)

@@ -14,13 +14,15 @@ final weights (after 1 + steps updates) is printed for both.
       --attn_chunk 512 --steps 1 --skip_torch --memory
 
 Tokens/s counts all B*T positions of the batch per step (prompt and completion, as the model processes
-them). Timings exclude compilation (JAX) and the first step (both).
+them). Timings exclude compilation (JAX) and the first step (both). The two sides' timed steps alternate,
+so a shared machine's drifting speed falls on both; the ratio is the median of the per-pair ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 
@@ -34,6 +36,7 @@ from dots_jax.config_base import base_config
 from dots_jax.model import qwen2
 from dots_jax.model.hf_io import export_policy
 from dots_jax.rl import update
+from dots_jax.rl.logprobs import logprobs_and_entropy
 from dots_jax.rl.random_batch import random_batch
 
 
@@ -67,73 +70,82 @@ def compiled_bytes(cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace
              + ma.temp_size_in_bytes)
 
 
-def time_jax(cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace):
-  graphdef, params, opt, fn = _update_parts(cfg, args, args.logits_chunk)
-  # The update donates its state: keep a host copy of the initial weights for the torch side.
-  model = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))
-  state = update.init_train_state(params, opt, seed=0)
-  t0 = time.perf_counter()
-  state, m = fn(state, batch)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(args.steps):
+class JaxSide:
+  """Our update, compiled and run once; `step()` times one more."""
+
+  def __init__(self, cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace):
+    self.graphdef, params, opt, self.fn = _update_parts(cfg, args, args.logits_chunk)
+    # The update donates its state: keep a copy of the initial weights for the torch side.
+    self.initial_model = nnx.merge(self.graphdef, jax.tree.map(jnp.copy, params))
+    self.batch, self.logits_chunk = batch, args.logits_chunk
+    self.state = update.init_train_state(params, opt, seed=0)
+    self.compile_s = self.step()
+
+  def step(self) -> float:
     t0 = time.perf_counter()
-    state, m = fn(state, batch)
+    self.state, m = self.fn(self.state, self.batch)
     jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  mean_logp = jax.jit(lambda p: _mean_loss_token_logp(
-      qwen2.sequence_logprobs(nnx.merge(graphdef, p), batch["tokens_NxT"], batch["mask_NxT"]),
-      batch["loss_mask_NxT"]))(state.params)
-  return model, float(mean_logp), compile_s, times
+    return time.perf_counter() - t0
+
+  def mean_logp(self) -> float:
+    batch, chunk = self.batch, self.logits_chunk
+    return float(jax.jit(lambda p: _mean_loss_token_logp(
+        logprobs_and_entropy(nnx.merge(self.graphdef, p), batch["tokens_NxT"], batch["mask_NxT"],
+                             chunk=chunk)[0],
+        batch["loss_mask_NxT"]))(self.state.params))
 
 
 def _mean_loss_token_logp(logp_NxT, loss_mask_NxT):
   return (logp_NxT * loss_mask_NxT).sum() / loss_mask_NxT.sum()
 
 
-def time_torch(model_dir: str, batch: dict, args: argparse.Namespace):
-  import torch
-  import transformers
+class TorchSide:
+  """The same step in PyTorch transformers (eager, sdpa attention), run once; `step()` times one
+  more."""
 
-  torch.manual_seed(0)
-  model = transformers.Qwen2ForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32,
-                                                        attn_implementation="sdpa")
-  model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-                          weight_decay=0.0)
-  tokens = torch.from_numpy(batch["tokens_NxT"]).long()
-  mask = torch.from_numpy(batch["mask_NxT"]).long()
-  loss_mask = torch.from_numpy(batch["loss_mask_NxT"][:, 1:]).float()
-  adv = torch.from_numpy(batch["adv_N"])[:, None]
-  positions = (mask.cumsum(-1) - 1).clamp(min=0)
+  def __init__(self, model_dir: str, batch: dict):
+    import torch
+    import transformers
 
-  def logp():
-    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits.float()
-    return torch.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, 1:, None])[..., 0]
+    self.torch = torch
+    torch.manual_seed(0)
+    self.model = transformers.Qwen2ForCausalLM.from_pretrained(
+        model_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
+    self.model.train()
+    self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                                 weight_decay=0.0)
+    self.tokens = torch.from_numpy(batch["tokens_NxT"]).long()
+    self.mask = torch.from_numpy(batch["mask_NxT"]).long()
+    self.loss_mask_NxT = torch.from_numpy(batch["loss_mask_NxT"]).float()
+    self.adv = torch.from_numpy(batch["adv_N"])[:, None]
+    self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+    self.step()
 
-  def step():
-    with torch.no_grad():
-      old = logp()
-    lp = logp()
-    r = torch.exp(lp - old)
-    obj = torch.minimum(r * adv, torch.clamp(r, 0.8, 1.2) * adv)
-    loss = -(obj * loss_mask).sum() / loss_mask.sum()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    return float(loss)
+  def _logp(self):
+    logits = self.model(input_ids=self.tokens, attention_mask=self.mask,
+                        position_ids=self.positions).logits.float()
+    return self.torch.log_softmax(logits[:, :-1], -1).gather(-1, self.tokens[:, 1:, None])[..., 0]
 
-  step()
-  times = []
-  for _ in range(args.steps):
+  def step(self) -> float:
+    torch = self.torch
     t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  with torch.no_grad():
-    lp = torch.nn.functional.pad(logp(), (1, 0))
-  return float(_mean_loss_token_logp(lp, torch.from_numpy(batch["loss_mask_NxT"]).float())), times
+    with torch.no_grad():
+      old = self._logp()
+    lp = self._logp()
+    r = torch.exp(lp - old)
+    obj = torch.minimum(r * self.adv, torch.clamp(r, 0.8, 1.2) * self.adv)
+    loss_mask = self.loss_mask_NxT[:, 1:]
+    loss = -(obj * loss_mask).sum() / loss_mask.sum()
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+    self.opt.step()
+    return time.perf_counter() - t0
+
+  def mean_logp(self) -> float:
+    with self.torch.no_grad():
+      lp = self.torch.nn.functional.pad(self._logp(), (1, 0))
+    return float(_mean_loss_token_logp(lp, self.loss_mask_NxT))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
   add_model_args(p, vocab=32000)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=256)
-  p.add_argument("--steps", type=int, default=2, help="timed steps after the first (>= 1)")
+  p.add_argument("--steps", type=int, default=5,
+                 help="timed steps after the first, per side, taken in alternation (>= 1)")
   p.add_argument("--micro_batch", type=int, default=0)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--remat", action="store_true")
@@ -169,21 +182,33 @@ def main(argv: list[str] | None = None) -> None:
     print(f"update program: {ours / 2**30:.2f} GiB with these chunks, {full / 2**30:.2f} GiB "
           f"without (full [B, T, V] logits and [B, heads, T, T] scores); machine memory "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", flush=True)
-  model, jloss, compile_s, jt = time_jax(cfg, batch, args)
-  jax_tps = ntok / np.median(jt)
-  print(f"jax  : compile+first {compile_s:.1f}s, step {np.median(jt):.2f}s (median of {len(jt)}), "
-        f"{jax_tps:,.0f} tokens/s, final mean logp {jloss:.6f}")
+  ours = JaxSide(cfg, batch, args)
+  print(f"jax  : compile+first {ours.compile_s:.1f}s", flush=True)
   if args.skip_torch:
+    jt = [ours.step() for _ in range(args.steps)]
+    print(f"jax  : step {np.median(jt):.2f}s (median of {len(jt)}), {ntok / np.median(jt):,.0f} "
+          f"tokens/s; peak resident memory of this process "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
+    print(f"jax  : final mean logp {ours.mean_logp():.6f}")
     return
   with tempfile.TemporaryDirectory() as tmp:
-    export_policy(cfg, model, os.path.join(tmp, "m"))
-    del model
-    tloss, tt = time_torch(os.path.join(tmp, "m"), batch, args)
-  torch_tps = ntok / np.median(tt)
-  print(f"torch: step {np.median(tt):.2f}s (median of {len(tt)}), {torch_tps:,.0f} tokens/s, "
-        f"final mean logp {tloss:.6f}")
-  print(f"ratio jax/torch tokens/s: {jax_tps / torch_tps:.2f}x")
-
+    export_policy(cfg, ours.initial_model, os.path.join(tmp, "m"))
+    theirs = TorchSide(os.path.join(tmp, "m"), batch)
+  # Alternate the two sides step by step, so that drifts of a shared machine's speed fall on both
+  # alike; the ratio is the median of the per-pair ratios.
+  jt, tt = [], []
+  for _ in range(args.steps):
+    jt.append(ours.step())
+    time.sleep(0.5)  # let the other side's worker threads go idle
+    tt.append(theirs.step())
+    time.sleep(0.5)
+  jt, tt = np.array(jt), np.array(tt)
+  print(f"jax  : step {np.median(jt):.2f}s (median of {len(jt)}), {ntok / np.median(jt):,.0f} "
+        f"tokens/s, final mean logp {ours.mean_logp():.6f}")
+  print(f"torch: step {np.median(tt):.2f}s (median of {len(tt)}), {ntok / np.median(tt):,.0f} "
+        f"tokens/s, final mean logp {theirs.mean_logp():.6f}")
+  print(f"ratio jax/torch tokens/s: {np.median(tt / jt):.2f}x (per-pair ratios "
+        f"{', '.join(f'{r:.2f}' for r in tt / jt)})")
 
 if __name__ == "__main__":
   main()

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from dots_jax.config_common import policy_runtime
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.prompts import build_prompts
 from dots_jax.difficulty import embed
@@ -69,7 +70,7 @@ def _rollout_pass_rates(config: Any, problems: list[str], golds: list[str], *, g
   """(kept positions, pass rates) of `problems` under the checkpoint `path` (default: the initial
   policy), with the training sampling settings."""
   path = path or policy_path(config)
-  qcfg, model = load_policy(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+  qcfg, model = load_policy(path, **policy_runtime(config))
   tokenizer = load_tokenizer(path)
   graphdef, params = nnx.split(model)
   decoding = Decoding.training(config)

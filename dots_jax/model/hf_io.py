@@ -169,18 +169,17 @@ def _check_tied_head(reader: _Reader, rows: int, chunk: int = 4096) -> None:
                        f"from {emb}; set tie_word_embeddings=false in config.json to use it")
 
 
-def load_policy(path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str = "float32",
-                remat: bool = False, remat_policy: str = "nothing_saveable", attn_chunk: int = 0,
-                mesh: Mesh | None = None,
-                allow_unexpected: bool = False
+def load_policy(path: str | os.PathLike, *, mesh: Mesh | None = None,
+                allow_unexpected: bool = False, **runtime: Any
                 ) -> tuple[qwen2.Qwen2Config, qwen2.Qwen2ForCausalLM]:
   """Loads a HF Qwen2/Qwen2.5 directory; parameters are placed on `mesh` (None: first device).
+  `runtime`: `Qwen2Config`'s runtime fields (dtype, param_dtype, remat, ...; float32 by default;
+  `config_common.policy_runtime(config)` gives a run's).
 
   Unknown tensors in the files are an error unless `allow_unexpected` (then they are logged).
   """
   path = os.fspath(path)
-  cfg = qwen2.Qwen2Config.from_hf(read_hf_config(path), dtype=dtype, param_dtype=param_dtype,
-                                  remat=remat, remat_policy=remat_policy, attn_chunk=attn_chunk)
+  cfg = qwen2.Qwen2Config.from_hf(read_hf_config(path), **runtime)
   graphdef, abstract_state = qwen2.abstract_model(cfg)
   if mesh is None:
     one = SingleDeviceSharding(jax.local_devices()[0])

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -62,6 +63,10 @@ class Qwen2Config:
   # Queries per attention block (0 = all at once): attention scores exist for one block of queries
   # at a time, [B, heads, attn_chunk, S] instead of [B, heads, T, S], forward and backward.
   attn_chunk: int = 0
+  # Cacheless passes (update, pi_old, reference, scoring) run the decoder blocks as one lax.scan
+  # over their stacked weights instead of unrolled: one block's program, compiled once, whatever
+  # the depth (MaxText's scan_layers). Decoding keeps the unrolled blocks and per-layer caches.
+  scan_layers: bool = False
 
   @property
   def head_dim(self) -> int:
@@ -367,6 +372,22 @@ def remat_policy(name: str) -> Any:
   return policy
 
 
+@dataclasses.dataclass(frozen=True)
+class ForwardShardings:
+  """Layouts a training-shaped pass on a mesh pins (`sharding.forward_shardings` builds them).
+
+  Without them the partitioner may all-gather a micro-batch's activations over the fsdp axis and
+  keep the weights sharded: every device then computes every row of the micro-batch. Pinning the
+  residual stream to the batch layout makes it gather each layer's weights instead, as fsdp means.
+  """
+
+  rows: NamedSharding  # [B, T, D] activations: rows over the data-parallel axes
+  layer: Any  # one decoder layer's parameter shardings (an nnx.State of NamedSharding)
+
+  def pin_rows(self, x_BxTxD: jax.Array) -> jax.Array:
+    return jax.lax.with_sharding_constraint(x_BxTxD, self.rows)
+
+
 class Qwen2ForCausalLM(nnx.Module):
   """Parameter names mirror the Hugging Face module tree (`model.layers.N.self_attn.q_proj` ...)."""
 
@@ -382,10 +403,15 @@ class Qwen2ForCausalLM(nnx.Module):
       self.lm_head = _dense(cfg.hidden_size, cfg.vocab_size, bias=False, cfg=cfg, rngs=rngs)
 
   def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, kv_mask_BxS: jax.Array,
-             cache: KVCache | None = None, cache_index: jax.Array | int = 0
-             ) -> tuple[jax.Array, KVCache | None]:
-    """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (None without one)."""
-    x = self.embed_tokens(tokens_BxT)
+             cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+             shardings: ForwardShardings | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (None without one).
+    `shardings`: how a training-shaped pass on a mesh lays out its activations and stacked layers
+    (`sharding.forward_shardings`)."""
+    pin = (lambda x: x) if shardings is None else shardings.pin_rows
+    x = pin(self.embed_tokens(tokens_BxT))
+    if cache is None and self.cfg.scan_layers:
+      return self.norm(self._scanned_layers(x, positions_BxT, kv_mask_BxS, shardings)), None
     step = (functools.partial(_remat_layer_forward, policy=self.cfg.remat_policy)
             if self.cfg.remat else _layer_forward)
     new_k, new_v = [], []
@@ -393,12 +419,42 @@ class Qwen2ForCausalLM(nnx.Module):
       kc = None if cache is None else cache.ks[i]
       vc = None if cache is None else cache.vs[i]
       x, k, v = step(layer, x, positions_BxT, kv_mask_BxS, kc, vc, cache_index)
+      x = pin(x)
       new_k.append(k)
       new_v.append(v)
     x = self.norm(x)
     if cache is None:
       return x, None
     return x, KVCache(tuple(new_k), tuple(new_v))
+
+  def _scanned_layers(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+                      kv_mask_BxS: jax.Array, shardings: ForwardShardings | None) -> jax.Array:
+    """The decoder blocks as a scan over their weights stacked on a leading layer axis. The stack
+    is made inside the program (the stored parameters keep one entry per layer, as checkpoints and
+    the sharding rules name them); its gradient is unstacked the same way. It is stacked in the
+    compute dtype: every block casts its weights to it before use anyway, so the values and
+    gradients are those of the unrolled blocks, and a bfloat16 run's copy is half the size."""
+    split = [nnx.split(layer) for layer in self.layers]
+    graphdef = split[0][0]
+    compute = jnp.dtype(self.cfg.dtype)
+    stacked = jax.tree.map(lambda *leaves: jnp.stack([w.astype(compute) for w in leaves]),
+                           *[state for _, state in split])
+    pin = (lambda x: x) if shardings is None else shardings.pin_rows
+    if shardings is not None:
+      # The stack keeps each layer's sharding, with a leading unsharded layer axis.
+      stacked = jax.tree.map(
+          lambda w, sh: jax.lax.with_sharding_constraint(
+              w, NamedSharding(sh.mesh, PartitionSpec(None, *sh.spec))), stacked, shardings.layer)
+
+    def block(x, state):
+      x, _, _ = _layer_forward(nnx.merge(graphdef, state), x, positions_BxT, kv_mask_BxS, None,
+                               None, 0)
+      return pin(x), None
+
+    if self.cfg.remat:
+      block = jax.checkpoint(block, policy=remat_policy(self.cfg.remat_policy))
+    x_BxTxD, _ = jax.lax.scan(block, x_BxTxD, stacked)
+    return x_BxTxD
 
   def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
     """Float32 logits [B, T, V]; the matmul accumulates in float32 whatever the compute dtype."""
@@ -418,9 +474,15 @@ class Qwen2ForCausalLM(nnx.Module):
 
 def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
                    temperature: float | jax.Array = 1.0) -> jax.Array:
-  """log softmax(logits / temperature)[target], float32. Shared by sampler and trainer."""
-  logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32) / temperature, axis=-1)
-  return jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1)[..., 0]
+  """log softmax(logits / temperature)[target], float32. Shared by sampler and trainer.
+
+  Computed as the target's logit minus the log-sum-exp rather than by indexing a [.., V]
+  log-softmax: no [.., V] log-softmax is formed, and the backward pass is the softmax the
+  log-sum-exp's gradient broadcasts plus a one-element scatter per position (XLA's CPU backend
+  runs the indexed log-softmax's backward markedly slower)."""
+  scaled = logits_BxTxV.astype(jnp.float32) / temperature
+  target = jnp.take_along_axis(scaled, targets_BxT[..., None], axis=-1)[..., 0]
+  return target - jax.nn.logsumexp(scaled, axis=-1)
 
 
 def align_to_tokens(x_BxTm1: jax.Array, mask_BxT: jax.Array) -> jax.Array:

@@ -162,6 +162,14 @@ def param_shardings(abstract_state: Any, mesh: Mesh) -> Any:
       abstract_state)
 
 
+def forward_shardings(params_shardings: Any, mesh: Mesh) -> qwen2.ForwardShardings:
+  """What a training-shaped pass pins (`qwen2.ForwardShardings`): activation rows over the
+  data-parallel axes, and one decoder layer's parameter shardings out of the model's
+  (`param_shardings`; the rules name parameters without their layer index, so every layer's are
+  these)."""
+  return qwen2.ForwardShardings(rows=batch_sharding(mesh, 3), layer=params_shardings["layers"][0])
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Leading (batch) dimension over ('data', 'fsdp'), the rest replicated."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

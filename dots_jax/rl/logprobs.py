@@ -16,17 +16,20 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dots_jax.model.qwen2 import (Qwen2ForCausalLM, align_to_tokens, positions_from_mask,
-                                  token_logprobs)
+from dots_jax.model.qwen2 import (ForwardShardings, Qwen2ForCausalLM, align_to_tokens,
+                                  positions_from_mask, token_logprobs)
 from dots_jax.rl.losses import token_entropy
 
 
 def logprobs_and_entropy(model: Qwen2ForCausalLM, tokens_NxT: jax.Array, mask_NxT: jax.Array,
-                         temperature: float | jax.Array = 1.0, chunk: int = 0
+                         temperature: float | jax.Array = 1.0, chunk: int = 0,
+                         shardings: ForwardShardings | None = None
                          ) -> tuple[jax.Array, jax.Array]:
   """(logp_NxT, entropy_NxT): out[:, t] scores token t given tokens[:, :t]; 0 at t=0 and at pads.
-  `chunk`: positions per vocabulary-projection chunk (0 = all at once)."""
-  h_NxTxD, _ = model.hidden(tokens_NxT, positions_from_mask(mask_NxT), mask_NxT)
+  `chunk`: positions per vocabulary-projection chunk (0 = all at once); `shardings`: see
+  `Qwen2ForCausalLM.hidden`."""
+  h_NxTxD, _ = model.hidden(tokens_NxT, positions_from_mask(mask_NxT), mask_NxT,
+                            shardings=shardings)
   h, targets = h_NxTxD[:, :-1], tokens_NxT[:, 1:]
 
   def stats(h_part, t_part):

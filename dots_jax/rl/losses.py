@@ -185,5 +185,7 @@ def finalize_stats(s: LossStats) -> dict[str, jax.Array]:
 
 def token_entropy(logits_NxTxV: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
   """Entropy of softmax(logits / temperature) at each position, float32."""
-  logp = jax.nn.log_softmax(logits_NxTxV.astype(jnp.float32) / temperature, axis=-1)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+  scaled = logits_NxTxV.astype(jnp.float32) / temperature
+  lse = jax.nn.logsumexp(scaled, axis=-1)
+  # H = lse - E_p[logit]: one pass over the vocabulary for the expectation, no [.., V] log-softmax kept.
+  return lse - jnp.sum(jnp.exp(scaled - lse[..., None]) * scaled, axis=-1)

@@ -35,7 +35,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dots_jax.model.sharding import batch_sharding, param_shardings
+from dots_jax.model.sharding import batch_sharding, forward_shardings, param_shardings
 from dots_jax.rl import losses
 from dots_jax.rl.logprobs import logprobs_and_entropy
 
@@ -179,12 +179,14 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
   """
   if (mesh is None) != (state_shardings is None):
     raise ValueError("make_update_fn: pass both mesh and state_shardings, or neither")
+  forward_sh = None
   if mesh is not None:
     row_sharding = lambda ndim: batch_sharding(mesh, ndim)
+    forward_sh = forward_shardings(state_shardings.params, mesh)
 
   def logp_fn(params, tokens, mask):
     return logprobs_and_entropy(nnx.merge(graphdef, params), tokens, mask, ucfg.temperature,
-                                ucfg.logits_chunk)
+                                ucfg.logits_chunk, shardings=forward_sh)
 
   def constrain(tree):
     if mesh is None:

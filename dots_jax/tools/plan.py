@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from dots_jax.config_common import ConfigError
+from dots_jax.config_common import ConfigError, policy_runtime
 from dots_jax.methods import get_method
 from dots_jax.model import hf_io, qwen2, sharding, variants
 from dots_jax.rl import replay, update
@@ -74,9 +75,7 @@ def _log(text: str) -> None:
 def policy_shape(config: ml_collections.ConfigDict) -> tuple[qwen2.Qwen2Config, str]:
   """The policy architecture a config trains, without loading weights: model.variant's shapes, else
   model.path's config.json, else the tiny base's; and where it came from."""
-  runtime = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                 remat=config.model.remat, remat_policy=config.model.remat_policy,
-                 attn_chunk=config.model.attn_chunk)
+  runtime = policy_runtime(config)
   if config.model.variant:
     return variants.get_variant(config.model.variant, **runtime), f"variant {config.model.variant}"
   if config.model.path:
@@ -184,7 +183,8 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   two transients that do not live together: one layer's recomputation/gradient (with its attention
   block's scores and, under fsdp, its all-gathered weights and full gradient) and the vocabulary
   projection of one logits chunk (float32 logits, their log-softmax and its gradient; one copy
-  without a backward pass). `micro_batch` overrides the config's (the budget search below tries
+  without a backward pass); with scanned layers, their weights stacked in the compute dtype (and
+  the stacked gradient). `micro_batch` overrides the config's (the budget search below tries
   candidates)."""
   mem = plan(cfg, sizes, batch=1, seq=1)
   weights = mem["params"] + (mem["adam"] + mem["grads"] if grad else 0)
@@ -214,11 +214,17 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   if sizes["fsdp"] > 1:
     gathered = cfg.params_per_layer // tp * (np.dtype(cfg.param_dtype).itemsize + act
                                     + (np.dtype(cfg.param_dtype).itemsize if grad else 0))
+  # Scanned layers stack their weights in the compute dtype (and, with a backward, their gradient).
+  stacked = 0
+  if cfg.scan_layers:
+    layer_share = cfg.num_hidden_layers * cfg.params_per_layer / cfg.num_params()
+    stacked = int(mem["params"] * layer_share * act / np.dtype(cfg.param_dtype).itemsize)
+    stacked *= 2 if grad else 1
   if not grad:  # no backward: one layer or one logits chunk at a time
-    return weights + batch + tokens * d * act + max(layer_transient + gathered, logits)
+    return weights + stacked + batch + tokens * d * act + max(layer_transient + gathered, logits)
   kept = (cfg.num_hidden_layers * tokens * d * act if cfg.remat
           else cfg.num_hidden_layers * layer_kept)
-  return weights + batch + kept + max(layer_transient + gathered, 3 * logits)
+  return weights + stacked + batch + kept + max(layer_transient + gathered, 3 * logits)
 
 
 def rollout_engine(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config, graphdef: Any,
@@ -318,14 +324,18 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
     estimates["rollout"] = rollout_estimate(cfg, sizes, engine)
   out = {}
   for name, low in lowered.items():
+    t0 = time.perf_counter()
     ma = low.compile().memory_analysis()
+    compile_s = time.perf_counter() - t0
     compiled = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
                 + ma.temp_size_in_bytes)
     est = estimates[name]
     out[name] = {"compiled": int(compiled), "estimated": int(est),
-                 "temp": int(ma.temp_size_in_bytes), "arguments": int(ma.argument_size_in_bytes)}
+                 "temp": int(ma.temp_size_in_bytes), "arguments": int(ma.argument_size_in_bytes),
+                 "compile_s": round(compile_s, 1)}
     _log(f"program    {name}: {compiled / 2**30:.2f} GiB compiled (temporaries "
-         f"{ma.temp_size_in_bytes / 2**30:.2f} GiB), {est / 2**30:.2f} GiB estimated")
+         f"{ma.temp_size_in_bytes / 2**30:.2f} GiB), {est / 2**30:.2f} GiB estimated; compiled in "
+         f"{compile_s:.0f} s")
   return out
 
 
