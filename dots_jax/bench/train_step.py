@@ -148,6 +148,12 @@ class TorchSide:
     return float(_mean_loss_token_logp(lp, self.loss_mask_NxT))
 
 
+def _rate(times: list[float] | np.ndarray, tokens: int) -> str:
+  """'step S s (median of n), R tokens/s' of one side's timed steps."""
+  return (f"step {np.median(times):.2f}s (median of {len(times)}), "
+          f"{tokens / np.median(times):,.0f} tokens/s")
+
+
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   add_model_args(p, vocab=32000)
@@ -186,8 +192,7 @@ def main(argv: list[str] | None = None) -> None:
   print(f"jax  : compile+first {ours.compile_s:.1f}s", flush=True)
   if args.skip_torch:
     jt = [ours.step() for _ in range(args.steps)]
-    print(f"jax  : step {np.median(jt):.2f}s (median of {len(jt)}), {ntok / np.median(jt):,.0f} "
-          f"tokens/s; peak resident memory of this process "
+    print(f"jax  : {_rate(jt, ntok)}; peak resident memory of this process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
     print(f"jax  : final mean logp {ours.mean_logp():.6f}")
     return
@@ -203,10 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     tt.append(theirs.step())
     time.sleep(0.5)
   jt, tt = np.array(jt), np.array(tt)
-  print(f"jax  : step {np.median(jt):.2f}s (median of {len(jt)}), {ntok / np.median(jt):,.0f} "
-        f"tokens/s, final mean logp {ours.mean_logp():.6f}")
-  print(f"torch: step {np.median(tt):.2f}s (median of {len(tt)}), {ntok / np.median(tt):,.0f} "
-        f"tokens/s, final mean logp {theirs.mean_logp():.6f}")
+  print(f"jax  : {_rate(jt, ntok)}, final mean logp {ours.mean_logp():.6f}")
+  print(f"torch: {_rate(tt, ntok)}, final mean logp {theirs.mean_logp():.6f}")
   print(f"ratio jax/torch tokens/s: {np.median(tt / jt):.2f}x (per-pair ratios "
         f"{', '.join(f'{r:.2f}' for r in tt / jt)})")
 
