@@ -1,4 +1,6 @@
 """The slot engine: same completions as the static batch, independent of scheduling, bounded."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,3 +112,42 @@ def test_slots_split_over_the_data_axes(setup):
   np.testing.assert_allclose(out.logp_NxR, ref.logp_NxR, atol=1e-5)
   with pytest.raises(ValueError, match="multiple of the 4"):
     _engine(graphdef, 6, mesh=mesh)
+
+
+BF16 = dataclasses.replace(CFG, num_hidden_layers=12, dtype="bfloat16")
+
+
+def test_bfloat16_cache_holds_the_keys_bits():
+  """A bfloat16 cache is stored as uint16 bits: a prefill through a cache of exactly the prompt's
+  length gives the cacheless pass's hidden states bit for bit, and decoding reads them back."""
+  cfg = dataclasses.replace(BF16, num_hidden_layers=2)
+  model = qwen2.init_model(cfg, 0)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(1, 61, (2, 9)), jnp.int32)
+  mask = jnp.ones_like(tokens)
+  pos = qwen2.positions_from_mask(mask)
+  cache = qwen2.init_cache(cfg, 2, 9)
+  assert cache.ks[0].dtype == jnp.uint16
+  h_cached, cache = model.hidden(tokens, pos, mask, cache, 0)
+  h_full, _ = model.hidden(tokens, pos, mask)
+  np.testing.assert_array_equal(np.asarray(h_cached, np.float32), np.asarray(h_full, np.float32))
+  # One decode step over the cache (rows at their own write positions) vs the full pass.
+  longer = qwen2.init_cache(cfg, 2, 10)
+  _, longer = model.hidden(tokens[:, :8], pos[:, :8], mask[:, :8], longer, 0)
+  h_step, _ = model.hidden(tokens[:, 8:], pos[:, 8:], mask[:, :9].at[:, :].set(1),
+                           longer, jnp.array([8, 8]))
+  np.testing.assert_allclose(np.asarray(h_step[:, 0], np.float32),
+                             np.asarray(h_full[:, 8], np.float32), rtol=0.05, atol=0.05)
+
+
+def test_bfloat16_decode_program_keeps_no_copy_of_the_cache():
+  """The decode program's temporaries stay well below its bfloat16 KV cache (XLA's CPU backend
+  would otherwise scatter through float32 copies of every layer's cache)."""
+  graphdef, params = nnx.split(qwen2.init_model(BF16, 0))
+  engine = Engine(graphdef, BF16, slots=64, max_prompt_len=8, max_new_tokens=504, eos_ids=[EOS],
+                  pad_id=0, steps_per_call=2, windows=1)
+  state = jax.eval_shape(engine._empty_arrays)
+  kv = sum(a.size * a.dtype.itemsize for a in state["k"] + state["v"])
+  ma = engine._decode.lower(params, state, jax.random.key(0), np.float32(1.0), np.float32(1.0),
+                            np.int32(0), np.bool_(False), window=engine.windows[-1]
+                            ).compile().memory_analysis()
+  assert ma.temp_size_in_bytes < 0.5 * kv, (ma.temp_size_in_bytes, kv)

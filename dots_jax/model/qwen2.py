@@ -163,7 +163,7 @@ def _rope_theta(hf: dict[str, Any]) -> float:
 
 @struct.dataclass
 class KVCache:
-  """Preallocated keys/values in the compute dtype, one [B, S, K, H] array per layer.
+  """Preallocated keys/values (stored as `cache_dtype`), one [B, S, K, H] array per layer.
 
   Per-layer arrays (not one stacked [L, ...] array) so that a decode step inside a `while_loop`
   updates each layer's buffer in place; slicing and re-stacking a stacked cache copies all of it.
@@ -177,12 +177,30 @@ class KVCache:
     return self.ks[0].shape[1]
 
 
-def init_cache(cfg: Qwen2Config, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+def cache_dtype(cfg: Qwen2Config) -> jnp.dtype:
+  """Storage dtype of the KV cache: the compute dtype, with 16-bit floats kept as their bits
+  (uint16). XLA's CPU backend scatters a bfloat16 buffer through a float32 copy of all of it and
+  turns a bfloat16 <-> uint16 reinterpretation into a copy, so a decode loop writing bfloat16
+  caches holds extra copies of every layer's cache; an integer cache is written in place, and
+  attention reinterprets the window it reads inside the copy that feeds its matmuls."""
+  dtype = jnp.dtype(cfg.dtype)
+  return jnp.dtype(jnp.uint16) if dtype.itemsize == 2 else dtype
+
+
+def _to_cache(x: jax.Array, cfg: Qwen2Config) -> jax.Array:
+  x = x.astype(cfg.dtype)
+  return jax.lax.bitcast_convert_type(x, jnp.uint16) if cache_dtype(cfg) != x.dtype else x
+
+
+def _from_cache(x: jax.Array, cfg: Qwen2Config) -> jax.Array:
+  return jax.lax.bitcast_convert_type(x, jnp.dtype(cfg.dtype)) if x.dtype == jnp.uint16 else x
+
+
+def init_cache(cfg: Qwen2Config, batch: int, max_len: int) -> KVCache:
   shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
-  dtype = jnp.dtype(dtype or cfg.dtype)
   layers = range(cfg.num_hidden_layers)
-  return KVCache(tuple(jnp.zeros(shape, dtype) for _ in layers),
-                 tuple(jnp.zeros(shape, dtype) for _ in layers))
+  return KVCache(tuple(jnp.zeros(shape, cache_dtype(cfg)) for _ in layers),
+                 tuple(jnp.zeros(shape, cache_dtype(cfg)) for _ in layers))
 
 
 def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
@@ -218,10 +236,32 @@ def _rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.A
   return x_BxTxNxH * cos + rotated * sin
 
 
+def _projection_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
+                    precision: Any = None, preferred_element_type: Any = None,
+                    **kwargs: Any) -> jax.Array:
+  """A projection's matmul (`nnx.Linear`'s dot_general), with two departures from the plain one:
+  * the token dims are flattened first, so the weight gradient contracts one [tokens] dim instead
+    of [batch, time]: XLA's CPU backend otherwise lays the activation gradients out transposed in
+    the fusions that produce them (strided writes), which makes the update's backward pass slower;
+  * it accumulates in float32 and returns the input dtype, as a bfloat16 matmul does on GPU/TPU,
+    said explicitly so that the CPU backend runs a bfloat16 x bfloat16 -> float32 dot instead of
+    upcasting both operands (a float32 copy of every weight, hoisted out of the decode loop)."""
+  del preferred_element_type
+  (lc, rc), (lb, rb) = dimension_numbers
+  lead = lhs.shape[:-1]
+  if len(lead) > 1 and tuple(lc) == (lhs.ndim - 1,) and not lb and not rb:
+    lhs, dimension_numbers = lhs.reshape(-1, lhs.shape[-1]), (((1,), tuple(rc)), ((), ()))
+  out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                            preferred_element_type=jnp.float32, **kwargs)
+  out = out.astype(jnp.result_type(lhs, rhs))
+  return out.reshape(*lead, *out.shape[1:]) if out.ndim == 2 and len(lead) > 1 else out
+
+
 def _dense(din: int, dout: int, *, bias: bool, cfg: Qwen2Config, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(
       din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-      kernel_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs)
+      kernel_init=nnx.initializers.normal(cfg.initializer_range), dot_general=_projection_dot,
+      rngs=rngs)
 
 
 class Attention(nnx.Module):
@@ -255,20 +295,20 @@ class Attention(nnx.Module):
       start_B = cache_index
       rows_Bx1 = jnp.arange(b)[:, None]
       cols_BxT = start_B[:, None] + jnp.arange(t)[None, :]
-      k_BxSxKxH = k_cache_BxSxKxH.at[rows_Bx1, cols_BxT].set(
-          k_BxTxKxH.astype(k_cache_BxSxKxH.dtype), mode="drop")
-      v_BxSxKxH = v_cache_BxSxKxH.at[rows_Bx1, cols_BxT].set(
-          v_BxTxKxH.astype(v_cache_BxSxKxH.dtype), mode="drop")
+      k_BxSxKxH = k_cache_BxSxKxH.at[rows_Bx1, cols_BxT].set(_to_cache(k_BxTxKxH, cfg),
+                                                             mode="drop")
+      v_BxSxKxH = v_cache_BxSxKxH.at[rows_Bx1, cols_BxT].set(_to_cache(v_BxTxKxH, cfg),
+                                                             mode="drop")
     else:
       start_B = jnp.full((b,), cache_index, jnp.int32)
       k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
-          k_cache_BxSxKxH, k_BxTxKxH.astype(k_cache_BxSxKxH.dtype), cache_index, axis=1)
+          k_cache_BxSxKxH, _to_cache(k_BxTxKxH, cfg), cache_index, axis=1)
       v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(
-          v_cache_BxSxKxH, v_BxTxKxH.astype(v_cache_BxSxKxH.dtype), cache_index, axis=1)
+          v_cache_BxSxKxH, _to_cache(v_BxTxKxH, cfg), cache_index, axis=1)
     # Keys beyond the mask's length are not attended (the slot engine's cache windows): only the
     # first S cache slots are read, whatever the cache's size.
     s = kv_mask_BxS.shape[1]
-    k_att, v_att = k_BxSxKxH[:, :s], v_BxSxKxH[:, :s]
+    k_att, v_att = _from_cache(k_BxSxKxH[:, :s], cfg), _from_cache(v_BxSxKxH[:, :s], cfg)
 
     q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, kh, g, h)
     q_slot_BxT = start_B[:, None] + jnp.arange(t)[None, :]
@@ -289,7 +329,10 @@ def _attend(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
   scores_BxKxGxTxS = jnp.einsum(
       "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(q_BxTxKxGxH.dtype),
       preferred_element_type=jnp.float32) * (h ** -0.5)
-  scores_BxKxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxKxGxTxS, _MASK_VALUE)
+  # An additive mask: the same values as selecting _MASK_VALUE (scores are far below its ulp),
+  # and a backward pass that passes the gradient through instead of selecting it again.
+  bias_BxTxS = jnp.where(allowed_BxTxS, 0.0, _MASK_VALUE).astype(jnp.float32)
+  scores_BxKxGxTxS = scores_BxKxGxTxS + bias_BxTxS[:, None, None]
   probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
   return jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(probs.dtype))
 
@@ -462,8 +505,10 @@ class Qwen2ForCausalLM(nnx.Module):
       w_DxV = self.embed_tokens.embedding.get_value().T
     else:
       w_DxV = self.lm_head.kernel.get_value()
-    return jnp.einsum("btd,dv->btv", h_BxTxD, w_DxV.astype(h_BxTxD.dtype),
-                      preferred_element_type=jnp.float32)
+    b, t, d = h_BxTxD.shape
+    logits = jnp.dot(h_BxTxD.reshape(b * t, d), w_DxV.astype(h_BxTxD.dtype),
+                     preferred_element_type=jnp.float32)  # tokens flattened: see _projection_dot
+    return logits.reshape(b, t, -1)
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, kv_mask_BxS: jax.Array,
                cache: KVCache | None = None, cache_index: jax.Array | int = 0

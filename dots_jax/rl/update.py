@@ -258,10 +258,14 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
       gnorm = optax.tree.norm(grads)
       finite = jnp.isfinite(gnorm) & jnp.isfinite(stats["loss"])
       ok = finite & (stats["tokens"] > 0)
-      updates, new_opt = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      keep = lambda new, cur: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, cur)
-      carry = (keep(new_params, params), keep(new_opt, opt_state))
+
+      def apply(_):
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt
+
+      # A skipped update leaves params and moments as they were; a branch rather than a select
+      # over every parameter, which would be one more pass over params and moments.
+      carry = jax.lax.cond(ok, apply, lambda _: (params, opt_state), None)
       return carry, (stats, gnorm, finite, ok)
 
     (params, opt_state), (stats_U, gnorm_U, finite_U, ok_U) = jax.lax.scan(

@@ -242,14 +242,18 @@ def rollout_engine(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config, gr
 
 
 def rollout_estimate(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], engine: Engine) -> int:
-  """Per-device bytes of a decode program: params, the slots' KV cache and per-slot state, and
-  the float32 logits (the state's, the step's and the sampling pass's)."""
+  """Per-device bytes of a decode program: params (and their copy in the compute dtype, made once
+  per call when the two differ), the slots' KV cache and per-slot state, and the float32 logits
+  (the state's, the step's and the sampling pass's)."""
   dp = sharding.data_parallel_size(sizes)
   rows = engine.slots // dp
   kv = slot_cache_bytes(cfg, rows, engine.max_prompt_len, engine.max_new_tokens)
   logits = 3 * rows * (cfg.vocab_size // sizes["tensor"]) * 4
   outputs = 2 * rows * engine.max_new_tokens * 4  # tokens and log-probs
-  return plan(cfg, sizes, batch=1, seq=1)["params"] + kv + logits + outputs
+  params = plan(cfg, sizes, batch=1, seq=1)["params"]
+  compute, stored = np.dtype(cfg.dtype).itemsize, np.dtype(cfg.param_dtype).itemsize
+  cast = params * compute // stored if cfg.dtype != cfg.param_dtype else 0
+  return params + cast + kv + logits + outputs
 
 
 def _update_rows(config: ml_collections.ConfigDict, dp: int) -> int:
