@@ -121,20 +121,20 @@ def test_bfloat16_cache_holds_the_keys_bits():
   """A bfloat16 cache is stored as uint16 bits: a prefill through a cache of exactly the prompt's
   length gives the cacheless pass's hidden states bit for bit, and decoding reads them back."""
   cfg = dataclasses.replace(BF16, num_hidden_layers=2)
-  model = qwen2.init_model(cfg, 0)
+  graphdef, params = nnx.split(qwen2.init_model(cfg, 0))
+  hidden = jax.jit(lambda p, *args: nnx.merge(graphdef, p).hidden(*args))
   tokens = jnp.asarray(np.random.default_rng(1).integers(1, 61, (2, 9)), jnp.int32)
   mask = jnp.ones_like(tokens)
   pos = qwen2.positions_from_mask(mask)
   cache = qwen2.init_cache(cfg, 2, 9)
   assert cache.ks[0].dtype == jnp.uint16
-  h_cached, cache = model.hidden(tokens, pos, mask, cache, 0)
-  h_full, _ = model.hidden(tokens, pos, mask)
+  h_cached, _ = hidden(params, tokens, pos, mask, cache, 0)
+  h_full, _ = hidden(params, tokens, pos, mask)
   np.testing.assert_array_equal(np.asarray(h_cached, np.float32), np.asarray(h_full, np.float32))
   # One decode step over the cache (rows at their own write positions) vs the full pass.
-  longer = qwen2.init_cache(cfg, 2, 10)
-  _, longer = model.hidden(tokens[:, :8], pos[:, :8], mask[:, :8], longer, 0)
-  h_step, _ = model.hidden(tokens[:, 8:], pos[:, 8:], mask[:, :9].at[:, :].set(1),
-                           longer, jnp.array([8, 8]))
+  _, longer = hidden(params, tokens[:, :8], pos[:, :8], mask[:, :8], qwen2.init_cache(cfg, 2, 10), 0)
+  h_step, _ = hidden(params, tokens[:, 8:], pos[:, 8:], jnp.ones((2, 9), jnp.int32), longer,
+                     jnp.array([8, 8]))
   np.testing.assert_allclose(np.asarray(h_step[:, 0], np.float32),
                              np.asarray(h_full[:, 8], np.float32), rtol=0.05, atol=0.05)
 
