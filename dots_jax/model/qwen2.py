@@ -249,12 +249,13 @@ def _projection_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
   del preferred_element_type
   (lc, rc), (lb, rb) = dimension_numbers
   lead = lhs.shape[:-1]
-  if len(lead) > 1 and tuple(lc) == (lhs.ndim - 1,) and not lb and not rb:
+  flat = len(lead) > 1 and tuple(lc) == (lhs.ndim - 1,) and not lb and not rb
+  if flat:
     lhs, dimension_numbers = lhs.reshape(-1, lhs.shape[-1]), (((1,), tuple(rc)), ((), ()))
   out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                             preferred_element_type=jnp.float32, **kwargs)
   out = out.astype(jnp.result_type(lhs, rhs))
-  return out.reshape(*lead, *out.shape[1:]) if out.ndim == 2 and len(lead) > 1 else out
+  return out.reshape(*lead, *out.shape[1:]) if flat else out
 
 
 def _dense(din: int, dout: int, *, bias: bool, cfg: Qwen2Config, rngs: nnx.Rngs) -> nnx.Linear:
@@ -431,6 +432,11 @@ class ForwardShardings:
     return jax.lax.with_sharding_constraint(x_BxTxD, self.rows)
 
 
+def _row_pin(shardings: ForwardShardings | None) -> Any:
+  """`shardings.pin_rows`, or the identity for a pass without a mesh."""
+  return (lambda x: x) if shardings is None else shardings.pin_rows
+
+
 class Qwen2ForCausalLM(nnx.Module):
   """Parameter names mirror the Hugging Face module tree (`model.layers.N.self_attn.q_proj` ...)."""
 
@@ -451,7 +457,7 @@ class Qwen2ForCausalLM(nnx.Module):
     """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (None without one).
     `shardings`: how a training-shaped pass on a mesh lays out its activations and stacked layers
     (`sharding.forward_shardings`)."""
-    pin = (lambda x: x) if shardings is None else shardings.pin_rows
+    pin = _row_pin(shardings)
     x = pin(self.embed_tokens(tokens_BxT))
     if cache is None and self.cfg.scan_layers:
       return self.norm(self._scanned_layers(x, positions_BxT, kv_mask_BxS, shardings)), None
@@ -482,7 +488,7 @@ class Qwen2ForCausalLM(nnx.Module):
     compute = jnp.dtype(self.cfg.dtype)
     stacked = jax.tree.map(lambda *leaves: jnp.stack([w.astype(compute) for w in leaves]),
                            *[state for _, state in split])
-    pin = (lambda x: x) if shardings is None else shardings.pin_rows
+    pin = _row_pin(shardings)
     if shardings is not None:
       # The stack keeps each layer's sharding, with a leading unsharded layer axis.
       stacked = jax.tree.map(
