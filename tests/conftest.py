@@ -9,3 +9,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_tiny(tmp_path_factory):
+  """One directory per test process for the micro tiny base and its prepared data (each made once per
+  config hash by the first test that needs it): the modules that train micro runs share them instead
+  of each fine-tuning its own base."""
+  return tmp_path_factory.mktemp("shared_tiny")
+
+
+@pytest.fixture(scope="module")
+def micro_cache(shared_tiny):
+  """`shared_tiny`, with JAX's persistent compilation cache on (one directory per test process) while
+  the module runs: micro runs in any module compile each program once."""
+  old = jax.config.jax_compilation_cache_dir
+  old_min = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_compilation_cache_dir", str(shared_tiny / "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield shared_tiny
+  jax.config.update("jax_compilation_cache_dir", old)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)

@@ -217,7 +217,7 @@ def test_evaluate_pool_reports_trained_above_raw_on_planted_signal(tmp_path):
   assert report["pearson_trained"] > report["pearson_raw_embedding"] + 0.1
 
 
-def test_auto_estimator_is_made_once_and_refit_when_settings_change(tmp_path):
+def test_auto_estimator_is_made_once_and_refit_when_settings_change(tmp_path, shared_tiny):
   """estimator_path="auto": the offline stage runs on first use (micro base policy), is reused, and a
   changed fit setting refits on the cached pool labels instead of reusing a stale estimator."""
   import os
@@ -227,9 +227,9 @@ def test_auto_estimator_is_made_once_and_refit_when_settings_change(tmp_path):
   from dots_jax.difficulty.offline import ensure_estimator
 
   c = load_config("tiny", "micro")
-  c.tiny.cache_dir = str(tmp_path / "tiny")
-  c.data.prepared_dir = str(tmp_path / "prepared")
-  c.selection.dots.embed_path = str(tmp_path / "embeddings")
+  c.tiny.cache_dir = str(shared_tiny / "tiny")  # the session's micro base (conftest)
+  c.data.prepared_dir = str(shared_tiny / "prepared")
+  c.selection.dots.embed_path = str(tmp_path / "embeddings")  # the estimator is made next to it
   c.selection.dots.update(estimator_path="auto", width=32, layers=1)
   c.selection.dots.fit.update(pool=96, heldout=32, group=4, steps=20, warmup=2, batch=16,
                               ref_size=16, rollout_batch=64)

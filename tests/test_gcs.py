@@ -63,9 +63,10 @@ def bucket(tmp_path_factory):
       os.environ[k] = v
 
 
-def _micro(tmp_path, **overrides):
-  """test_main's micro run, with samples and TensorBoard on (both go to the bucket too)."""
-  return micro(tmp_path, **{"compilation_cache": "", "log.samples_every": 1, "log.tensorboard": True,
+def _micro(cache, **overrides):
+  """test_main's micro run, with samples and TensorBoard on (both go to the bucket too); the base and
+  the compiled programs are shared (conftest's micro_cache)."""
+  return micro(cache, **{"compilation_cache": "", "log.samples_every": 1, "log.tensorboard": True,
                             **overrides})
 
 
@@ -73,20 +74,21 @@ def _records(workdir):
   return [json.loads(line) for line in fs.read_text(fs.join(workdir, "metrics.jsonl")).splitlines()]
 
 
-def test_a_run_on_a_bucket_resumes_exactly_and_reads_its_policy_from_it(bucket, tmp_path):
-  base = ensure_tiny_base(_micro(tmp_path), log=lambda s: None)
+def test_a_run_on_a_bucket_resumes_exactly_and_reads_its_policy_from_it(bucket, micro_cache,
+                                                                        tmp_path):
+  base = ensure_tiny_base(_micro(micro_cache), log=lambda s: None)
   fs.upload_dir(base, f"{bucket}/base")
   remote = {"model.path": f"{bucket}/base"}
   workdir = f"{bucket}/runs/grpo"
-  first = train.train_and_evaluate(_micro(tmp_path, **remote), workdir)
+  first = train.train_and_evaluate(_micro(micro_cache, **remote), workdir)
   for name in ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json",
                "pass_rates/0.npz", "checkpoints/2", "tb"):
     assert fs.exists(fs.join(workdir, name)), name
   assert first["workdir"] == workdir
   assert [r["step"] for r in _records(workdir)] == [0, 1, 2]
   # Resume from the bucket's checkpoint, against an uninterrupted local run of 4 steps.
-  resumed = train.train_and_evaluate(_micro(tmp_path, total_steps=4, **remote), workdir)
-  local = train.train_and_evaluate(_micro(tmp_path, total_steps=4, **remote),
+  resumed = train.train_and_evaluate(_micro(micro_cache, total_steps=4, **remote), workdir)
+  local = train.train_and_evaluate(_micro(micro_cache, total_steps=4, **remote),
                                    str(tmp_path / "local"))
   assert resumed["rollouts"] == local["rollouts"]
   records = _records(workdir)
@@ -102,8 +104,8 @@ def test_a_run_on_a_bucket_resumes_exactly_and_reads_its_policy_from_it(bucket, 
   assert list(curve["step"]) == [0, 2, 4] and "first" in curve["pass_rates"]
 
 
-def test_an_exported_policy_round_trips_through_a_bucket(bucket, tmp_path):
-  base = ensure_tiny_base(_micro(tmp_path), log=lambda s: None)
+def test_an_exported_policy_round_trips_through_a_bucket(bucket, micro_cache, tmp_path):
+  base = ensure_tiny_base(_micro(micro_cache), log=lambda s: None)
   qcfg, model = hf_io.load_policy(base)
   out = hf_io.export_policy(qcfg, model, f"{bucket}/export", tokenizer_dir=base)
   assert out == f"{bucket}/export" and fs.isfile(f"{bucket}/export/config.json")

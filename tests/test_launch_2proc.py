@@ -57,14 +57,16 @@ def same(a, b, rel: float) -> bool:
   return math.isclose(a, b, rel_tol=rel, abs_tol=1e-6)
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, shared_tiny):
   env = dict(os.environ, DOTS_JAX_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
              JAX_PLATFORMS="cpu", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+  # The session's micro base and prepared data (conftest), built here if no test made them yet.
+  flags = [*FLAGS, f"--config.tiny.cache_dir={shared_tiny / 'tiny'}",
+           f"--config.data.prepared_dir={shared_tiny / 'prepared'}"]
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  # One process, two devices (also builds the micro base into the shared cache).
-  run([sys.executable, "-m", "dots_jax.main", f"--workdir={one}", *FLAGS],
+  run([sys.executable, "-m", "dots_jax.main", f"--workdir={one}", *flags],
       dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"), str(tmp_path / "one.log"))
-  run(["bash", os.path.join(REPO, "launch", "local_cpu_2proc.sh"), two, *FLAGS],
+  run(["bash", os.path.join(REPO, "launch", "local_cpu_2proc.sh"), two, *flags],
       dict(env, PORT=str(free_port()), DEVICES_PER_PROCESS="1"), str(tmp_path / "two.log"))
 
   with open(two + ".proc0.log") as f:

@@ -15,14 +15,9 @@ from dots_jax.tiny import tracking
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  """Shared tiny base + prepared data + compilation cache for the module (made once)."""
-  root = tmp_path_factory.mktemp("main_cache")
-  old = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield root
-  jax.config.update("jax_compilation_cache_dir", old)
+def cache(micro_cache):
+  """The shared tiny base + prepared data, and a compilation cache for the module (conftest)."""
+  return micro_cache
 
 
 def micro(cache, arg: str = "", **overrides):
@@ -74,6 +69,8 @@ def test_tracking_report_reads_a_run(cache, tmp_path):
   with np.load(tmp_path / "pass_rates" / "2.npz") as z:
     assert rows[-1].mean_pass_rate == pytest.approx(float(z["synthetic"].mean()), rel=1e-5)
   assert all(0.0 <= r.structure_r2 <= 1.0 for r in rows)
+  # The run kept a checkpoint of step 2 only: the policy's own embeddings are read there alone.
+  assert np.isnan(rows[0].policy_ridge_r) and -1.0 <= rows[-1].policy_ridge_r <= 1.0
   assert "| estimator r (8 refs, G=4)" in tracking.report(rows, 8, 16, 4)
 
 

@@ -19,12 +19,11 @@ from dots_jax.workdir import config_changes, load_trained, read_config
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """One finished micro GRPO run of 2 steps (checkpoint at step 2)."""
-  root = tmp_path_factory.mktemp("workdir")
-  c = micro(root)
-  train.train_and_evaluate(c, str(root / "run"))
-  return root, str(root / "run")
+def run(micro_cache, tmp_path_factory):
+  """One finished micro GRPO run of 2 steps (checkpoint at step 2), on the shared micro base."""
+  workdir = tmp_path_factory.mktemp("workdir") / "run"
+  train.train_and_evaluate(micro(micro_cache), str(workdir))
+  return micro_cache, str(workdir)
 
 
 def micro(root, **rl):

@@ -12,11 +12,13 @@ evaluation, measures how well each predictor recovers them (Pearson r over those
   * ridge: a ridge regression on the same frozen embeddings fitted to that step's exact pass rates on
     half the questions and scored on the other half: what a readout of these embeddings trained on
     the current policy itself could reach;
+  * policy ridge: the same readout of embeddings made the same way by the policy being trained (at the
+    steps the run kept a checkpoint of; NaN elsewhere): whether fresher embeddings would track;
   * structure R^2: the share of pass-rate variance explained by each question's operation, digit
     counts and carries (`synthetic.problem_structure`), the skill the testbed's difficulty is built on.
 Writes <workdir>/tracking.json. If the estimator's r falls while the ridge readout's falls with it,
-no estimator on these embeddings can track the policy: the remaining difficulty is not in the
-question's content.
+no estimator on these embeddings can track the policy; if the readout of the policy's own
+embeddings falls too, the remaining difficulty is not in the question's content.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ import json
 from typing import Any, Sequence
 
 import numpy as np
+from flax import nnx
 
 from dots_jax import fs
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.synthetic import problem_structure
 from dots_jax.difficulty import estimator as est
+from dots_jax.difficulty import embed
 from dots_jax.difficulty.offline import dots_inputs
-from dots_jax.workdir import read_config
+from dots_jax.model.hf_io import load_tokenizer
+from dots_jax.rl.checkpoint import Checkpointer
+from dots_jax.workdir import load_trained, read_config
 
 POOL_SET = "synthetic"
 
@@ -44,6 +50,7 @@ class StepPredictability:
   estimator_r: float  # ref_size references, G-sample labels (as in training)
   estimator_r_exact: float  # ref_factor x ref_size references, exact labels
   ridge_r: float
+  policy_ridge_r: float  # NaN at steps without a checkpoint
   structure_r2: float
 
 
@@ -92,6 +99,24 @@ def estimator_r(model: est.DifficultyEstimator, pq_NxH: np.ndarray, emb_NxD: np.
   return float(np.nanmean(out)) if np.isfinite(out).any() else float("nan")
 
 
+def policy_embeddings(workdir: str, step: int, problems: Sequence[str], batch: int,
+                      max_len: int) -> np.ndarray:
+  """[N, D] embeddings of `problems` by checkpoint `step`'s policy, made as DOTS makes its own."""
+  trained = load_trained(workdir, step)
+  model = nnx.merge(trained.graphdef, trained.params)
+  return embed.embed_texts(model, load_tokenizer(trained.tokenizer_dir), problems, batch=batch,
+                           max_len=max_len)
+
+
+def checkpoint_steps(workdir: str, keep: int) -> set[int]:
+  if not fs.exists(fs.join(workdir, "checkpoints")):
+    return set()
+  ckpt = Checkpointer(workdir, keep=max(1, keep))
+  steps = set(ckpt.all_steps())
+  ckpt.close()
+  return steps
+
+
 def pass_rate_steps(workdir: str) -> list[int]:
   d = fs.join(workdir, "pass_rates")
   steps = sorted(int(f[:-4]) for f in fs.listdir(d) if f.endswith(".npz") and f[:-4].isdigit())
@@ -118,6 +143,7 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
   big = min(n_eval, d.ref_size * ref_factor)
   out = []
   rng = np.random.default_rng(seed)
+  saved = checkpoint_steps(workdir, config.ckpt.keep)
   for step in pass_rate_steps(workdir):
     path = fs.join(workdir, "pass_rates", f"{step}.npz")
     rates = fs.load_npz(path)
@@ -130,16 +156,21 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
         step=step, mean_pass_rate=float(p.mean()),
         estimator_r=estimator_r(model, pq, e, p, d.ref_size, g, rng, draws),
         estimator_r_exact=estimator_r(model, pq, e, p, big, 0, rng, draws),
-        ridge_r=ridge_r(e, p, penalty), structure_r2=group_r2(p, structure)))
+        ridge_r=ridge_r(e, p, penalty),
+        policy_ridge_r=(ridge_r(policy_embeddings(workdir, step, problems[:n_eval], d.embed_batch,
+                                                  d.embed_max_len), p, penalty)
+                        if step in saved else float("nan")),
+        structure_r2=group_r2(p, structure)))
   return out
 
 
 def report(rows: list[StepPredictability], ref_size: int, big: int, group_size: int) -> str:
   lines = [f"step | mean p | estimator r ({ref_size} refs, G={group_size}) | estimator r ({big} refs, "
-           "exact) | ridge r (embeddings, fitted now) | structure R^2"]
+           "exact) | ridge r (embeddings, fitted now) | ridge r (policy's embeddings) | structure R^2"]
   for r in rows:
     lines.append(f"{r.step} | {r.mean_pass_rate:.3f} | {r.estimator_r:.2f} | "
-                 f"{r.estimator_r_exact:.2f} | {r.ridge_r:.2f} | {r.structure_r2:.2f}")
+                 f"{r.estimator_r_exact:.2f} | {r.ridge_r:.2f} | {r.policy_ridge_r:.2f} | "
+                 f"{r.structure_r2:.2f}")
   return "\n".join(lines)
 
 
