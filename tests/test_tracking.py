@@ -25,3 +25,24 @@ def test_ridge_readout_finds_a_linear_signal_and_not_noise():
 def test_pearson_of_a_constant_is_nan():
   assert np.isnan(tracking.pearson(np.ones(5), np.arange(5)))
   assert tracking.pearson(np.arange(5), 2 * np.arange(5) + 1) == pytest.approx(1.0)
+
+
+def test_signal_share_is_the_chance_a_group_has_reward_variance():
+  np.testing.assert_allclose(tracking.signal_share(np.array([0.0, 1.0, 0.5, 0.1]), 2),
+                             [0.0, 0.0, 0.5, 2 * 0.1 * 0.9])
+
+
+def test_round_block_of_exact_predictions_is_the_oracles():
+  p = np.linspace(0.0, 1.0, 101)
+  rng = np.random.default_rng(0)
+  # A near-zero temperature makes the rule a top-k by |p - 0.5|: the 11 questions from 0.45 to 0.55.
+  exact = tracking.round_block([p.copy()], p, group_size=4, alpha=0.5, tau=1e-6, budget=11, rng=rng)
+  share = tracking.signal_share(p, 4)
+  assert exact.signal_estimator == pytest.approx(share[45:56].mean())
+  assert exact.signal_exact == pytest.approx(exact.signal_estimator)
+  assert exact.signal_uniform == pytest.approx(share.mean()) and exact.error == 0.0
+  # Predictions that say nothing (all 0.5) draw a uniform block, with their error on it.
+  blind = tracking.round_block([np.full(101, 0.5)] * 200, p, group_size=4, alpha=0.5, tau=1e-6,
+                               budget=11, rng=rng)
+  assert blind.signal_estimator == pytest.approx(share.mean(), abs=0.02)
+  assert blind.error == pytest.approx(np.abs(p - 0.5).mean(), abs=0.01)

@@ -33,6 +33,17 @@ from dots_jax.difficulty.fit import fit_estimator
 from dots_jax.selection.base import Proposal, StepContext, group_stats
 
 
+def targeted_order(pred_N: np.ndarray, alpha: float, tau: float, budget: int,
+                   rng: np.random.Generator) -> np.ndarray:
+  """Every question once: the first `budget` drawn without replacement from
+  softmax(-|pred - alpha| / tau), shuffled, then the rest of the same draw."""
+  # Gumbel top-k == successive sampling without replacement from softmax(logits).
+  logits = -np.abs(np.asarray(pred_N, np.float64) - alpha) / tau
+  order = np.argsort(-(logits + rng.gumbel(size=len(logits))), kind="stable")
+  head = order[:budget][rng.permutation(budget)]  # the reference trainer shuffles the block
+  return np.concatenate([head, order[budget:]])
+
+
 class TargetedSource:
   """The round loop shared by DOTS and its oracle: predictions per round, sampling near `alpha`,
   serving candidates in order. Subclasses set `self.pred` when a round starts."""
@@ -61,13 +72,8 @@ class TargetedSource:
     self.rounds += 1
 
   def _sample_order(self, ctx: StepContext, batch_questions: int) -> np.ndarray:
-    # Gumbel top-k == successive sampling without replacement from softmax(logits).
-    logits = -np.abs(self.pred.astype(np.float64) - self.alpha) / self.tau
-    keys = logits + ctx.rng.gumbel(size=self.num_questions)
-    order = np.argsort(-keys, kind="stable")
-    budget = min(self.round_steps * batch_questions, self.num_questions)
-    head = order[:budget][ctx.rng.permutation(budget)]  # the reference trainer shuffles the block
-    return np.concatenate([head, order[budget:]])
+    return targeted_order(self.pred, self.alpha, self.tau,
+                          min(self.round_steps * batch_questions, self.num_questions), ctx.rng)
 
   def take(self, n: int) -> np.ndarray:
     if not len(self.order):

@@ -15,7 +15,11 @@ evaluation, measures how well each predictor recovers them (Pearson r over those
   * policy ridge: the same readout of embeddings made the same way by the policy being trained (at the
     steps the run kept a checkpoint of; NaN elsewhere): whether fresher embeddings would track;
   * structure R^2: the share of pass-rate variance explained by each question's operation, digit
-    counts and carries (`synthetic.problem_structure`), the skill the testbed's difficulty is built on.
+    counts and carries (`synthetic.problem_structure`), the skill the testbed's difficulty is built on;
+  * a round's block: the questions DOTS's rule (selection.dots alpha and tau, or --tau) would draw
+    for one round from the estimator's predictions, from the exact pass rates (the oracle) and
+    uniformly, each scored by the expected share of its G-sample groups with reward variance (the
+    groups that give GRPO a gradient), and the predictions' mean error on that block.
 Writes <workdir>/tracking.json. If the estimator's r falls while the ridge readout's falls with it,
 no estimator on these embeddings can track the policy; if the readout of the policy's own
 embeddings falls too, the remaining difficulty is not in the question's content.
@@ -38,6 +42,7 @@ from dots_jax.difficulty import embed
 from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.model.hf_io import load_tokenizer
 from dots_jax.rl.checkpoint import Checkpointer
+from dots_jax.selection.dots import targeted_order
 from dots_jax.workdir import load_trained, read_config
 
 POOL_SET = "synthetic"
@@ -52,6 +57,7 @@ class StepPredictability:
   ridge_r: float
   policy_ridge_r: float  # NaN at steps without a checkpoint
   structure_r2: float
+  block: RoundBlock  # a round of DOTS's rule from the estimator_r predictions
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -84,19 +90,54 @@ def ridge_r(x_NxD: np.ndarray, p_N: np.ndarray, penalty: float) -> float:
   return pearson(x[test] @ w, np.asarray(p_N)[test])
 
 
-def estimator_r(model: est.DifficultyEstimator, pq_NxH: np.ndarray, emb_NxD: np.ndarray,
-                p_N: np.ndarray, refs: int, group_size: int, rng: np.random.Generator,
-                draws: int) -> float:
-  """Mean r between p and DOTS's predictions from `refs` random references labelled with
-  `group_size` samples each (0: exactly)."""
+def reference_predictions(model: est.DifficultyEstimator, pq_NxH: np.ndarray, emb_NxD: np.ndarray,
+                          p_N: np.ndarray, refs: int, group_size: int, rng: np.random.Generator,
+                          draws: int) -> list[np.ndarray]:
+  """DOTS's predictions of every question, one array per draw of `refs` random references labelled
+  with `group_size` samples each (0: exactly)."""
   out = []
   for _ in range(draws):
     idx = rng.choice(len(p_N), refs, replace=False)
     labels = (p_N[idx] if group_size == 0
               else rng.binomial(group_size, p_N[idx]) / group_size).astype(np.float32)
-    pred, _ = est.predict_recalibrated(model, pq_NxH, emb_NxD, idx, labels)
-    out.append(pearson(pred, p_N))
+    out.append(est.predict_recalibrated(model, pq_NxH, emb_NxD, idx, labels)[0])
+  return out
+
+
+def mean_r(preds: Sequence[np.ndarray], p_N: np.ndarray) -> float:
+  """Mean Pearson r between p and each prediction (NaN when every one is constant)."""
+  out = [pearson(pred, p_N) for pred in preds]
   return float(np.nanmean(out)) if np.isfinite(out).any() else float("nan")
+
+
+def signal_share(p_N: np.ndarray, group_size: int) -> np.ndarray:
+  """Probability that a group of `group_size` samples has reward variance: 1 - p^G - (1 - p)^G."""
+  p = np.asarray(p_N, np.float64)
+  return 1.0 - p ** group_size - (1.0 - p) ** group_size
+
+
+@dataclasses.dataclass
+class RoundBlock:
+  """What one round of DOTS's rule would train on, measured against the exact pass rates."""
+  signal_estimator: float  # expected share of groups with reward variance, drawn from predictions
+  signal_exact: float  # the same rule drawing from the exact pass rates (the oracle)
+  signal_uniform: float  # uniform GRPO's expected share
+  error: float  # mean |predicted - exact| over the block drawn from predictions
+
+
+def round_block(preds: Sequence[np.ndarray], p_N: np.ndarray, *, group_size: int, alpha: float,
+                tau: float, budget: int, rng: np.random.Generator) -> RoundBlock:
+  """The block of `budget` questions DOTS's rule draws (`dots.targeted_order`) from each prediction
+  and from the exact pass rates, means over the predictions' draws."""
+  share = signal_share(p_N, group_size)
+  est_signal, exact_signal, error = [], [], []
+  for pred in preds:
+    block = targeted_order(pred, alpha, tau, budget, rng)[:budget]
+    est_signal.append(share[block].mean())
+    error.append(np.abs(pred[block] - p_N[block]).mean())
+    exact_signal.append(share[targeted_order(p_N, alpha, tau, budget, rng)[:budget]].mean())
+  return RoundBlock(float(np.mean(est_signal)), float(np.mean(exact_signal)), float(share.mean()),
+                    float(np.mean(error)))
 
 
 def policy_embeddings(workdir: str, step: int, problems: Sequence[str], batch: int,
@@ -126,7 +167,8 @@ def pass_rate_steps(workdir: str) -> list[int]:
 
 
 def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: float = 10.0,
-                seed: int = 0) -> list[StepPredictability]:
+                seed: int = 0, tau: float = 0.0) -> list[StepPredictability]:
+  """Every evaluation step of `workdir`; `tau` > 0 replaces selection.dots.tau of the run."""
   config = read_config(workdir)
   pool = load_dataset(config.data, "train")
   problems = [pool[i].problem for i in range(len(pool))]
@@ -141,6 +183,7 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
   structure = [problem_structure(t) for t in problems[:n_eval]]
   d, g = config.selection.dots, int(config.sampling.group_size)
   big = min(n_eval, d.ref_size * ref_factor)
+  budget = min(n_eval, d.round_steps * config.rl.batch_questions)  # one round's questions
   out = []
   rng = np.random.default_rng(seed)
   saved = checkpoint_steps(workdir, config.ckpt.keep)
@@ -152,25 +195,31 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
     p = rates[POOL_SET].astype(np.float64)
     if len(p) != n_eval:
       raise ValueError(f"{path} holds {len(p)} {POOL_SET!r} pass rates, the run evaluated {n_eval}")
+    preds = reference_predictions(model, pq, e, p, d.ref_size, g, rng, draws)
     out.append(StepPredictability(
         step=step, mean_pass_rate=float(p.mean()),
-        estimator_r=estimator_r(model, pq, e, p, d.ref_size, g, rng, draws),
-        estimator_r_exact=estimator_r(model, pq, e, p, big, 0, rng, draws),
+        estimator_r=mean_r(preds, p),
+        estimator_r_exact=mean_r(reference_predictions(model, pq, e, p, big, 0, rng, draws), p),
         ridge_r=ridge_r(e, p, penalty),
         policy_ridge_r=(ridge_r(policy_embeddings(workdir, step, problems[:n_eval], d.embed_batch,
                                                   d.embed_max_len), p, penalty)
                         if step in saved else float("nan")),
-        structure_r2=group_r2(p, structure)))
+        structure_r2=group_r2(p, structure),
+        block=round_block(preds, p, group_size=g, alpha=d.alpha, tau=tau or d.tau,
+                          budget=budget, rng=rng)))
   return out
 
 
 def report(rows: list[StepPredictability], ref_size: int, big: int, group_size: int) -> str:
   lines = [f"step | mean p | estimator r ({ref_size} refs, G={group_size}) | estimator r ({big} refs, "
-           "exact) | ridge r (embeddings, fitted now) | ridge r (policy's embeddings) | structure R^2"]
+           "exact) | ridge r (embeddings, fitted now) | ridge r (policy's embeddings) | structure R^2 "
+           "| round block with reward variance: DOTS / exact / uniform | DOTS block error"]
   for r in rows:
+    b = r.block
     lines.append(f"{r.step} | {r.mean_pass_rate:.3f} | {r.estimator_r:.2f} | "
                  f"{r.estimator_r_exact:.2f} | {r.ridge_r:.2f} | {r.policy_ridge_r:.2f} | "
-                 f"{r.structure_r2:.2f}")
+                 f"{r.structure_r2:.2f} | {b.signal_estimator:.2f} / {b.signal_exact:.2f} / "
+                 f"{b.signal_uniform:.2f} | {b.error:.3f}")
   return "\n".join(lines)
 
 
@@ -180,7 +229,7 @@ def main(argv: Any) -> None:
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError("--workdir is required")
-  rows = analyze_run(f.workdir, draws=f.draws, ref_factor=f.ref_factor, penalty=f.ridge)
+  rows = analyze_run(f.workdir, draws=f.draws, ref_factor=f.ref_factor, penalty=f.ridge, tau=f.tau)
   config = read_config(f.workdir)
   print(report(rows, config.selection.dots.ref_size, config.selection.dots.ref_size * f.ref_factor,
                config.sampling.group_size))
@@ -197,4 +246,6 @@ if __name__ == "__main__":  # flags only when run as a command (main.py defines 
   flags.DEFINE_integer("ref_factor", 8, "the larger, exactly labelled reference set, as a multiple "
                        "of selection.dots.ref_size")
   flags.DEFINE_float("ridge", 10.0, "ridge penalty on the standardised embeddings")
+  flags.DEFINE_float("tau", 0.0, "DOTS's sampling temperature for the round-block columns (0: the "
+                     "run's selection.dots.tau)")
   app.run(main)
