@@ -23,8 +23,10 @@ def shared_tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def micro_cache(shared_tiny):
-  """`shared_tiny`, with JAX's persistent compilation cache on (one directory per test process) while
-  the module runs: micro runs in any module compile each program once."""
+  """`shared_tiny`, with JAX's persistent compilation cache on (one directory per test process):
+  micro runs in any module compile each program once. JAX keeps a cache it has opened for the rest
+  of the process, so tests that run after such a module in the same process use it too (the
+  settings are restored for anything that reads them)."""
   old = jax.config.jax_compilation_cache_dir
   old_min = jax.config.jax_persistent_cache_min_compile_time_secs
   jax.config.update("jax_compilation_cache_dir", str(shared_tiny / "xla"))
