@@ -5,6 +5,7 @@ checked on every resume, and the trained policy read back from a checkpoint (exp
     differs from the saved one in anything but the keys of `RESUMABLE_CHANGES` (naming every
     differing key, old -> new), unless `config.allow_config_change` is set.
   * `read_config(workdir)`: the saved config as a ConfigDict over today's defaults.
+  * `checkpoint_steps(workdir, config)`: the steps the run holds checkpoints of.
   * `load_trained(workdir, step)`: (config, policy architecture, params at that checkpoint,
     tokenizer directory), what `dots_jax.tools.export` and `dots_jax.evaluate --workdir` need.
 """
@@ -100,17 +101,27 @@ class TrainedPolicy:
   step: int
 
 
+def checkpoint_steps(workdir: str, config: ml_collections.ConfigDict) -> list[int]:
+  """The steps `workdir` holds a checkpoint of, in order ([] without creating anything when the run
+  has none)."""
+  if not fs.exists(fs.join(workdir, "checkpoints")):
+    return []
+  ckpt = checkpoint.Checkpointer(workdir, keep=max(1, config.ckpt.keep))
+  steps = sorted(ckpt.all_steps())
+  ckpt.close()
+  return steps
+
+
 def load_trained(workdir: str, step: int | None = None, mesh: Any = None) -> TrainedPolicy:
   """The policy of `workdir`'s checkpoint `step` (default: the latest)."""
   config = read_config(workdir)
-  ckpt = checkpoint.Checkpointer(workdir, keep=max(1, config.ckpt.keep))
-  steps = ckpt.all_steps()
+  steps = checkpoint_steps(workdir, config)
   if not steps:
     raise ConfigError(f"--workdir={workdir} has no checkpoint yet (config.ckpt.every="
                       f"{config.ckpt.every})")
   step = max(steps) if step is None else step
   if step not in steps:
-    raise ConfigError(f"--step={step}: {workdir} holds checkpoints {sorted(steps)}")
+    raise ConfigError(f"--step={step}: {workdir} holds checkpoints {steps}")
   path = policy_path(config)
   qcfg, model = hf_io.load_policy(path, mesh=mesh, **policy_runtime(config))
   graphdef, params = nnx.split(model)
@@ -124,6 +135,7 @@ def load_trained(workdir: str, step: int | None = None, mesh: Any = None) -> Tra
     shardings = jax.tree.map(lambda _: one, shapes)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           shapes, shardings)
+  ckpt = checkpoint.Checkpointer(workdir, keep=max(1, config.ckpt.keep))
   state, _ = ckpt.restore(abstract, step)
   ckpt.close()
   return TrainedPolicy(config, qcfg, graphdef, state.params, path, step)

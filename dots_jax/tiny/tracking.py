@@ -41,9 +41,8 @@ from dots_jax.difficulty import estimator as est
 from dots_jax.difficulty import embed
 from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.model.hf_io import load_tokenizer
-from dots_jax.rl.checkpoint import Checkpointer
 from dots_jax.selection.dots import targeted_order
-from dots_jax.workdir import load_trained, read_config
+from dots_jax.workdir import checkpoint_steps, load_trained, read_config
 
 POOL_SET = "synthetic"
 
@@ -149,15 +148,6 @@ def policy_embeddings(workdir: str, step: int, problems: Sequence[str], batch: i
                            max_len=max_len)
 
 
-def checkpoint_steps(workdir: str, keep: int) -> set[int]:
-  if not fs.exists(fs.join(workdir, "checkpoints")):
-    return set()
-  ckpt = Checkpointer(workdir, keep=max(1, keep))
-  steps = set(ckpt.all_steps())
-  ckpt.close()
-  return steps
-
-
 def pass_rate_steps(workdir: str) -> list[int]:
   d = fs.join(workdir, "pass_rates")
   steps = sorted(int(f[:-4]) for f in fs.listdir(d) if f.endswith(".npz") and f[:-4].isdigit())
@@ -186,7 +176,7 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
   budget = min(n_eval, d.round_steps * config.rl.batch_questions)  # one round's questions
   out = []
   rng = np.random.default_rng(seed)
-  saved = checkpoint_steps(workdir, config.ckpt.keep)
+  saved = set(checkpoint_steps(workdir, config))
   for step in pass_rate_steps(workdir):
     path = fs.join(workdir, "pass_rates", f"{step}.npz")
     rates = fs.load_npz(path)
