@@ -2,10 +2,14 @@
 
 gcp-storage-emulator (test extra), with one addition: download responses carry the object's
 generation (x-goog-generation), which tensorstore's GCS driver (orbax's array writes) reads back for
-its conditional writes and which the emulator leaves out, and requests are served in parallel.
+its conditional writes and which the emulator leaves out, and connections are accepted in parallel
+while the handlers, which share the emulator's unsynchronised state (its resumable uploads, its
+metadata file), run one at a time.
 """
+import functools
 import http.server
 import sys
+import threading
 
 from gcp_storage_emulator import server
 from gcp_storage_emulator.handlers import objects
@@ -23,12 +27,26 @@ def download_with_generation(request, response, storage, *args, **kwargs):
   return _download(request, response, storage, *args, **kwargs)
 
 
+_STATE = threading.RLock()
+
+
+def serialised(fn):
+  @functools.wraps(fn)
+  def run(*args, **kwargs):
+    with _STATE:
+      return fn(*args, **kwargs)
+  return run
+
+
 def main(port: int, bucket: str) -> None:
   # tensorstore sends requests in parallel; the emulator's one-request-at-a-time server drops some.
+  # Threads accept them; the lock keeps two handlers from changing the emulator's state at once (a
+  # resumable upload was lost that way under load).
   http.server.HTTPServer = http.server.ThreadingHTTPServer
   objects.download = download_with_generation  # JSON-API reads (?alt=media) call it by name
   server.HANDLERS = tuple(
-      (pattern, {m: (download_with_generation if fn is _download else fn) for m, fn in methods.items()})
+      (pattern, {m: serialised(download_with_generation if fn is _download else fn)
+                 for m, fn in methods.items()})
       for pattern, methods in server.HANDLERS)
   server.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket).run()
 
