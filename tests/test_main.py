@@ -73,6 +73,9 @@ def test_tracking_report_reads_a_run(cache, tmp_path):
   assert np.isnan(rows[0].policy_ridge_r) and -1.0 <= rows[-1].policy_ridge_r <= 1.0
   b = rows[-1].block  # a round's block scored against the step's exact pass rates
   assert 0.0 <= b.signal_estimator <= 1.0 and 0.0 <= b.signal_exact <= 1.0 and 0.0 <= b.error <= 1.0
+  assert 0.0 <= rows[-1].block_error_exact_refs <= 1.0
+  assert 0.0 <= rows[-1].block_error_ridge  # a linear readout may predict outside [0, 1]
+  assert 0.0 <= rows[-1].block_error_structure <= 1.0
   assert "| estimator r (8 refs, G=4)" in tracking.report(rows, 8, 16, 4)
 
 

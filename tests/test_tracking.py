@@ -12,6 +12,8 @@ def test_group_r2_is_the_variance_the_groups_explain():
   # Group means 0.2 and 0.8 around 0.5; within-group deviations 0.1: R^2 = 0.09 / 0.1 = 0.9.
   assert tracking.group_r2(np.array([0.1, 0.3, 0.7, 0.9]), keys) == pytest.approx(0.9)
   assert np.isnan(tracking.group_r2(np.full(4, 0.5), keys))
+  np.testing.assert_allclose(tracking.group_means(np.array([0.1, 0.3, 0.7, 0.9]), keys),
+                             [0.2, 0.2, 0.8, 0.8])
 
 
 def test_ridge_readout_finds_a_linear_signal_and_not_noise():
@@ -20,6 +22,11 @@ def test_ridge_readout_finds_a_linear_signal_and_not_noise():
   linear = 1 / (1 + np.exp(-x[:, 3]))
   assert tracking.ridge_r(x, linear, penalty=1.0) > 0.95
   assert abs(tracking.ridge_r(x, rng.uniform(size=2000), penalty=1.0)) < 0.1
+  # Its predictions are of the held-out rows, on the scale of p (the rule compares them with alpha).
+  exact = 0.2 + 0.1 * x[:, 3]
+  pred = tracking.ridge_predict(x, exact, penalty=1.0)
+  assert pred.shape == (1000,)
+  np.testing.assert_allclose(pred, exact[tracking.RIDGE_TEST], atol=0.01)
 
 
 def test_pearson_of_a_constant_is_nan():

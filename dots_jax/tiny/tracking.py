@@ -19,7 +19,11 @@ evaluation, measures how well each predictor recovers them (Pearson r over those
   * a round's block: the questions DOTS's rule (selection.dots alpha and tau, or --tau) would draw
     for one round from the estimator's predictions, from the exact pass rates (the oracle) and
     uniformly, each scored by the expected share of its G-sample groups with reward variance (the
-    groups that give GRPO a gradient), and the predictions' mean error on that block.
+    groups that give GRPO a gradient), and the predictions' mean error on that block (what the
+    comparison's tracking bar measures). The same error for the block drawn from the estimator with
+    the larger exactly labelled reference set, from the ridge readout on its held-out half, and
+    from each question's structure group's exact mean pass rate: how low that error goes with far
+    more, and noise-free, labels, or with exact knowledge of the skill each question needs.
 Writes <workdir>/tracking.json. If the estimator's r falls while the ridge readout's falls with it,
 no estimator on these embeddings can track the policy; if the readout of the policy's own
 embeddings falls too, the remaining difficulty is not in the question's content.
@@ -57,6 +61,9 @@ class StepPredictability:
   policy_ridge_r: float  # NaN at steps without a checkpoint
   structure_r2: float
   block: RoundBlock  # a round of DOTS's rule from the estimator_r predictions
+  block_error_exact_refs: float  # the block's error, drawn from the estimator_r_exact predictions
+  block_error_ridge: float  # the block's error, drawn from the ridge readout (held-out half)
+  block_error_structure: float  # the block's error, drawn from the structure groups' exact means
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -67,26 +74,41 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
   return float(np.corrcoef(x, y)[0, 1])
 
 
-def group_r2(p_N: np.ndarray, keys: Sequence[str]) -> float:
-  """Share of the variance of p explained by the mean of p within each key's group."""
+def group_means(p_N: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+  """Each question's prediction by the mean of p over its key's group."""
   p = np.asarray(p_N, np.float64)
   keys = np.asarray(keys)
   fitted = np.empty_like(p)
   for k in np.unique(keys):
     m = keys == k
     fitted[m] = p[m].mean()
+  return fitted
+
+
+def group_r2(p_N: np.ndarray, keys: Sequence[str]) -> float:
+  """Share of the variance of p explained by the mean of p within each key's group."""
+  p = np.asarray(p_N, np.float64)
+  fitted = group_means(p, keys)
   total = ((p - p.mean()) ** 2).sum()
   return float(1.0 - ((p - fitted) ** 2).sum() / total) if total > 0 else float("nan")
 
 
-def ridge_r(x_NxD: np.ndarray, p_N: np.ndarray, penalty: float) -> float:
-  """r on the odd rows of a ridge regression fitted on the even rows (standardised features)."""
+RIDGE_TEST = slice(1, None, 2)  # the ridge readout is fitted on the even rows, scored on the odd
+
+
+def ridge_predict(x_NxD: np.ndarray, p_N: np.ndarray, penalty: float) -> np.ndarray:
+  """Predictions for the odd rows (`RIDGE_TEST`) of a ridge regression of p on the standardised
+  features, fitted on the even rows."""
   x = np.asarray(x_NxD, np.float64)
   x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-  fit, test = slice(0, None, 2), slice(1, None, 2)
-  a, y = x[fit], np.asarray(p_N, np.float64)[fit]
+  a, y = x[0::2], np.asarray(p_N, np.float64)[0::2]
   w = np.linalg.solve(a.T @ a + penalty * np.eye(x.shape[1]), a.T @ (y - y.mean()))
-  return pearson(x[test] @ w, np.asarray(p_N)[test])
+  return x[RIDGE_TEST] @ w + y.mean()
+
+
+def ridge_r(x_NxD: np.ndarray, p_N: np.ndarray, penalty: float) -> float:
+  """r on the odd rows of a ridge regression fitted on the even rows (standardised features)."""
+  return pearson(ridge_predict(x_NxD, p_N, penalty), np.asarray(p_N)[RIDGE_TEST])
 
 
 def reference_predictions(model: est.DifficultyEstimator, pq_NxH: np.ndarray, emb_NxD: np.ndarray,
@@ -186,30 +208,39 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
     if len(p) != n_eval:
       raise ValueError(f"{path} holds {len(p)} {POOL_SET!r} pass rates, the run evaluated {n_eval}")
     preds = reference_predictions(model, pq, e, p, d.ref_size, g, rng, draws)
+    preds_exact = reference_predictions(model, pq, e, p, big, 0, rng, draws)
+    rule = dict(group_size=g, alpha=d.alpha, tau=tau or d.tau, rng=rng)
+    ridge_pred, p_test = ridge_predict(e, p, penalty), p[RIDGE_TEST]
     out.append(StepPredictability(
         step=step, mean_pass_rate=float(p.mean()),
         estimator_r=mean_r(preds, p),
-        estimator_r_exact=mean_r(reference_predictions(model, pq, e, p, big, 0, rng, draws), p),
-        ridge_r=ridge_r(e, p, penalty),
+        estimator_r_exact=mean_r(preds_exact, p),
+        ridge_r=pearson(ridge_pred, p_test),
         policy_ridge_r=(ridge_r(policy_embeddings(workdir, step, problems[:n_eval], d.embed_batch,
                                                   d.embed_max_len), p, penalty)
                         if step in saved else float("nan")),
         structure_r2=group_r2(p, structure),
-        block=round_block(preds, p, group_size=g, alpha=d.alpha, tau=tau or d.tau,
-                          budget=budget, rng=rng)))
+        block=round_block(preds, p, budget=budget, **rule),
+        block_error_exact_refs=round_block(preds_exact, p, budget=budget, **rule).error,
+        block_error_ridge=round_block([ridge_pred] * draws, p_test,
+                                      budget=min(budget, len(p_test)), **rule).error,
+        block_error_structure=round_block([group_means(p, structure)] * draws, p, budget=budget,
+                                          **rule).error))
   return out
 
 
 def report(rows: list[StepPredictability], ref_size: int, big: int, group_size: int) -> str:
   lines = [f"step | mean p | estimator r ({ref_size} refs, G={group_size}) | estimator r ({big} refs, "
            "exact) | ridge r (embeddings, fitted now) | ridge r (policy's embeddings) | structure R^2 "
-           "| round block with reward variance: DOTS / exact / uniform | DOTS block error"]
+           "| round block with reward variance: DOTS / exact / uniform | block error: DOTS / "
+           f"{big} exact refs / ridge / structure"]
   for r in rows:
     b = r.block
     lines.append(f"{r.step} | {r.mean_pass_rate:.3f} | {r.estimator_r:.2f} | "
                  f"{r.estimator_r_exact:.2f} | {r.ridge_r:.2f} | {r.policy_ridge_r:.2f} | "
                  f"{r.structure_r2:.2f} | {b.signal_estimator:.2f} / {b.signal_exact:.2f} / "
-                 f"{b.signal_uniform:.2f} | {b.error:.3f}")
+                 f"{b.signal_uniform:.2f} | {b.error:.3f} / {r.block_error_exact_refs:.3f} / "
+                 f"{r.block_error_ridge:.3f} / {r.block_error_structure:.3f}")
   return "\n".join(lines)
 
 
