@@ -29,8 +29,9 @@ from dots_jax.tiny.base import policy_path
 
 CONFIG_FILE = "config.json"
 # Changing these does not change what the run computes up to the resume point: a longer run, other
-# logging, checkpoint or evaluation cadence.
-RESUMABLE_CHANGES = ("total_steps", "log.", "ckpt.", "eval.", "allow_config_change", "dry_run")
+# logging, checkpoint or evaluation cadence, another place for the compiled programs.
+RESUMABLE_CHANGES = ("total_steps", "log.", "ckpt.", "eval.", "allow_config_change", "dry_run",
+                     "compilation_cache")
 
 
 def _flat(c: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -28,9 +28,17 @@ def setup():
   return graphdef, params, tokens, mask
 
 
+_ENGINES: dict = {}
+
+
 def _engine(graphdef, slots, **kw):
-  return Engine(graphdef, CFG, slots=slots, max_prompt_len=8, max_new_tokens=R, eos_ids=[EOS],
-                pad_id=0, steps_per_call=4, **kw)
+  """One engine per layout for the module: tests on the same layout share its compiled programs (and
+  so also check that an engine serves calls with other sampling settings without recompiling)."""
+  key = (id(graphdef), slots, tuple(sorted((k, id(v) if k == "mesh" else v) for k, v in kw.items())))
+  if key not in _ENGINES:
+    _ENGINES[key] = Engine(graphdef, CFG, slots=slots, max_prompt_len=8, max_new_tokens=R,
+                           eos_ids=[EOS], pad_id=0, steps_per_call=4, **kw)
+  return _ENGINES[key]
 
 
 def test_greedy_matches_the_static_batch(setup):

@@ -55,8 +55,9 @@ def test_resume_with_another_config_is_refused_naming_the_keys(run):
   with pytest.raises(ConfigError, match=re.escape(expected)):
     train.train_and_evaluate(changed, workdir)
   longer = micro(root)
-  longer.total_steps = 3  # a longer run resumes
+  longer.total_steps = 3  # a longer run resumes, with its programs cached elsewhere too
   longer.eval.every = 0
+  longer.compilation_cache = str(root / "elsewhere")
   assert train.train_and_evaluate(longer, workdir)["steps"] == 3
 
 
@@ -148,7 +149,8 @@ def test_sigterm_saves_the_current_step_and_the_run_resumes(run, tmp_path):
   cmd = [sys.executable, "-m", "dots_jax.main", "--config=configs/tiny.py:micro",
          f"--workdir={workdir}", "--config.total_steps=500", "--config.eval.every=0",
          "--config.ckpt.every=1000", f"--config.tiny.cache_dir={root / 'tiny'}",
-         f"--config.data.prepared_dir={root / 'prepared'}"]
+         f"--config.data.prepared_dir={root / 'prepared'}",
+         f"--config.compilation_cache={root / 'xla'}"]  # the module's cache (micro_cache)
   proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
