@@ -85,15 +85,20 @@ def group_means(p_N: np.ndarray, keys: Sequence[str]) -> np.ndarray:
   return fitted
 
 
+def explained_share(p_N: np.ndarray, fitted_N: np.ndarray) -> float:
+  """Share of the variance of p that `fitted_N` explains (R^2; NaN when p is constant)."""
+  p = np.asarray(p_N, np.float64)
+  total = ((p - p.mean()) ** 2).sum()
+  return float(1.0 - ((p - fitted_N) ** 2).sum() / total) if total > 0 else float("nan")
+
+
 def group_r2(p_N: np.ndarray, keys: Sequence[str]) -> float:
   """Share of the variance of p explained by the mean of p within each key's group."""
-  p = np.asarray(p_N, np.float64)
-  fitted = group_means(p, keys)
-  total = ((p - p.mean()) ** 2).sum()
-  return float(1.0 - ((p - fitted) ** 2).sum() / total) if total > 0 else float("nan")
+  return explained_share(p_N, group_means(p_N, keys))
 
 
-RIDGE_TEST = slice(1, None, 2)  # the ridge readout is fitted on the even rows, scored on the odd
+# The ridge readout is fitted on the even rows and scored on the odd.
+RIDGE_FIT, RIDGE_TEST = slice(0, None, 2), slice(1, None, 2)
 
 
 def ridge_predict(x_NxD: np.ndarray, p_N: np.ndarray, penalty: float) -> np.ndarray:
@@ -101,7 +106,7 @@ def ridge_predict(x_NxD: np.ndarray, p_N: np.ndarray, penalty: float) -> np.ndar
   features, fitted on the even rows."""
   x = np.asarray(x_NxD, np.float64)
   x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-  a, y = x[0::2], np.asarray(p_N, np.float64)[0::2]
+  a, y = x[RIDGE_FIT], np.asarray(p_N, np.float64)[RIDGE_FIT]
   w = np.linalg.solve(a.T @ a + penalty * np.eye(x.shape[1]), a.T @ (y - y.mean()))
   return x[RIDGE_TEST] @ w + y.mean()
 
@@ -211,6 +216,7 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
     preds_exact = reference_predictions(model, pq, e, p, big, 0, rng, draws)
     rule = dict(group_size=g, alpha=d.alpha, tau=tau or d.tau, rng=rng)
     ridge_pred, p_test = ridge_predict(e, p, penalty), p[RIDGE_TEST]
+    structure_fit = group_means(p, structure)
     out.append(StepPredictability(
         step=step, mean_pass_rate=float(p.mean()),
         estimator_r=mean_r(preds, p),
@@ -219,13 +225,12 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
         policy_ridge_r=(ridge_r(policy_embeddings(workdir, step, problems[:n_eval], d.embed_batch,
                                                   d.embed_max_len), p, penalty)
                         if step in saved else float("nan")),
-        structure_r2=group_r2(p, structure),
+        structure_r2=explained_share(p, structure_fit),
         block=round_block(preds, p, budget=budget, **rule),
         block_error_exact_refs=round_block(preds_exact, p, budget=budget, **rule).error,
         block_error_ridge=round_block([ridge_pred] * draws, p_test,
                                       budget=min(budget, len(p_test)), **rule).error,
-        block_error_structure=round_block([group_means(p, structure)] * draws, p, budget=budget,
-                                          **rule).error))
+        block_error_structure=round_block([structure_fit] * draws, p, budget=budget, **rule).error))
   return out
 
 
