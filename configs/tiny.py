@@ -6,8 +6,9 @@
 
 Nothing is downloaded: with `model.path` empty the job builds (once, then cached) a character
 tokenizer with Qwen chat tokens and a 3-layer Qwen2 fine-tuned on a synthetic SFT stream disjoint from
-the RL pool (`dots_jax.tiny.ensure_tiny_base`), and loads it like any Qwen2.5 checkpoint. What that
-base can and cannot do, and why the settings below were chosen: docs/TESTBED.md (measured with
+the RL pool (`dots_jax.policy.tiny_base.ensure_tiny_base`), and loads it like any Qwen2.5
+checkpoint. What that base can and cannot do, and why the settings below were chosen:
+docs/TESTBED.md (measured with
 `python -m dots_jax.tiny.spread --config=configs/tiny.py --samples`).
 """
 
@@ -20,7 +21,7 @@ def get_config(arg: str = ""):
   c.total_steps = 200
   c.mesh.data = -1
 
-  c.model.path = ""  # empty: the cached tiny base policy (dots_jax.tiny)
+  c.model.path = ""  # empty: the cached tiny base policy (dots_jax.policy.tiny_base)
 
   c.data.train = "synthetic"
   # The held-out split is the headline; the pool itself is evaluated too, so a gain on held-out

@@ -69,9 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.pool_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0)
   c.data.synthetic.sft_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 
-  # The tiny base policy (dots_jax.tiny): created on first use when model.path is empty, cached
-  # under cache_dir (empty = $DOTS_JAX_CACHE or ~/.cache/dots_jax) keyed by a hash of this section
-  # and data.synthetic.
+  # The tiny base policy (dots_jax.policy.tiny_base): created on first use when model.path is
+  # empty, cached under cache_dir (empty = $DOTS_JAX_CACHE or ~/.cache/dots_jax) keyed by a hash of
+  # this section and data.synthetic.
   # init_std ~ 1/sqrt(hidden_size): Qwen's 0.02 is made for d >= 896 and slows SFT of a width-128
   # model; rope_theta 1e4 resolves positions in short sequences better than Qwen's 1e6
   # (docs/TESTBED.md). sft_carry_drop: probability that an SFT demonstration drops each carry/borrow
@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.entropy_coef = 0.0
   c.rl.micro_batch = 0  # sequences per gradient micro-batch; 0 = whole mini-batch (or the budget's)
   # Per-device memory budget of the update (GiB): with micro_batch = 0 the micro-batch is the
-  # largest whose planned bytes fit (dots_jax.tools.plan.update_config); 0 = no budget.
+  # largest whose planned bytes fit (dots_jax.rl.memory.update_config); 0 = no budget.
   c.rl.memory_budget_gib = 0.0
   # Positions per vocabulary-projection chunk of the update (0 = all): bounds the logits held in
   # memory to micro_batch x logits_chunk x vocab (dots_jax.rl.logprobs).

@@ -34,7 +34,8 @@ from dots_jax.rewards import score_batch
 from dots_jax.rollout import Decoding, EngineSettings, GenerateFn, Generator
 from dots_jax.config_common import ConfigError, policy_runtime
 from dots_jax.startup import validate_config
-from dots_jax.tiny.base import answer_encoder, policy_path
+from dots_jax.policy import policy_path
+from dots_jax.policy.tiny_base import answer_encoder
 from dots_jax.workdir import load_trained, read_config
 
 

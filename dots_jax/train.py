@@ -1,8 +1,9 @@
 """The RL job: `train_and_evaluate(config, workdir)`; `dots_jax.main` only parses flags.
 
-Phases under banners (setup, mesh, policy, data, selection, train state, restore), then the loop, whose
-body reads as one RL step: select -> rollout -> reward (`collect_batch`) -> replay (`mix_replay`) ->
-pi_old (`old_logp`, then `admit` to the buffer) -> update -> log -> evaluate -> checkpoint. Every process runs the same program on the same global batch
+Phases under banners (setup, mesh, policy, data, selection, learner, restore), then the loop, whose
+body reads as one RL step: collect (select -> rollout -> reward, `driver.collect_batch`) -> learn
+(replay -> pi_old -> update, `Learner.learn`) -> log -> evaluate -> checkpoint. Every process runs the
+same program on the same global batch
 (selection is a pure function of (seed, step, its state), so all processes agree); only process 0
 writes logs and checkpoint metadata.
 """
@@ -15,7 +16,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from dots_jax import evaluate, fs
@@ -25,14 +25,13 @@ from dots_jax.data.prompts import PromptTable
 from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.methods import get_method
 from dots_jax.model import hf_io, sharding
-from dots_jax.rl import checkpoint, metrics, replay, update
-from dots_jax.rl.batch import make_batch
+from dots_jax.policy import policy_path
+from dots_jax.rl import checkpoint, memory, metrics, update
+from dots_jax.rl.learner import Learner, LearnResult
 from dots_jax.rl.metrics import Progress, banner, log_line
 from dots_jax.rollout import EngineSettings, Generator, Roller
 from dots_jax.selection import driver, factory
 from dots_jax.startup import check_workdir, enable_compilation_cache, validate_config
-from dots_jax.tiny.base import policy_path
-from dots_jax.tools import plan
 from dots_jax.tools.plan import dry_run
 from dots_jax.workdir import record_config
 
@@ -86,21 +85,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Exact pass rates of pool questions (synthetic tasks): the predictions' true error, the oracle.
   pool_rates = evaluate.PoolPassRates.for_config(config, tokenizer, prompts, graphdef, mesh,
                                                  required=method.source == "oracle")
-  buffer = replay.ReplayBuffer.from_config(config, roller.total_len) if method.replay else None
 
-  # ----- train state + update ---------------------------------------------------------------------
-  ucfg = plan.update_config(config, qcfg, dict(mesh.shape), roller.total_len)
+  # ----- learner + train state --------------------------------------------------------------------
+  ucfg = memory.update_config(config, qcfg, dict(mesh.shape), roller.total_len)
   optimizer = update.make_optimizer(config.rl, config.total_steps, ucfg.updates_per_step)
   state_sh = update.train_state_shardings(optimizer, params, mesh)
-  # kl_beta != 0: the initial policy is the KL reference, kept as its own copy (the train state's
-  # params are donated every step) with the params' shardings.
-  ref_params = ref_sh = None
-  if config.rl.kl_beta != 0.0:
-    ref_sh = state_sh.params
-    ref_params = jax.device_put(jax.tree.map(lambda x: x.copy(), params), ref_sh)
+  # The learner copies the initial params as the KL reference before the train state takes them
+  # (they are donated every step).
+  learner = Learner.from_config(config, graphdef, params, optimizer, ucfg,
+                                total_len=roller.total_len, use_replay=method.replay, mesh=mesh,
+                                state_shardings=state_sh)
   state = jax.device_put(update.init_train_state(params, optimizer, config.seed), state_sh)
-  update_fn = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh,
-                                    ref_shardings=ref_sh)
   writer = metrics.MetricsWriter(workdir, tensorboard=config.log.tensorboard,
                                  wandb_project=config.log.wandb_project,
                                  run_config=config.to_dict())
@@ -113,8 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, host, restored = ckpt.restore_or_init(state)
   if host is not None:
     strategy.load_state_dict(host["selection"])
-    if buffer is not None:
-      buffer.load_state_dict(host["replay"])
+    learner.load_state_dict(host["replay"])
     writer.load_state_dict(host["metrics"])
     progress = Progress(**host["progress"])
     banner(f"restore: resumed from step {restored} ({progress.rollouts:,} rollouts, "
@@ -123,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ----- loop -------------------------------------------------------------------------------------
   banner(f"loop: steps {start}..{config.total_steps}, {config.rl.batch_questions} questions x "
-         f"G={config.sampling.group_size}, replay {'on' if buffer is not None else 'off'}")
+         f"G={config.sampling.group_size}, replay {'on' if method.replay else 'off'}")
   if start == 0 and config.eval.every > 0:
     record = held_out.run(state.params, 0)
     progress.last_eval = record["eval/accuracy"]
@@ -132,32 +126,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_loop = None  # set after the first step: the ETA leaves its compilation out
   for step in range(start, config.total_steps):
     t_step = time.perf_counter()
-    # select -> rollout -> reward: the strategy decides which questions, the driver rolls them out.
-    num_fresh = buffer.plan(step)[0] if buffer is not None else config.rl.batch_questions
+    # collect: the strategy selects questions, the driver rolls them out and rewards them.
     with timer.phase("rollout"):
       collected = driver.collect_batch(
-          strategy, functools.partial(roller.run, state.params, step), step, num_fresh,
-          seed=config.seed, pass_rates=pool_rates.at(state.params) if pool_rates else None)
-    fresh = collected.rollouts.groups
-    # replay: buffered groups join this step's batch (a short batch is padded to the planned shape).
-    groups, is_replay = replay.mix_replay(buffer, fresh, config.seed, step)
+          strategy, functools.partial(roller.run, state.params, step), step,
+          learner.fresh_groups(step), seed=config.seed,
+          pass_rates=pool_rates.at(state.params) if pool_rates else None)
+    # learn: replayed groups join the fresh ones, pi_old, the buffer takes the fresh, the update.
     with timer.phase("update"):
-      batch = update.device_batch(
-          make_batch(groups, is_replay, config.rl.adv_norm, config.rl.batch_questions), mesh)
-      # pi_old, then the fresh groups join the buffer with it as their behaviour log-probs.
-      batch[update.OLD_LOGP] = update_fn.old_logp(state.params, batch)
-      admitted = replay.admit(buffer, fresh, batch[update.OLD_LOGP], step)
-      # update
-      state, step_metrics = update_fn(state, batch, ref_params)
-      step_metrics = jax.device_get(step_metrics)
-    update.raise_if_nonfinite(step_metrics, step)
+      state, learned = learner.learn(state, collected.rollouts.groups, step)
+    update.raise_if_nonfinite(learned.metrics, step)
     done = step + 1
     # log
-    record = _step_record(step_metrics, collected, is_replay, buffer, admitted, timer,
-                          lr=float(lr_at(progress.optimizer_updates)))
+    record = _step_record(learned, collected, timer, lr=float(lr_at(progress.optimizer_updates)))
     progress.add_step(time.perf_counter() - t_step, record, collected.indices)
     if config.log.samples_every and done % config.log.samples_every == 0:
-      writer.write_samples(done, fresh, tokenizer, config.log.samples)
+      writer.write_samples(done, collected.rollouts.groups, tokenizer, config.log.samples)
     # evaluate
     if held_out.due(done):
       record.update(held_out.run(state.params, done))
@@ -171,8 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # checkpoint (also when the machine is about to be preempted: then stop after saving)
     preempted = preemption.reached(done)
     if done % config.ckpt.every == 0 or done == config.total_steps or preempted:
-      ckpt.save(done, state, {"selection": strategy.state_dict(),
-                              "replay": buffer.state_dict() if buffer is not None else {},
+      ckpt.save(done, state, {"selection": strategy.state_dict(), "replay": learner.state_dict(),
                               "metrics": writer.state_dict(), "progress": progress.state_dict()})
       writer.flush()
       if config.ckpt.export_hf:
@@ -201,13 +184,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return summary
 
 
-def _step_record(step_metrics: dict[str, Any], collected: driver.CollectedBatch,
-                 is_replay: np.ndarray, buffer: replay.ReplayBuffer | None, admitted: int,
-                 timer: metrics.StepTimer, lr: float) -> dict[str, Any]:
+def _step_record(learned: LearnResult, collected: driver.CollectedBatch, timer: metrics.StepTimer,
+                 lr: float) -> dict[str, Any]:
   """One step's metrics: update, rollout batch, selection, timing, rewards, replay."""
+  step_metrics = learned.metrics
   record = {f"train/{k}": v for k, v in step_metrics.items()}
   record["train/lr"] = lr
-  record.update(metrics.batch_stats(collected.rewards_BxG, collected.rollouts.lengths_QxG.ravel()))
+  record.update(metrics.batch_stats(collected.rewards_QxG, collected.rollouts.lengths_QxG.ravel()))
   record.update(collected.metrics)
   record.update(timer.metrics())
   record["rollout/truncated_frac"] = (float(collected.rollouts.truncated_QxG.mean())
@@ -218,9 +201,9 @@ def _step_record(step_metrics: dict[str, Any], collected: driver.CollectedBatch,
     record["train/tokens_per_s"] = float(step_metrics["batch_tokens"]) / record["time/update_s"]
   record.update({f"reward/{k}": float(v)
                  for k, v in collected.reward_stats.counts.items()})
-  record["replay/size"] = float(len(buffer)) if buffer is not None else 0.0
-  record["replay/replayed_groups"] = float(is_replay.sum())
-  record["replay/admitted"] = float(admitted)
+  record["replay/size"] = float(learned.replay_size)
+  record["replay/replayed_groups"] = float(learned.replayed)
+  record["replay/admitted"] = float(learned.admitted)
   return record
 
 

@@ -25,7 +25,7 @@ from dots_jax.config_base import base_config
 from dots_jax.config_common import ConfigError, all_keys, policy_runtime
 from dots_jax.model import hf_io, qwen2
 from dots_jax.rl import checkpoint, update
-from dots_jax.tiny.base import policy_path
+from dots_jax.policy import policy_path
 
 CONFIG_FILE = "config.json"
 # Changing these does not change what the run computes up to the resume point: a longer run, other

@@ -7,7 +7,7 @@ import os
 import torch
 import transformers
 
-from dots_jax.tiny import tokenizer as tiny_tokenizer
+from dots_jax.policy import tokenizer as tiny_tokenizer
 
 
 def make_tiny_hf_checkpoint(tmp_dir: str | os.PathLike, *, tie: bool = False,

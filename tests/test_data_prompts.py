@@ -4,7 +4,7 @@ import pytest
 
 from dots_jax.config_base import base_config
 from dots_jax.data.prompts import SYSTEM_PROMPTS, build_prompt, build_prompts
-from dots_jax.tiny.tokenizer import make_char_tokenizer
+from dots_jax.policy.tokenizer import make_char_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from dots_jax.config_base import base_config
 from dots_jax.evaluate import Evaluator, dots_average, flat_metrics, pass_at_k, summarize, write_json
 from dots_jax.data.question import Question
 from dots_jax.rewards import format_reversed
-from dots_jax.tiny.tokenizer import make_char_tokenizer
+from dots_jax.policy.tokenizer import make_char_tokenizer
 
 
 def _pass_at_k_by_enumeration(n: int, c: int, k: int) -> float:

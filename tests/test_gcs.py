@@ -20,7 +20,7 @@ pytest.importorskip("gcp_storage_emulator", reason="the gs:// tests need gcp-sto
 
 from dots_jax import compare, fs, train  # noqa: E402
 from dots_jax.model import hf_io  # noqa: E402
-from dots_jax.tiny.base import ensure_tiny_base  # noqa: E402
+from dots_jax.policy.tiny_base import ensure_tiny_base  # noqa: E402
 from test_main import micro  # noqa: E402
 
 BUCKET = "dots-test"

@@ -11,7 +11,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from dots_jax.model import hf_io
-from dots_jax.tiny import tokenizer as tiny_tokenizer
+from dots_jax.policy import tokenizer as tiny_tokenizer
 from dots_jax.tools import parity
 from hf_fixtures import make_tiny_hf_checkpoint
 

@@ -246,7 +246,7 @@ def test_pool_pass_rates_equal_the_exact_evaluation_of_the_pool(cache):
   from dots_jax.data.prompts import PromptTable
   from dots_jax.evaluate import Evaluator, PoolPassRates, exact_fn
   from dots_jax.model.hf_io import load_policy, load_tokenizer
-  from dots_jax.tiny.base import policy_path
+  from dots_jax.policy import policy_path
   c = micro(cache)
   path = policy_path(c, log=lambda s: None)
   tokenizer = load_tokenizer(path)

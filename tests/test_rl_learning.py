@@ -13,8 +13,9 @@ from flax import nnx
 from dots_jax.config_base import base_config
 from dots_jax.model import qwen2
 from dots_jax.rl import update
-from dots_jax.rl.batch import groups_from_samples, make_batch
-from dots_jax.rl.replay import ReplayBuffer, admit
+from dots_jax.rl.batch import groups_from_samples
+from dots_jax.rl.learner import Learner
+from dots_jax.rl.replay import ReplayBuffer
 from dots_jax.sampling.sampler import Sampler
 
 V, EOS, PAD, TARGET = 16, 1, 0, 7
@@ -48,7 +49,7 @@ def train(machinery, fresh_fraction):
   state = update.init_train_state(jax.tree.map(np.array, params), opt, seed=0)
   buffer = ReplayBuffer(capacity=16, group_size=G, total_len=P + R, batch_groups=Q,
                         fresh_fraction=fresh_fraction, warmup_steps=1)
-  host_rng = np.random.default_rng(0)
+  learner = Learner(fn, batch_groups=Q, adv_norm="grpo", seed=0, buffer=buffer)
   data_rng = np.random.default_rng(1)
   curve, replayed, drift = [], 0, 0.0
   for step in range(1, STEPS + 1):
@@ -58,16 +59,11 @@ def train(machinery, fresh_fraction):
     rewards = rewards_of(sample)
     curve.append(float(rewards.mean()))
     fresh = groups_from_samples(sample, rewards, np.arange(Q) + Q * step, G, P + R, PAD)
-    fresh = fresh.take(np.arange(buffer.plan(step)[0]))
-    groups, is_replay = buffer.mix(fresh, step, host_rng)
-    replayed += int(is_replay.sum())
-    batch = make_batch(groups, is_replay, "grpo", Q).as_dict()
-    batch[update.OLD_LOGP] = fn.old_logp(state.params, batch)
-    admit(buffer, fresh, batch[update.OLD_LOGP], step)
-    state, metrics = fn(state, batch)
-    metrics = jax.device_get(metrics)
-    update.raise_if_nonfinite(metrics, step)
-    drift = max(drift, float(metrics["fresh_logp_drift_max"]))
+    fresh = fresh.take(np.arange(learner.fresh_groups(step)))
+    state, learned = learner.learn(state, fresh, step)
+    replayed += learned.replayed
+    update.raise_if_nonfinite(learned.metrics, step)
+    drift = max(drift, float(learned.metrics["fresh_logp_drift_max"]))
   print(f"fresh_fraction={fresh_fraction}: reward curve {np.round(curve, 3).tolist()}")
   return curve, replayed, drift
 

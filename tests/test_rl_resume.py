@@ -1,8 +1,9 @@
 """Exact resume: 6 uninterrupted steps == 3 steps, process SIGKILLed after its save, resumed for 3.
 
-The job below is a miniature of the main loop's use of this package (fixed synthetic batches instead of a
-sampler): replay mixing with a host NumPy RNG, the jitted update, metrics, and a checkpoint each step
-holding train state + replay buffer + RNG + metric history. Run as a script it is the killable worker.
+The job below is a miniature of the main loop's use of this package (fixed synthetic batches instead
+of a sampler): the learner (replay mixing keyed by (seed, step), pi_old, the jitted update), metrics,
+and a checkpoint each step holding train state + the learner's state (its replay buffer) + metric
+history. Run as a script it is the killable worker.
 """
 
 import json
@@ -15,7 +16,7 @@ import numpy as np
 
 G, Q, P, R = 2, 4, 4, 4
 KEY_FIELDS = ("loss", "clip_frac", "entropy", "grad_norm", "replay_r_mean", "replay_r_old_max",
-              "reward_mean")
+              "reward_mean", "replayed")
 
 
 def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
@@ -25,10 +26,11 @@ def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
   from dots_jax.config_base import base_config
   from dots_jax.model import qwen2
   from dots_jax.rl import update
-  from dots_jax.rl.batch import Groups, make_batch
+  from dots_jax.rl.batch import Groups
   from dots_jax.rl.checkpoint import Checkpointer
+  from dots_jax.rl.learner import Learner
   from dots_jax.rl.metrics import MetricsWriter
-  from dots_jax.rl.replay import ReplayBuffer, admit
+  from dots_jax.rl.replay import ReplayBuffer
   from dots_jax.rl.random_batch import random_batch
 
   cfg = qwen2.Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -46,13 +48,12 @@ def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
   state = update.init_train_state(params, opt, seed=0)
   buffer = ReplayBuffer(capacity=3, group_size=G, total_len=P + R, batch_groups=Q,
                         fresh_fraction=0.5, warmup_steps=2)
-  host_rng = np.random.default_rng(0)
+  learner = Learner(fn, batch_groups=Q, adv_norm="grpo", seed=0, buffer=buffer)
   writer = MetricsWriter(workdir, tensorboard=False)
   ckpt = Checkpointer(workdir, keep=2)
   state, host, _ = ckpt.restore_or_init(state)
   if host is not None:
-    buffer.load_state_dict(host["replay"])
-    host_rng.bit_generator.state = host["rng"]
+    learner.load_state_dict(host["replay"])
     writer.load_state_dict(host["metrics"])
   start = int(state.step)
   for step in range(start + 1, steps + 1):
@@ -63,18 +64,14 @@ def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
     fresh = Groups(b.tokens_NxT.reshape(Q, G, -1), b.mask_NxT.reshape(Q, G, -1),
                    b.loss_mask_NxT.reshape(Q, G, -1), b.behav_logp_NxT.reshape(Q, G, -1), rewards,
                    np.arange(Q) + 10 * step)
-    fresh = fresh.take(np.arange(buffer.plan(step)[0]))
-    groups, is_replay = buffer.mix(fresh, step, host_rng)
-    batch = make_batch(groups, is_replay, "grpo", Q).as_dict()
-    batch[update.OLD_LOGP] = fn.old_logp(state.params, batch)
-    admit(buffer, fresh, batch[update.OLD_LOGP], step)
-    state, metrics = fn(state, batch)
-    metrics = jax.device_get(metrics)
+    fresh = fresh.take(np.arange(learner.fresh_groups(step)))
+    state, learned = learner.learn(state, fresh, step)
+    metrics = dict(learned.metrics)
     update.raise_if_nonfinite(metrics, step)
-    metrics["reward_mean"] = float(groups.rewards_QxG.mean())
+    metrics["reward_mean"] = float(fresh.rewards_QxG.mean())
+    metrics["replayed"] = learned.replayed
     writer.write(step, metrics)
-    ckpt.save(step, state, {"replay": buffer.state_dict(), "rng": host_rng.bit_generator.state,
-                            "metrics": writer.state_dict()})
+    ckpt.save(step, state, {"replay": learner.state_dict(), "metrics": writer.state_dict()})
     if step == kill_after:
       os.kill(os.getpid(), signal.SIGKILL)
   ckpt.close()

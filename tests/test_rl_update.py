@@ -1,5 +1,7 @@
 """The jitted GRPO / GRPO-RR update: log-prob definition, accumulation, GRPO reduction, guard, sharding."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ from dots_jax.model import qwen2
 from dots_jax.rl import losses, update
 from dots_jax.rl.checkpoint import Checkpointer, abstract_like
 from dots_jax.rl.logprobs import logprobs_and_entropy
+from dots_jax.rl.batch import RLBatch
 from dots_jax.rl.random_batch import random_batch
 
 CFG = qwen2.Qwen2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -38,9 +41,15 @@ def setup(config, seed=0):
   return graphdef, params, opt, ucfg
 
 
-def batch_dict(seed=0, replay_fraction=0.5):
+def batch_rows(seed=0, replay_fraction=0.5) -> RLBatch:
   return random_batch(seed, rows=ROWS, prompt_len=P, completion_len=R, vocab_size=CFG.vocab_size,
-                      replay_fraction=replay_fraction).as_dict()
+                      replay_fraction=replay_fraction)
+
+
+def padded(rows: RLBatch) -> RLBatch:
+  """`rows` followed by as many padding rows (every field zero)."""
+  pad = lambda x: np.concatenate([x, np.zeros_like(x)])
+  return RLBatch(**{f.name: pad(getattr(rows, f.name)) for f in dataclasses.fields(RLBatch)})
 
 
 _FNS = {}  # one compiled update per config: XLA compiles are the slow part of these tests on CPU
@@ -55,11 +64,12 @@ def get_fn(config, seed=0):
   return params, *_FNS[key]
 
 
-def run(config, batch, steps=1, seed=0):
+def run(config, rows, steps=1, seed=0, old_logp=None):
+  """`steps` updates on `rows`, pi_old recomputed before each (or `old_logp` every time)."""
   params, opt, fn = get_fn(config, seed)
   state = update.init_train_state(params, opt, seed=0)
   for _ in range(steps):
-    state, metrics = fn(state, batch)
+    state, metrics = fn(state, fn.device_batch(state.params, rows, old_logp))
   return state, jax.device_get(metrics)
 
 
@@ -70,27 +80,27 @@ def assert_trees_close(a, b, **kw):
 
 def test_logprobs_match_shared_definition():
   graphdef, params = nnx.split(qwen2.init_model(CFG, 0))
-  b = batch_dict()
+  b = batch_rows()
   both = jax.jit(lambda p, t, m: (logprobs_and_entropy(nnx.merge(graphdef, p), t, m, 0.7),
                                   qwen2.sequence_logprobs(nnx.merge(graphdef, p), t, m, 0.7)))
-  (lp, ent), ref = both(params, b["tokens_NxT"], b["mask_NxT"])
+  (lp, ent), ref = both(params, b.tokens_NxT, b.mask_NxT)
   np.testing.assert_array_equal(np.asarray(lp), np.asarray(ref))
-  assert np.all(np.asarray(ent)[b["mask_NxT"] > 0][1:] > 0)
+  assert np.all(np.asarray(ent)[b.mask_NxT > 0][1:] > 0)
 
 
 def test_one_step_equals_direct_grpo_gradient_step():
   """mini=1, epochs=1: the update is AdamW on grad of the plain GRPO loss (ratio 1 at the start)."""
   config = rl_config()
   graphdef, params, opt, _ = setup(config)
-  b = batch_dict(replay_fraction=0.0)
+  b = batch_rows(replay_fraction=0.0)
 
   def direct_loss(p):
-    lp = qwen2.sequence_logprobs(nnx.merge(graphdef, p), b["tokens_NxT"], b["mask_NxT"])
+    lp = qwen2.sequence_logprobs(nnx.merge(graphdef, p), b.tokens_NxT, b.mask_NxT)
     old = jax.lax.stop_gradient(lp)
     r = jnp.exp(lp - old)
-    a = b["adv_N"][:, None]
+    a = b.adv_N[:, None]
     obj = jnp.minimum(r * a, jnp.clip(r, 0.8, 1.2) * a)
-    m = b["loss_mask_NxT"]
+    m = b.loss_mask_NxT
     return -jnp.sum(obj * m) / m.sum()
 
   @jax.jit
@@ -107,10 +117,10 @@ def test_one_step_equals_direct_grpo_gradient_step():
 
 def test_fresh_rows_ignore_sampler_logprobs():
   """For fresh rows mu := pi_old, so sampler log-probs (and their drift) cannot change the update."""
-  b1 = batch_dict(1, replay_fraction=0.5)
-  b2 = dict(b1)
-  fresh = ~b1["is_replay_N"]
-  b2["behav_logp_NxT"] = np.where(fresh[:, None], b1["behav_logp_NxT"] - 3.0, b1["behav_logp_NxT"])
+  b1 = batch_rows(1, replay_fraction=0.5)
+  fresh = ~b1.is_replay_N
+  b2 = dataclasses.replace(
+      b1, behav_logp_NxT=np.where(fresh[:, None], b1.behav_logp_NxT - 3.0, b1.behav_logp_NxT))
   config = rl_config(loss_agg="seq_mean_token_mean", mini_batches=2, micro_batch=2, ppo_epochs=2)
   s1, m1 = run(config, b1, steps=2)
   s2, m2 = run(config, b2, steps=2)
@@ -120,7 +130,7 @@ def test_fresh_rows_ignore_sampler_logprobs():
 
 
 def test_micro_batch_accumulation_matches_full_batch():
-  b = batch_dict(2)
+  b = batch_rows(2)
   agg = "seq_mean_token_mean"  # the aggregation whose weights depend on whole-sequence lengths
   full, mf = run(rl_config(loss_agg=agg, mini_batches=2, ppo_epochs=2), b, steps=2)
   micro, mm = run(rl_config(loss_agg=agg, mini_batches=2, micro_batch=2, ppo_epochs=2), b, steps=2)
@@ -130,17 +140,19 @@ def test_micro_batch_accumulation_matches_full_batch():
 
 
 def test_kl_reference_and_split_errors():
-  b = batch_dict(3)
+  b = batch_rows(3)
   config = rl_config(kl_beta=0.1)
   graphdef, params, opt, ucfg = setup(config)
   ref = jax.tree.map(jnp.array, params)
   state = update.init_train_state(params, opt, seed=0)
   fn = update.make_update_fn(graphdef, opt, ucfg)
   with pytest.raises(ValueError, match="kl_beta"):
-    fn(state, b)
-  state, m = fn(state, b, ref)
+    fn(state, fn.device_batch(state.params, b))
+  with pytest.raises(TypeError, match="DeviceBatch"):
+    fn(state, b, ref)
+  state, m = fn(state, fn.device_batch(state.params, b), ref)
   assert m["kl"] == pytest.approx(0.0, abs=1e-7)  # policy == reference before the first update
-  state, m = fn(state, b, ref)
+  state, m = fn(state, fn.device_batch(state.params, b), ref)
   assert m["kl"] > 0
   with pytest.raises(ValueError, match="micro_batch=3"):
     update.UpdateConfig(micro_batch=3).split(8)
@@ -158,14 +170,14 @@ def test_nonfinite_guard_keeps_last_checkpoint(tmp_path):
   params, opt, fn = get_fn(rl_config())
   state = update.init_train_state(params, opt, seed=0)
   ckpt = Checkpointer(str(tmp_path), keep=2)
-  b = batch_dict(4)
-  state, m = fn(state, b)
+  b = batch_rows(4)
+  state, m = fn(state, fn.device_batch(state.params, b))
   update.raise_if_nonfinite(m, 1)
   ckpt.save(1, state, {"note": "good"})
   saved = jax.device_get(state)
-  bad = dict(b)
-  bad["adv_N"] = np.where(np.arange(ROWS) == 3, np.nan, b["adv_N"]).astype(np.float32)
-  new_state, m = fn(state, bad)
+  bad = dataclasses.replace(
+      b, adv_N=np.where(np.arange(ROWS) == 3, np.nan, b.adv_N).astype(np.float32))
+  new_state, m = fn(state, fn.device_batch(state.params, bad))
   assert bool(m["nonfinite"])
   assert_trees_close(new_state.params, saved.params, rtol=0, atol=0)  # update skipped
   with pytest.raises(update.NonFiniteError, match="RL step 2"):
@@ -179,7 +191,7 @@ def test_nonfinite_guard_keeps_last_checkpoint(tmp_path):
 
 def test_sharded_update_matches_single_device():
   from dots_jax.model import sharding
-  b = batch_dict(5)
+  b = batch_rows(5)
   config = rl_config(loss_agg="seq_mean_token_mean", mini_batches=2, micro_batch=2, ppo_epochs=2)
   expected, m_ref = run(config, b, steps=2)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
@@ -188,7 +200,7 @@ def test_sharded_update_matches_single_device():
   state = jax.device_put(update.init_train_state(params, opt, seed=0), st_sh)
   fn = update.make_update_fn(graphdef, opt, ucfg, mesh=mesh, state_shardings=st_sh)
   for _ in range(2):
-    state, m = fn(state, b)
+    state, m = fn(state, fn.device_batch(state.params, b))
   q_kernel = state.params["layers"][0]["self_attn"]["q_proj"]["kernel"]
   assert q_kernel.value.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert_trees_close(state.params, expected.params, rtol=1e-4, atol=1e-6)
@@ -198,7 +210,7 @@ def test_sharded_update_matches_single_device():
 def test_clipping_acts_from_the_second_mini_batch():
   """With one mini-batch the only update sees pi == pi_old, so no fresh token can be clipped; with
   the reference scripts' several mini-batches the later ones move away from pi_old and clip."""
-  batch = batch_dict(seed=3, replay_fraction=0.0)
+  batch = batch_rows(seed=3, replay_fraction=0.0)
   _, one = run(rl_config(lr=0.3, mini_batches=1), batch)
   _, four = run(rl_config(lr=0.3, mini_batches=4), batch)
   assert one["clip_frac"] == 0.0 and one["optimizer_updates"] == 1
@@ -209,32 +221,31 @@ def test_padding_rows_are_left_out_and_empty_mini_batches_skipped():
   """A short batch padded to the planned shape trains exactly like the short batch alone: padding
   rows are last (no shuffle), their mini-batch has no loss tokens, so its optimizer update (Adam
   moments, step count, weight decay) does not happen."""
-  real = batch_dict(seed=5, replay_fraction=0.0)
-  padded = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in real.items()}
+  real = batch_rows(seed=5, replay_fraction=0.0)
+  long_rows = padded(real)
   short, m_short = run(rl_config(mini_batches=1, shuffle=False, weight_decay=0.1), real, steps=2)
-  long, m_long = run(rl_config(mini_batches=2, shuffle=False, weight_decay=0.1), padded, steps=2)
+  long, m_long = run(rl_config(mini_batches=2, shuffle=False, weight_decay=0.1), long_rows, steps=2)
   assert m_long["optimizer_updates"] == 1 and not m_long["nonfinite"]
   assert_trees_close(short.params, long.params, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(m_short["loss"], m_long["loss"], rtol=1e-5)
 
 
 def test_shuffle_keeps_padding_last():
-  real = batch_dict(seed=6, replay_fraction=0.0)
-  padded = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in real.items()}
-  _, m = run(rl_config(mini_batches=2, shuffle=True), padded)
+  real = batch_rows(seed=6, replay_fraction=0.0)
+  _, m = run(rl_config(mini_batches=2, shuffle=True), padded(real))
   assert m["optimizer_updates"] == 1  # the shuffled real rows fill the first mini-batch
 
 
 def test_old_logp_program_is_the_updates_pi_old():
   config = rl_config(mini_batches=2)
   params, opt, fn = get_fn(config)
-  batch = batch_dict(seed=7)
-  old = fn.old_logp(params, batch)
+  batch = batch_rows(seed=7)
+  old = fn.old_logp(params, batch.tokens_NxT, batch.mask_NxT)
   graphdef, _ = nnx.split(qwen2.init_model(CFG, 0))
-  ref = logprobs_and_entropy(nnx.merge(graphdef, params), batch["tokens_NxT"], batch["mask_NxT"])[0]
+  ref = logprobs_and_entropy(nnx.merge(graphdef, params), batch.tokens_NxT, batch.mask_NxT)[0]
   np.testing.assert_allclose(np.asarray(old), np.asarray(ref), atol=1e-6)
   a, ma = run(config, batch)
-  b, mb = run(config, {**batch, update.OLD_LOGP: old})
+  b, mb = run(config, batch, old_logp=old)
   assert_trees_close(a.params, b.params, rtol=0, atol=0)
 
 
@@ -244,11 +255,11 @@ def test_chunked_logprobs_match_and_do_not_hold_the_full_logits():
   cfg = qwen2.Qwen2Config(vocab_size=4096, hidden_size=32, intermediate_size=64,
                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
   graphdef, params = nnx.split(qwen2.init_model(cfg, 0))
-  b = random_batch(1, rows=8, prompt_len=24, completion_len=40, vocab_size=cfg.vocab_size).as_dict()
-  w = jnp.asarray(np.random.default_rng(0).normal(size=b["tokens_NxT"].shape), jnp.float32)
+  b = random_batch(1, rows=8, prompt_len=24, completion_len=40, vocab_size=cfg.vocab_size)
+  w = jnp.asarray(np.random.default_rng(0).normal(size=b.tokens_NxT.shape), jnp.float32)
 
   def loss(p, chunk):
-    lp, ent = logprobs_and_entropy(nnx.merge(graphdef, p), b["tokens_NxT"], b["mask_NxT"], 0.8,
+    lp, ent = logprobs_and_entropy(nnx.merge(graphdef, p), b.tokens_NxT, b.mask_NxT, 0.8,
                                    chunk)
     return jnp.sum(w * lp) + 0.1 * jnp.sum(w * ent), (lp, ent)
 
@@ -268,13 +279,14 @@ def test_remat_update_matches_and_runs_inside_the_micro_batch_loops():
   update, whose micro-batches run inside lax.map / lax.scan: same result as without remat."""
   import dataclasses
   config = rl_config(mini_batches=2, micro_batch=2)
-  batch = batch_dict(seed=9)
+  batch = batch_rows(seed=9)
   states = []
   for remat in (False, True):
     graphdef, params = nnx.split(qwen2.init_model(dataclasses.replace(CFG, remat=remat), 0))
     ucfg = update.UpdateConfig.from_config(config)
     opt = update.make_optimizer(config.rl, total_steps=10, updates_per_step=ucfg.updates_per_step)
     fn = update.make_update_fn(graphdef, opt, ucfg)
-    state, _ = fn(update.init_train_state(params, opt, seed=0), batch)
+    state = update.init_train_state(params, opt, seed=0)
+    state, _ = fn(state, fn.device_batch(state.params, batch))
     states.append(state)
   assert_trees_close(states[0].params, states[1].params, rtol=1e-5, atol=1e-6)

@@ -12,7 +12,7 @@ from dots_jax.model import hf_io
 from dots_jax.model.qwen2 import sequence_logprobs
 from dots_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
 from dots_jax.data.prompts import pad_prompts
-from dots_jax.tiny import tokenizer as tiny_tokenizer
+from dots_jax.policy import tokenizer as tiny_tokenizer
 from hf_fixtures import make_tiny_hf_checkpoint
 
 PAD = tiny_tokenizer.PAD_ID

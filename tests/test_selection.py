@@ -33,6 +33,11 @@ class Env:
     return Rollouts.rewards_only(indices, rewards)
 
 
+
+def _rounds(first: float, max_rounds: int) -> RolloutRounds:
+  """config_base's selection.rounds with another first-round size and round cap."""
+  return RolloutRounds(first=first, floor=0.25, slack=1.25, max_rounds=max_rounds)
+
 def _ctx(**kw):
   base = dict(step=0, rng=step_rng(0, 0), batch_questions=16)
   base.update(kw)
@@ -41,7 +46,7 @@ def _ctx(**kw):
 
 def _greso(n=10, first=1.0, max_rounds=8, **kw):
   args = dict(alpha=0.25, p_init=0.5, p_step=0.01, p_min=0.05, p_max=0.95, min_keep=0.01,
-              rounds=RolloutRounds(first=first, floor=0.25, slack=1.25, max_rounds=max_rounds))
+              rounds=_rounds(first, max_rounds))
   args.update(kw)
   return GresoStrategy(EpochStream(n, 0), n, **args)
 
@@ -50,10 +55,10 @@ def test_group_stats_hand_case():
   # The last two groups score only a format reward (0.1): wrong, so "all wrong" (GRESO's hard).
   r = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1], [0.1, 0.1, 0.1], [0.1, 0, 0.1]], np.float32)
   st = group_stats(r)
-  np.testing.assert_allclose(st["pass_rate"], [1, 0, 2 / 3, 0, 0], rtol=1e-6)
-  assert st["zero_var"].tolist() == [True, True, False, True, False]
-  assert st["all_correct"].tolist() == [True, False, False, False, False]
-  assert st["all_wrong"].tolist() == [False, True, False, True, True]
+  np.testing.assert_allclose(st.pass_rate_Q, [1, 0, 2 / 3, 0, 0], rtol=1e-6)
+  assert st.zero_var_Q.tolist() == [True, True, False, True, False]
+  assert st.all_correct_Q.tolist() == [True, False, False, False, False]
+  assert st.all_wrong_Q.tolist() == [False, True, False, True, True]
 
 
 def test_greso_skip_probabilities_hand_computed():
@@ -106,7 +111,7 @@ def test_greso_never_skips_without_history():
 
 
 def test_rollout_rounds_follow_the_greso_trainer():
-  rounds = RolloutRounds(first=1.5, floor=0.25, slack=1.25, max_rounds=8)
+  rounds = _rounds(1.5, 8)
   assert rounds.next_size(_ctx()) == 24  # 384 for 256 in the reference script
   # remaining 10 / (1 - 0.5) * 1.25 = 25 > 24: capped at the first-round size, not the last round
   ctx = _ctx(train_rounds=1, kept=6, last_zero_var_ratio=0.5)
@@ -130,7 +135,7 @@ def test_greso_skips_easy_questions_in_a_run():
   for step in range(12):
     out = collect_batch(s, env, step, 16, seed=3)
     assert len(out.indices) + out.metrics["selection/short_groups"] == 16
-    assert not group_stats(out.rewards_BxG)["zero_var"].any()
+    assert not group_stats(out.rewards_QxG).zero_var_Q.any()
     skipped += out.metrics["selection/questions_skipped"]
   assert skipped > 0
   assert s.p_easy < 0.5  # half the rolled-out groups were all-correct: above the easy target
@@ -166,11 +171,11 @@ def test_dynamic_sampling_fills_with_variance_groups():
   n = 200
   p = np.where(np.arange(n) % 2 == 0, 0.5, 1.0)  # half the questions always give all-correct groups
   env = Env(p)
-  s = DynamicSamplingStrategy(EpochStream(n, 1), rounds=RolloutRounds(first=1.5, max_rounds=10))
+  s = DynamicSamplingStrategy(EpochStream(n, 1), rounds=_rounds(1.5, 10))
   out = collect_batch(s, env, 0, 32)
-  assert out.rewards_BxG.shape == (len(out.indices), G)
+  assert out.rewards_QxG.shape == (len(out.indices), G)
   assert len(out.indices) + out.metrics["selection/short_groups"] == 32
-  assert not group_stats(out.rewards_BxG)["zero_var"].any()
+  assert not group_stats(out.rewards_QxG).zero_var_Q.any()
   assert out.metrics["selection/effective_frac"] == 1.0
   # the collected groups are the chosen questions', in the same order
   np.testing.assert_array_equal(out.rollouts.groups.qid_Q, out.indices)
@@ -191,7 +196,7 @@ def test_dynamic_sampling_rounds_and_short_last_batch():
 
   for seed in range(6):
     sizes.clear()
-    s = DynamicSamplingStrategy(EpochStream(12, seed), rounds=RolloutRounds(first=1.5))
+    s = DynamicSamplingStrategy(EpochStream(12, seed), rounds=_rounds(1.5, 8))
     out = collect_batch(s, rollout, 0, 8)
     assert sizes == [12, 12, 10]
     third = s.source._order(2)[:10]
@@ -203,7 +208,7 @@ def test_dynamic_sampling_rounds_and_short_last_batch():
 
 def test_dynamic_sampling_trains_on_nothing_when_no_group_varies():
   env = Env(np.ones(50))
-  s = DynamicSamplingStrategy(EpochStream(50, 1), rounds=RolloutRounds(first=1.0, max_rounds=2))
+  s = DynamicSamplingStrategy(EpochStream(50, 1), rounds=_rounds(1.0, 2))
   out = collect_batch(s, env, 0, 8)
   assert len(out.indices) == 0 and out.metrics["selection/short_groups"] == 8
   assert out.metrics["selection/rounds"] == 2 and out.metrics["selection/rollouts"] == 2 * 8 * G
@@ -296,7 +301,7 @@ def _run(strategy, env, steps, start=0):
   out = []
   for step in range(start, start + steps):
     b = collect_batch(strategy, env, step, 16, seed=11, pass_rates=lambda i: env.p[i])
-    out.append((b.indices.copy(), b.rewards_BxG.copy(),
+    out.append((b.indices.copy(), b.rewards_QxG.copy(),
                 {k: v for k, v in b.metrics.items()
                  if k not in ("selection/overhead_s", "selection/diagnostic_s")}))
   return out

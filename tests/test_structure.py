@@ -1,5 +1,6 @@
-"""The package's shape: every module imports, imports form no cycle, and the README's "one RL step"
-names functions that exist and that the main loop calls in that order."""
+"""The package's shape: every module imports, imports form no cycle, no module imports a layer above
+its own, and the loop body and the README's "one RL step" follow collect -> learn -> log -> evaluate ->
+checkpoint, naming functions that exist and that the main loop calls in that order."""
 import ast
 import importlib
 import os
@@ -44,6 +45,27 @@ def _import_graph() -> dict[str, set[str]]:
   return graph
 
 
+# The package's layers, lowest first: a module may import its own layer and those below, never above.
+LAYERS = (
+    {"dots_jax", "fs", "config_base", "config_common", "methods"},
+    {"model"},
+    {"sampling", "rl", "data"},
+    {"rollout", "rewards", "exact", "policy"},
+    {"difficulty"},
+    {"selection"},
+    # The job and what stands around it: entry points, run directories, evaluation, tools.
+    {"train", "main", "startup", "workdir", "evaluate", "compare", "tiny", "tools", "bench"},
+)
+
+
+def _layer(module: str) -> int:
+  top = module.split(".")[1] if "." in module else module
+  for rank, names in enumerate(LAYERS):
+    if top in names:
+      return rank
+  raise AssertionError(f"{module}: dots_jax.{top} is in no layer of test_structure.LAYERS")
+
+
 def test_every_module_imports():
   for name in _modules():
     importlib.import_module(name)
@@ -71,16 +93,47 @@ def test_imports_form_no_cycle():
       visit(m)
 
 
+def test_no_module_imports_a_layer_above_its_own():
+  upward = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
+            for a, targets in _import_graph().items() for b in sorted(targets)
+            if _layer(b) > _layer(a)]
+  assert not upward, "\n".join(upward)
+
+
+PHASES = ("collect", "learn", "log", "evaluate", "checkpoint")
+
+
+def _loop_body() -> str:
+  with open(os.path.join(PKG, "train.py")) as f:
+    src = f.read()
+  start = src.index("  for step in range(start, config.total_steps):")
+  return src[start:src.index("  # ----- done", start)]
+
+
+def test_loop_body_reads_collect_learn_log_evaluate_checkpoint():
+  """The loop body's phase comments come in this order, and between collecting and logging the loop
+  makes exactly one call into the update side (the learner owns replay, pi_old and the update)."""
+  body = _loop_body()
+  marks = [re.search(rf"^    # {p}\b", body, re.M) for p in PHASES]
+  assert all(marks), [p for p, m in zip(PHASES, marks) if not m]
+  starts = [m.start() for m in marks]
+  assert starts == sorted(starts), dict(zip(PHASES, starts))
+  learn_part = body[starts[1]:starts[2]]
+  assert learn_part.count("learner.learn(") == 1, learn_part
+  for name in ("mix_replay", "make_batch", "old_logp", "admit", "device_batch"):
+    assert name not in body, f"the loop calls {name} itself instead of through the learner"
+
+
 def test_readme_rl_step_names_the_functions_the_loop_calls_in_order():
   with open(os.path.join(ROOT, "README.md")) as f:
     readme = f.read()
   para = re.search(r"\*\*One RL step\*\*(.*?)\n\n", readme, re.S)
   assert para, "README.md has no '**One RL step**' paragraph"
   names = re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)`", para.group(1))
-  assert len(names) >= 6, names
-  with open(os.path.join(PKG, "train.py")) as f:
-    train_src = f.read()
-  loop = train_src[train_src.index("  for step in range(start, config.total_steps):"):]
+  assert len(names) >= 5, names
+  tags = [para.group(1).find(f"({p}") for p in PHASES]
+  assert min(tags) >= 0 and tags == sorted(tags), f"the paragraph's phases: {dict(zip(PHASES, tags))}"
+  loop = _loop_body()
   pos = 0
   for name in names:
     parts = name.split(".")

@@ -8,7 +8,8 @@ import pytest
 from dots_jax.config_base import base_config
 from dots_jax.data.synthetic import synthetic_rows
 from dots_jax.model.hf_io import load_policy, load_tokenizer
-from dots_jax.tiny import base, spread
+from dots_jax.policy import tiny_base as base
+from dots_jax.tiny import spread
 
 
 def micro(tmp_path):

@@ -3,6 +3,7 @@
 import pytest
 
 from dots_jax.model import variants
+from dots_jax.rl import memory
 from dots_jax.tools import parity, plan
 from config_files import load_config
 from hf_fixtures import make_tiny_hf_checkpoint
@@ -10,7 +11,7 @@ from hf_fixtures import make_tiny_hf_checkpoint
 
 def test_plan_7b_fsdp8():
   cfg = variants.get_variant("7B", dtype="bfloat16", param_dtype="float32")
-  out = plan.plan(cfg, "data:1,fsdp:8,tensor:1", batch=64, seq=2048)
+  out = memory.plan(cfg, "data:1,fsdp:8,tensor:1", batch=64, seq=2048)
   n = cfg.num_params()
   # Every 2-D weight divides by 8; norms and q/k/v biases (tensor-only) stay replicated.
   d, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
@@ -26,16 +27,16 @@ def test_plan_7b_fsdp8():
 
 def test_plan_data_axis_replicates_and_tensor_splits():
   cfg = variants.get_variant("1.5B", dtype="bfloat16")
-  one = plan.plan(cfg, {"data": 1, "fsdp": 1, "tensor": 1}, batch=8, seq=128)
+  one = memory.plan(cfg, {"data": 1, "fsdp": 1, "tensor": 1}, batch=8, seq=128)
   assert one["params"] == 4 * cfg.num_params()
-  data8 = plan.plan(cfg, "data:8", batch=8, seq=128)
+  data8 = memory.plan(cfg, "data:8", batch=8, seq=128)
   assert data8["params"] == one["params"]  # pure data parallel keeps a full copy per device
   assert data8["kv_cache"] == one["kv_cache"] // 8
-  tp2 = plan.plan(cfg, "tensor:2", batch=8, seq=128)
+  tp2 = memory.plan(cfg, "tensor:2", batch=8, seq=128)
   assert tp2["params"] < 0.55 * one["params"]
   assert tp2["kv_cache"] == one["kv_cache"] // 2  # 2 KV heads over 2 devices
   with pytest.raises(ValueError, match="no -1"):
-    plan.plan(cfg, {"data": -1, "fsdp": 1, "tensor": 1}, batch=1, seq=1)
+    memory.plan(cfg, {"data": -1, "fsdp": 1, "tensor": 1}, batch=1, seq=1)
 
 
 def test_plan_cli(capsys, tmp_path):
@@ -96,9 +97,9 @@ def test_micro_batch_from_a_memory_budget():
   sizes = {"data": 8, "fsdp": 1, "tensor": 1}
   seq = max(c.data.prompt_buckets) + c.sampling.max_new_tokens
   c.rl.micro_batch = 0
-  estimate = lambda m: plan.update_estimate(c, cfg, sizes, seq, grad=True, micro_batch=m)
+  estimate = lambda m: memory.update_estimate(c, cfg, sizes, seq, grad=True, micro_batch=m)
   c.rl.memory_budget_gib = (estimate(64) + estimate(128)) / 2 / 2**30  # 64 fits, 128 does not
-  assert plan.update_config(c, cfg, sizes, seq).micro_batch == 64
+  assert memory.update_config(c, cfg, sizes, seq).micro_batch == 64
   c.rl.memory_budget_gib = estimate(8) * 0.99 / 2**30
   with pytest.raises(ConfigError, match="rl.memory_budget_gib"):
-    plan.update_config(c, cfg, sizes, seq)
+    memory.update_config(c, cfg, sizes, seq)

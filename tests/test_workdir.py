@@ -105,7 +105,7 @@ def test_evaluate_a_real_config_without_model_path_fails_in_one_line():
 def test_a_user_jsonl_with_mapped_fields_trains(run, tmp_path):
   """data.train as a file path with its own field names; a bad row names file and line."""
   from dots_jax.data.dataset import load_dataset
-  from dots_jax.tiny.base import policy_path
+  from dots_jax.policy import policy_path
   root, _ = run
   c = micro(root)
   heldout = load_dataset(c.data, "synthetic_heldout")

@@ -36,6 +36,7 @@ from dots_jax.config_base import base_config
 from dots_jax.model import qwen2
 from dots_jax.model.hf_io import export_policy
 from dots_jax.rl import update
+from dots_jax.rl.batch import RLBatch
 from dots_jax.rl.logprobs import logprobs_and_entropy
 from dots_jax.rl.random_batch import random_batch
 
@@ -57,14 +58,12 @@ def _update_parts(cfg: qwen2.Qwen2Config, args: argparse.Namespace, logits_chunk
   return graphdef, params, opt, update.make_update_fn(graphdef, opt, ucfg)
 
 
-def compiled_bytes(cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace,
+def compiled_bytes(cfg: qwen2.Qwen2Config, batch: RLBatch, args: argparse.Namespace,
                    logits_chunk: int) -> int:
   """Per-device bytes XLA allocates for the update program (shapes only: nothing runs)."""
   graphdef, params, opt, fn = _update_parts(cfg, args, logits_chunk)
   state = jax.eval_shape(lambda p: update.init_train_state(p, opt, seed=0), params)
-  rows = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()
-          if k in update.BATCH_KEYS}
-  rows[update.OLD_LOGP] = jax.ShapeDtypeStruct(batch["tokens_NxT"].shape, np.float32)
+  rows = update.DeviceBatch.abstract(*batch.tokens_NxT.shape)
   ma = fn.update_fn.lower(state, rows, None).compile().memory_analysis()
   return int(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
              + ma.temp_size_in_bytes)
@@ -73,7 +72,7 @@ def compiled_bytes(cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace
 class JaxSide:
   """Our update, compiled and run once; `step()` times one more."""
 
-  def __init__(self, cfg: qwen2.Qwen2Config, batch: dict, args: argparse.Namespace):
+  def __init__(self, cfg: qwen2.Qwen2Config, batch: RLBatch, args: argparse.Namespace):
     self.graphdef, params, opt, self.fn = _update_parts(cfg, args, args.logits_chunk)
     # The update donates its state: keep a copy of the initial weights for the torch side.
     self.initial_model = nnx.merge(self.graphdef, jax.tree.map(jnp.copy, params))
@@ -83,16 +82,17 @@ class JaxSide:
 
   def step(self) -> float:
     t0 = time.perf_counter()
-    self.state, m = self.fn(self.state, self.batch)
+    # pi_old (a no-grad forward, as on the torch side), then the update.
+    self.state, m = self.fn(self.state, self.fn.device_batch(self.state.params, self.batch))
     jax.block_until_ready(m)
     return time.perf_counter() - t0
 
   def mean_logp(self) -> float:
     batch, chunk = self.batch, self.logits_chunk
     return float(jax.jit(lambda p: _mean_loss_token_logp(
-        logprobs_and_entropy(nnx.merge(self.graphdef, p), batch["tokens_NxT"], batch["mask_NxT"],
+        logprobs_and_entropy(nnx.merge(self.graphdef, p), batch.tokens_NxT, batch.mask_NxT,
                              chunk=chunk)[0],
-        batch["loss_mask_NxT"]))(self.state.params))
+        batch.loss_mask_NxT))(self.state.params))
 
 
 def _mean_loss_token_logp(logp_NxT, loss_mask_NxT):
@@ -103,7 +103,7 @@ class TorchSide:
   """The same step in PyTorch transformers (eager, sdpa attention), run once; `step()` times one
   more."""
 
-  def __init__(self, model_dir: str, batch: dict):
+  def __init__(self, model_dir: str, batch: RLBatch):
     import torch
     import transformers
 
@@ -114,10 +114,10 @@ class TorchSide:
     self.model.train()
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                                  weight_decay=0.0)
-    self.tokens = torch.from_numpy(batch["tokens_NxT"]).long()
-    self.mask = torch.from_numpy(batch["mask_NxT"]).long()
-    self.loss_mask_NxT = torch.from_numpy(batch["loss_mask_NxT"]).float()
-    self.adv = torch.from_numpy(batch["adv_N"])[:, None]
+    self.tokens = torch.from_numpy(batch.tokens_NxT).long()
+    self.mask = torch.from_numpy(batch.mask_NxT).long()
+    self.loss_mask_NxT = torch.from_numpy(batch.loss_mask_NxT).float()
+    self.adv = torch.from_numpy(batch.adv_N)[:, None]
     self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
     self.step()
 
@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> None:
   cfg = bench_cfg(args)
   prompt = args.seq // 4
   batch = random_batch(0, rows=args.batch, prompt_len=prompt, completion_len=args.seq - prompt,
-                       vocab_size=args.vocab).as_dict()
-  batch["mask_NxT"][:] = 1  # full-length rows: every position is real work on both sides
-  batch["loss_mask_NxT"][:, prompt:] = 1
+                       vocab_size=args.vocab)
+  batch.mask_NxT[:] = 1  # full-length rows: every position is real work on both sides
+  batch.loss_mask_NxT[:, prompt:] = 1
   ntok = args.batch * args.seq
   print(f"model: {cfg.num_params() / 1e6:.1f}M params, batch {args.batch}x{args.seq}, "
         f"{args.dtype}, backend {jax.default_backend()}, {jax.device_count()} device(s), "

@@ -25,7 +25,7 @@ from dots_jax.difficulty.setup import backbone_path, question_embeddings
 from dots_jax.model.hf_io import load_policy, load_tokenizer
 from dots_jax.rewards import score_batch
 from dots_jax.rollout import Decoding, EngineSettings, Generator
-from dots_jax.tiny.base import policy_path
+from dots_jax.policy import policy_path
 
 
 @dataclasses.dataclass

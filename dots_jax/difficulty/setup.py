@@ -12,7 +12,7 @@ from dots_jax import fs
 from dots_jax.difficulty import embed
 from dots_jax.difficulty.estimator import EstimatorConfig
 from dots_jax.model.hf_io import load_policy, load_tokenizer
-from dots_jax.tiny.base import policy_path
+from dots_jax.policy import policy_path
 
 
 def backbone_path(config: Any) -> str:

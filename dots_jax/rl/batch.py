@@ -23,20 +23,28 @@ from dots_jax.rl.losses import AdvNorm, group_advantages
 _SOLVED = 1.0 - 1e-6
 
 
-def group_stats(rewards_NxG: np.ndarray) -> dict[str, np.ndarray]:
-  """Per-group pass rate (share of correct completions), zero-variance flag and all-correct /
-  all-wrong flags."""
-  r = np.asarray(rewards_NxG, np.float32)
+@dataclasses.dataclass(frozen=True)
+class GroupStats:
+  """Per-group outcome of Q groups of G rewards."""
+
+  pass_rate_Q: np.ndarray  # share of correct completions
+  zero_var_Q: np.ndarray  # bool: every reward equal (no GRPO signal)
+  all_correct_Q: np.ndarray  # bool
+  # No correct completion (a format score below 1 is still wrong): GRESO's "hard" and the official
+  # trainers' solve_none.
+  all_wrong_Q: np.ndarray  # bool
+
+
+def group_stats(rewards_QxG: np.ndarray) -> GroupStats:
+  """Pass rate, zero-variance, all-correct and all-wrong flags of each group."""
+  r = np.asarray(rewards_QxG, np.float32)
   if r.ndim != 2:
-    raise ValueError(f"rewards must be [N, G], got shape {r.shape}")
-  zero_var = np.ptp(r, axis=1) == 0 if r.shape[0] else np.zeros((0,), bool)
-  return dict(
-      pass_rate=(r >= _SOLVED).mean(axis=1) if r.shape[1] else np.zeros((r.shape[0],)),
-      zero_var=zero_var,
-      all_correct=r.min(axis=1, initial=np.inf) >= _SOLVED,
-      # No correct completion (a format score below 1 is still wrong): GRESO's "hard" and the
-      # official trainers' solve_none.
-      all_wrong=r.max(axis=1, initial=-np.inf) < _SOLVED,
+    raise ValueError(f"rewards must be [Q, G], got shape {r.shape}")
+  return GroupStats(
+      pass_rate_Q=(r >= _SOLVED).mean(axis=1) if r.shape[1] else np.zeros((r.shape[0],)),
+      zero_var_Q=np.ptp(r, axis=1) == 0 if r.shape[0] else np.zeros((0,), bool),
+      all_correct_Q=r.min(axis=1, initial=np.inf) >= _SOLVED,
+      all_wrong_Q=r.max(axis=1, initial=-np.inf) < _SOLVED,
   )
 
 
@@ -98,9 +106,6 @@ class RLBatch:
   behav_logp_NxT: np.ndarray
   adv_N: np.ndarray
   is_replay_N: np.ndarray  # bool
-
-  def as_dict(self) -> dict[str, np.ndarray]:
-    return dataclasses.asdict(self)
 
 
 def groups_from_samples(sample: Any, rewards_N: np.ndarray, qid_Q: np.ndarray, group_size: int,

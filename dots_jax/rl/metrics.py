@@ -94,7 +94,7 @@ def batch_stats(rewards_QxG: np.ndarray, lengths_N: np.ndarray, pass_threshold: 
       "response_len_p90": float(np.percentile(lengths, 90)),
       "reward_mean": float(r.mean()),
       "pass_rate": float(np.mean(r >= pass_threshold)),
-      "zero_var_frac": float(np.mean(group_stats(r)["zero_var"])),
+      "zero_var_frac": float(np.mean(group_stats(r).zero_var_Q)),
       "response_len_mean": float(lengths.mean()),
       "response_len_max": float(lengths.max()),
   }

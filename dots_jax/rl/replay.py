@@ -98,7 +98,7 @@ class ReplayBuffer:
     live = np.flatnonzero(self.seq_Q >= 0)
     oldest_first = live[np.argsort(self.seq_Q[live])]
     self._drop(oldest_first[:max(0, len(oldest_first) - self.retain)])
-    keep = np.flatnonzero(~group_stats(groups.rewards_QxG)["zero_var"])
+    keep = np.flatnonzero(~group_stats(groups.rewards_QxG).zero_var_Q)
     for i in keep:
       self._drop(np.flatnonzero((self.qid_Q == int(groups.qid_Q[i])) & (self.seq_Q >= 0)))
       slot = int(np.flatnonzero(self.seq_Q < 0)[0])

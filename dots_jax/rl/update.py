@@ -1,10 +1,12 @@
 """Train state, AdamW + schedule, and the jitted GRPO / GRPO-RR update over one RL batch.
 
 Two compiled programs serve one RL step (`make_update_fn` returns both as a `PolicyUpdate`):
-  * `old_logp(params, batch)`: per-token log-probs pi_old of the whole batch under the pre-update params
-    (micro-batched, no grad). The main loop runs it before the replay buffer takes the step's fresh
-    groups, so the behaviour log-probs mu stored for replay are the trainer's pi_old at generation time,
-    the definition of the official DOTS trainer (`compute_log_prob` before the replay concat).
+  * `old_logp(params, tokens, mask)`: per-token log-probs pi_old of the whole batch under the
+    pre-update params (micro-batched, no grad), built into the step's `DeviceBatch` by
+    `device_batch`. The learner (`dots_jax.rl.learner`) runs it before the replay buffer takes the
+    step's fresh groups, so the behaviour log-probs mu stored for replay are the trainer's pi_old at
+    generation time, the definition of the official DOTS trainer (`compute_log_prob` before the
+    replay concat).
   * `update(state, batch)`: behaviour log-probs: replayed rows keep their stored mu, fresh rows use
     pi_old (mu == pi_old, so the objective is exactly GRPO for them and sampler/trainer numeric drift
     cannot leak into the ratio); then ppo_epochs x mini_batches optimizer updates; each mini-batch's
@@ -37,10 +39,46 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dots_jax.model.sharding import batch_sharding, forward_shardings, param_shardings
 from dots_jax.rl import losses
+from dots_jax.rl.batch import RLBatch
 from dots_jax.rl.logprobs import logprobs_and_entropy
 
-BATCH_KEYS = ("tokens_NxT", "mask_NxT", "loss_mask_NxT", "behav_logp_NxT", "adv_N", "is_replay_N")
-OLD_LOGP = "old_logp_NxT"  # pi_old from `PolicyUpdate.old_logp`; computed by the call when absent
+
+
+@struct.dataclass
+class DeviceBatch:
+  """One RL step's rows as the update consumes them: N = Q*G rows (question-major) of length T, laid
+  out over the mesh's data-parallel axes. Built once per step by `PolicyUpdate.device_batch`, pi_old
+  included; the update derives everything else (behaviour log-probs of fresh rows, weights)."""
+
+  tokens_NxT: jax.Array  # int32
+  mask_NxT: jax.Array  # int32, 1 on prompt and completion tokens
+  loss_mask_NxT: jax.Array  # int32, 1 on completion tokens
+  behav_logp_NxT: jax.Array  # float32, behaviour log-probs mu (the sampler's, or replay's stored)
+  adv_N: jax.Array  # float32
+  is_replay_N: jax.Array  # bool
+  old_logp_NxT: jax.Array  # float32, pi_old under the pre-update params
+
+  @staticmethod
+  def layout(mesh: Mesh) -> "DeviceBatch":
+    """The NamedSharding of every field: rows over ('data', 'fsdp')."""
+    return DeviceBatch(**{f.name: batch_sharding(mesh, 1 if f.name.endswith("_N") else 2)
+                          for f in dataclasses.fields(DeviceBatch)})
+
+  @staticmethod
+  def abstract(rows: int, seq: int, mesh: Mesh | None = None) -> "DeviceBatch":
+    """Shapes and dtypes only (ahead-of-time compilation), laid out on `mesh` when given."""
+    layout = DeviceBatch.layout(mesh) if mesh is not None else None
+    out = {}
+    for f in dataclasses.fields(DeviceBatch):
+      shape = (rows,) if f.name.endswith("_N") else (rows, seq)
+      out[f.name] = jax.ShapeDtypeStruct(
+          shape, _DTYPES.get(f.name, np.float32),
+          sharding=getattr(layout, f.name) if layout is not None else None)
+    return DeviceBatch(**out)
+
+
+_DTYPES = {"tokens_NxT": np.int32, "mask_NxT": np.int32, "loss_mask_NxT": np.int32,
+           "is_replay_N": np.bool_}
 
 
 @struct.dataclass
@@ -148,19 +186,31 @@ class PolicyUpdate:
 
   old_logp_fn: Callable[..., jax.Array]
   update_fn: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+  mesh: Mesh | None = None
 
-  def old_logp(self, params: nnx.State, batch: dict[str, Any]) -> jax.Array:
-    """pi_old per token [N, T] of `batch` under `params` (0 off the completion tokens' positions)."""
-    return self.old_logp_fn(params, batch["tokens_NxT"], batch["mask_NxT"])
+  def old_logp(self, params: nnx.State, tokens_NxT: Any, mask_NxT: Any) -> jax.Array:
+    """pi_old per token [N, T] under `params` (0 off the completion tokens' positions)."""
+    return self.old_logp_fn(params, tokens_NxT, mask_NxT)
 
-  def __call__(self, state: TrainState, batch: dict[str, Any], ref_params: Any = None
+  def device_batch(self, params: nnx.State, rows: RLBatch,
+                   old_logp_NxT: jax.Array | None = None) -> DeviceBatch:
+    """`rows` on the device(s) (laid out over the mesh's data axes), with pi_old under `params`
+    (or `old_logp_NxT` where the caller already has it)."""
+    if self.mesh is None:
+      put = jnp.asarray
+    else:
+      put = lambda x: jax.device_put(x, batch_sharding(self.mesh, np.ndim(x)))
+    arrays = {f.name: put(getattr(rows, f.name)) for f in dataclasses.fields(rows)}
+    if old_logp_NxT is None:
+      old_logp_NxT = self.old_logp(params, arrays["tokens_NxT"], arrays["mask_NxT"])
+    return DeviceBatch(**arrays, old_logp_NxT=old_logp_NxT)
+
+  def __call__(self, state: TrainState, batch: DeviceBatch, ref_params: Any = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-    missing = set(BATCH_KEYS) - set(batch)
-    if missing:
-      raise ValueError(f"RL batch lacks {sorted(missing)}")
-    rows = {key: batch[key] for key in BATCH_KEYS}
-    rows[OLD_LOGP] = batch[OLD_LOGP] if OLD_LOGP in batch else self.old_logp(state.params, batch)
-    return self.update_fn(state, rows, ref_params)
+    if not isinstance(batch, DeviceBatch):
+      raise TypeError(f"the update takes a DeviceBatch (PolicyUpdate.device_batch), got "
+                      f"{type(batch).__name__}")
+    return self.update_fn(state, batch, ref_params)
 
 
 def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
@@ -168,9 +218,9 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
                    state_shardings: TrainState | None = None, ref_shardings: Any = None
                    ) -> PolicyUpdate:
   """Returns the jitted `PolicyUpdate`: `update(state, batch, ref_params=None) -> (new_state,
-  metrics)` and `update.old_logp(params, batch)`.
+  metrics)` over a `DeviceBatch` (`update.device_batch(params, rows)`), and
+  `update.old_logp(params, tokens_NxT, mask_NxT)`.
 
-  `batch` is a dict with BATCH_KEYS (see dots_jax.rl.batch.RLBatch.as_dict) and optionally OLD_LOGP.
   `state` is donated. `ref_params` must be given iff ucfg.kl_beta != 0. With a `mesh`, also pass
   `state_shardings` (`train_state_shardings`) and, when kl_beta != 0, `ref_shardings`
   (`sharding.param_shardings`): they become the jit's explicit in/out shardings; batch rows (and
@@ -203,13 +253,13 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     lp = jax.lax.map(one, (_micro_split(tokens_NxT, k), _micro_split(mask_NxT, k)))
     return jax.lax.stop_gradient(lp.reshape(tokens_NxT.shape))
 
-  def micro_loss(params, mb):
-    logp, ent = logp_fn(params, mb["tokens_NxT"], mb["mask_NxT"])
+  def micro_loss(params, mb: DeviceBatch, ref_logp_NxT, weights_NxT):
+    logp, ent = logp_fn(params, mb.tokens_NxT, mb.mask_NxT)
     return losses.policy_loss(
-        logp, mb[OLD_LOGP], mb["behav_logp_NxT"], mb["adv_N"], mb["weights_NxT"],
-        mb["loss_mask_NxT"], mb["is_replay_N"], clip_eps_low=ucfg.clip_eps_low,
-        clip_eps_high=ucfg.clip_eps_high, ref_logp_NxT=mb.get("ref_logp_NxT"),
-        kl_beta=ucfg.kl_beta, entropy_NxT=ent, entropy_coef=ucfg.entropy_coef)
+        logp, mb.old_logp_NxT, mb.behav_logp_NxT, mb.adv_N, weights_NxT, mb.loss_mask_NxT,
+        mb.is_replay_N, clip_eps_low=ucfg.clip_eps_low, clip_eps_high=ucfg.clip_eps_high,
+        ref_logp_NxT=ref_logp_NxT, kl_beta=ucfg.kl_beta, entropy_NxT=ent,
+        entropy_coef=ucfg.entropy_coef)
 
   grad_fn = jax.grad(micro_loss, has_aux=True)
 
@@ -223,36 +273,35 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
       perms.append(jnp.argsort(jnp.where(is_pad_N, 2.0, u)))
     return jnp.concatenate(perms).reshape(ucfg.updates_per_step, mb_rows)
 
-  def update(state: TrainState, rows: dict[str, jax.Array], ref_params: Any = None):
+  def update(state: TrainState, batch: DeviceBatch, ref_params: Any = None):
     if (ref_params is None) != (ucfg.kl_beta == 0.0):
       raise ValueError("ref_params must be passed exactly when config.rl.kl_beta != 0")
-    n = rows["tokens_NxT"].shape[0]
+    n = batch.tokens_NxT.shape[0]
     mb_rows, micro, k = ucfg.split(n)
-    rows = dict(rows)
-    old = rows[OLD_LOGP]
-    replay = rows["is_replay_N"].astype(bool)
-    fresh_tok = rows["loss_mask_NxT"].astype(bool) & ~replay[:, None]
-    drift = jnp.max(jnp.where(fresh_tok, jnp.abs(rows["behav_logp_NxT"] - old), 0.0))
-    rows["behav_logp_NxT"] = jnp.where(replay[:, None], rows["behav_logp_NxT"], old)
-    if ref_params is not None:
-      rows["ref_logp_NxT"] = no_grad_logp(ref_params, rows["tokens_NxT"], rows["mask_NxT"])
+    old = batch.old_logp_NxT
+    replay = batch.is_replay_N.astype(bool)
+    fresh_tok = batch.loss_mask_NxT.astype(bool) & ~replay[:, None]
+    drift = jnp.max(jnp.where(fresh_tok, jnp.abs(batch.behav_logp_NxT - old), 0.0))
+    batch = batch.replace(behav_logp_NxT=jnp.where(replay[:, None], batch.behav_logp_NxT, old))
+    ref_logp = (no_grad_logp(ref_params, batch.tokens_NxT, batch.mask_NxT)
+                if ref_params is not None else None)
 
     key = jax.random.fold_in(state.rng, state.step)
-    is_pad_N = jnp.sum(rows["mask_NxT"], axis=1) == 0
+    is_pad_N = jnp.sum(batch.mask_NxT, axis=1) == 0
     idx_UxM = mini_batch_rows(key, is_pad_N, n, mb_rows)
 
     def one_update(carry, idx_M):
       params, opt_state = carry
-      mb = jax.tree.map(lambda x: x[idx_M], rows)
-      mb["weights_NxT"] = losses.token_weights(mb["loss_mask_NxT"], ucfg.loss_agg)
-      micro_batches = jax.tree.map(lambda x: _micro_split(x, k), mb)
+      mb, mb_ref = jax.tree.map(lambda x: x[idx_M], (batch, ref_logp))
+      weights = losses.token_weights(mb.loss_mask_NxT, ucfg.loss_agg)
+      micro_batches = jax.tree.map(lambda x: _micro_split(x, k), (mb, mb_ref, weights))
 
       def accumulate(acc, micro_b):
-        g, s = grad_fn(params, constrain(micro_b))
+        g, s = grad_fn(params, *constrain(micro_b))
         return (jax.tree.map(jnp.add, acc[0], g), losses.combine_stats(acc[1], s)), None
 
       first = jax.tree.map(lambda x: x[0], micro_batches)
-      stats_shape = jax.eval_shape(micro_loss, params, first)[1]
+      stats_shape = jax.eval_shape(micro_loss, params, *first)[1]
       acc0 = (jax.tree.map(jnp.zeros_like, params), losses.empty_stats(stats_shape))
       (grads, stats), _ = jax.lax.scan(accumulate, acc0, micro_batches)
       gnorm = optax.tree.norm(grads)
@@ -282,29 +331,21 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     metrics["nonfinite"] = jnp.logical_not(jnp.all(finite_U))
     metrics["optimizer_updates"] = jnp.sum(ok_U).astype(jnp.float32)
     metrics["fresh_logp_drift_max"] = drift
-    metrics["batch_tokens"] = jnp.sum(rows["mask_NxT"]).astype(jnp.float32)
+    metrics["batch_tokens"] = jnp.sum(batch.mask_NxT).astype(jnp.float32)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
     return new_state, metrics
 
-  keys = BATCH_KEYS + (OLD_LOGP,)
   if mesh is None:
     jitted = jax.jit(update, donate_argnums=0)
     old_jitted = jax.jit(no_grad_logp)
   else:
-    batch_sh = {key: row_sharding(1 if key.endswith("_N") else 2) for key in keys}
     jitted = jax.jit(update, donate_argnums=0,
-                     in_shardings=(state_shardings, batch_sh, ref_shardings),
+                     in_shardings=(state_shardings, DeviceBatch.layout(mesh), ref_shardings),
                      out_shardings=(state_shardings, None))
     old_jitted = jax.jit(no_grad_logp,
                          in_shardings=(state_shardings.params, row_sharding(2), row_sharding(2)),
                          out_shardings=row_sharding(2))
-  return PolicyUpdate(old_jitted, jitted)
-
-
-def device_batch(batch: Any, mesh: Mesh) -> dict[str, jax.Array]:
-  """An `RLBatch` on the mesh, rows over the data-parallel axes (every process passes the same
-  global batch)."""
-  return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.as_dict().items()}
+  return PolicyUpdate(old_jitted, jitted, mesh)
 
 
 class NonFiniteError(RuntimeError):

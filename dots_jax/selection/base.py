@@ -10,11 +10,12 @@ driver derives from (seed, step), so a strategy restored from `state_dict` repla
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from dots_jax.rl.batch import group_stats
+
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
   """The Generator a strategy uses at `step`: a pure function of (seed, step, stream)."""
@@ -82,10 +83,11 @@ class RolloutRounds:
   back-filled zero-variance groups). `max_rounds` bounds a step whose rounds all come back
   zero-variance (the reference loop would go on; its estimate then divides by zero)."""
 
-  first: float = 1.0
-  floor: float = 0.25
-  slack: float = 1.25
-  max_rounds: int = 8
+  # No defaults: `config.selection.rounds` (config_base.py) holds them.
+  first: float
+  floor: float
+  slack: float
+  max_rounds: int
 
   def __post_init__(self):
     if not 0.0 < self.floor <= self.first:
@@ -109,6 +111,35 @@ class RolloutRounds:
     if estimate <= default:
       ctx.final_round_planned = True
     return int(np.clip(estimate, floor, default))
+
+
+class CandidateSource(Protocol):
+  """Where a strategy's candidates and predictions come from: `EpochStream` (the plain epoch order)
+  or `dots_jax.selection.dots.TargetedSource` (DOTS's and the oracle's pass-rate-targeted order)."""
+
+  def take(self, n: int) -> np.ndarray:
+    """The next `n` candidate question indices (consumed for the epoch)."""
+
+  def prelude(self, ctx: StepContext) -> Proposal | None:
+    """Label-only rollouts due before the step's training rollouts (DOTS's reference set), or None."""
+
+  def observe_prelude(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> None:
+    """Rewards of the prelude's rollouts."""
+
+  def predicted(self, indices: np.ndarray) -> np.ndarray:
+    """Predicted pass rates of `indices` (NaN where the source predicts nothing)."""
+
+  def observe_train(self, indices: np.ndarray, rewards_QxG: np.ndarray) -> None:
+    """Rewards of the training rollouts of `indices`."""
+
+  def end_step(self, ctx: StepContext) -> dict[str, float]:
+    """Closes the step; returns the source's metrics."""
+
+  def state_dict(self) -> dict[str, np.ndarray]:
+    ...
+
+  def load_state_dict(self, state: dict[str, Any]) -> None:
+    ...
 
 
 class EpochStream:
@@ -143,14 +174,14 @@ class EpochStream:
     del ctx
     return None
 
-  def observe_prelude(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> None:
+  def observe_prelude(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> None:
     raise RuntimeError("EpochStream proposed no label-only rollouts")
 
   def predicted(self, indices: np.ndarray) -> np.ndarray:
     return np.full(len(indices), np.nan, np.float32)
 
-  def observe_train(self, indices: np.ndarray, rewards_NxG: np.ndarray) -> None:
-    del indices, rewards_NxG
+  def observe_train(self, indices: np.ndarray, rewards_QxG: np.ndarray) -> None:
+    del indices, rewards_QxG
 
   def end_step(self, ctx: StepContext) -> dict[str, float]:
     del ctx
@@ -165,12 +196,11 @@ class EpochStream:
 
 class Strategy:
   """Base: routes label-only (prelude) rollouts to the candidate source; subclasses implement
-  `_propose` / `_observe` for training rollouts. A source is an `EpochStream` or a
-  `dots_jax.selection.dots.DotsSource` (same methods)."""
+  `_propose` / `_observe` for training rollouts over a `CandidateSource`."""
 
   name = "base"
 
-  def __init__(self, source: Any):
+  def __init__(self, source: CandidateSource):
     self.source = source
     # Whole-run counters (the driver adds to them); part of the checkpointed state.
     self.totals = {"rollouts": 0, "skipped_rollouts": 0, "steps": 0}
@@ -182,17 +212,17 @@ class Strategy:
       return pre
     return self._propose(ctx)
 
-  def observe(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> np.ndarray:
+  def observe(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> np.ndarray:
     """Records rewards; returns which of the proposal's groups may enter the training batch."""
-    rewards_NxG = np.asarray(rewards_NxG, np.float32)
-    if rewards_NxG.shape[0] != len(proposal.indices):
-      raise ValueError(f"rollout returned {rewards_NxG.shape[0]} groups for "
+    rewards_QxG = np.asarray(rewards_QxG, np.float32)
+    if rewards_QxG.shape[0] != len(proposal.indices):
+      raise ValueError(f"rollout returned {rewards_QxG.shape[0]} groups for "
                        f"{len(proposal.indices)} proposed questions")
     if not proposal.train:
-      self.source.observe_prelude(ctx, proposal, rewards_NxG)
+      self.source.observe_prelude(ctx, proposal, rewards_QxG)
       return np.zeros(len(proposal.indices), bool)
-    self.source.observe_train(proposal.indices, rewards_NxG)
-    return self._observe(ctx, proposal, rewards_NxG)
+    self.source.observe_train(proposal.indices, rewards_QxG)
+    return self._observe(ctx, proposal, rewards_QxG)
 
   def end_step(self, ctx: StepContext) -> dict[str, float]:
     """Closes the step (adaptations that look at the whole step); returns strategy metrics."""
@@ -201,7 +231,7 @@ class Strategy:
   def _propose(self, ctx: StepContext) -> Proposal | None:
     raise NotImplementedError
 
-  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> np.ndarray:
+  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> np.ndarray:
     raise NotImplementedError
 
   def _own_state(self) -> dict[str, np.ndarray]:

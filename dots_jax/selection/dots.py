@@ -89,11 +89,11 @@ class TargetedSource:
   def predicted(self, indices: np.ndarray) -> np.ndarray:
     return self.pred[indices]
 
-  def observe_prelude(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> None:
+  def observe_prelude(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> None:
     raise RuntimeError(f"{type(self).__name__} proposed no label-only rollouts")
 
-  def observe_train(self, indices: np.ndarray, rewards_NxG: np.ndarray) -> None:
-    del indices, rewards_NxG
+  def observe_train(self, indices: np.ndarray, rewards_QxG: np.ndarray) -> None:
+    del indices, rewards_QxG
 
   def end_step(self, ctx: StepContext) -> dict[str, float]:
     del ctx
@@ -168,8 +168,8 @@ class DotsSource(TargetedSource):
     refs = ctx.rng.choice(self.num_questions, self.ref_size, replace=False)
     return Proposal(refs, self.pred[refs], train=False)
 
-  def observe_prelude(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> None:
-    labels = group_stats(rewards_NxG)["pass_rate"].astype(np.float32)
+  def observe_prelude(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> None:
+    labels = group_stats(rewards_QxG).pass_rate_Q.astype(np.float32)
     if self.online_finetune and len(self.seen_idx) and len(self.ref_idx):
       self._finetune(ctx)
     self.ref_idx, self.ref_labels = proposal.indices.copy(), labels
@@ -200,11 +200,11 @@ class DotsSource(TargetedSource):
     labels[self.ref_idx] = self.ref_labels
     return labels
 
-  def observe_train(self, indices: np.ndarray, rewards_NxG: np.ndarray) -> None:
+  def observe_train(self, indices: np.ndarray, rewards_QxG: np.ndarray) -> None:
     if self.online_finetune:
       self.seen_idx = np.concatenate([self.seen_idx, indices])
       self.seen_labels = np.concatenate(
-          [self.seen_labels, group_stats(rewards_NxG)["pass_rate"].astype(np.float32)])
+          [self.seen_labels, group_stats(rewards_QxG).pass_rate_Q.astype(np.float32)])
 
   def end_step(self, ctx: StepContext) -> dict[str, float]:
     out = super().end_step(ctx)

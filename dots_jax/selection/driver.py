@@ -41,7 +41,7 @@ class CollectedBatch:
   metrics: dict[str, float]
 
   @property
-  def rewards_BxG(self) -> np.ndarray:
+  def rewards_QxG(self) -> np.ndarray:
     return self.rollouts.rewards_QxG
 
 
@@ -87,10 +87,10 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
     ctx.train_rounds += 1
     ctx.generated += len(keep)
     ctx.kept += int(keep.sum())
-    ctx.zero_var += int(st["zero_var"].sum())
-    ctx.all_correct += int(st["all_correct"].sum())
-    ctx.all_wrong += int(st["all_wrong"].sum())
-    ctx.last_zero_var_ratio = float(st["zero_var"].mean())
+    ctx.zero_var += int(st.zero_var_Q.sum())
+    ctx.all_correct += int(st.all_correct_Q.sum())
+    ctx.all_wrong += int(st.all_wrong_Q.sum())
+    ctx.last_zero_var_ratio = float(st.zero_var_Q.mean())
     kept_parts.append((len(calls) - 1, np.flatnonzero(keep)))
     spare_parts.append((len(calls) - 1, np.flatnonzero(~keep)))
   t0 = time.perf_counter()
@@ -109,7 +109,7 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
     chosen.append((spare_parts[0][0], np.zeros((0,), np.int64)))
   chosen.sort(key=lambda cr: cr[0])  # rollout order
   chosen_rollouts = Rollouts.concat([calls[c][0].take(rows) for c, rows in chosen])
-  rewards_BxG = chosen_rollouts.rewards_QxG
+  rewards_QxG = chosen_rollouts.rewards_QxG
   indices = np.concatenate([calls[c][1].indices[rows] for c, rows in chosen])
   predicted = np.concatenate([calls[c][1].predicted[rows] for c, rows in chosen])
   reward_stats = RewardStats()
@@ -119,16 +119,16 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
   strategy.totals["rollouts"] += rollouts
   strategy.totals["skipped_rollouts"] += skipped_rollouts
   strategy.totals["steps"] += 1
-  st = group_stats(rewards_BxG)
+  st = group_stats(rewards_QxG)
   has_pred = ~np.isnan(predicted)
   metrics = {
       "selection/pred_pass_rate": float(predicted[has_pred].mean()) if has_pred.any() else np.nan,
-      "selection/obs_pass_rate": _mean(st["pass_rate"]),
-      "selection/pred_abs_err": (float(np.abs(predicted - st["pass_rate"])[has_pred].mean())
+      "selection/obs_pass_rate": _mean(st.pass_rate_Q),
+      "selection/pred_abs_err": (float(np.abs(predicted - st.pass_rate_Q)[has_pred].mean())
                                  if has_pred.any() else np.nan),
-      "selection/effective_frac": 1.0 - _mean(st["zero_var"]),
-      "selection/all_correct_frac": _mean(st["all_correct"]),
-      "selection/all_wrong_frac": _mean(st["all_wrong"]),
+      "selection/effective_frac": 1.0 - _mean(st.zero_var_Q),
+      "selection/all_correct_frac": _mean(st.all_correct_Q),
+      "selection/all_wrong_frac": _mean(st.all_wrong_Q),
       "selection/effective_frac_rolled": (float(1.0 - ctx.zero_var / ctx.generated)
                                           if ctx.generated else np.nan),
       "selection/rollouts": float(rollouts),

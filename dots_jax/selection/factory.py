@@ -22,7 +22,7 @@ def make_strategy(config: ml_collections.ConfigDict, num_questions: int, *,
                   embeddings_NxD: np.ndarray | None = None,
                   estimator: DifficultyEstimator | None = None) -> Strategy:
   """The strategy for `config.method` over a training set of `num_questions` questions. DOTS methods
-  need the question embeddings and the estimator (`dots_jax.difficulty.setup.dots_inputs`); oracle
+  need the question embeddings and the estimator (`dots_jax.difficulty.offline.dots_inputs`); oracle
   methods need `StepContext.pass_rates` at every step (the loop passes them)."""
   method = get_method(config.method)
   source_kind, kind = method.source, method.filter

@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from dots_jax.selection.base import (Proposal, RolloutRounds, StepContext, Strategy, group_stats,
-                                     per_question_array)
+from dots_jax.selection.base import (CandidateSource, Proposal, RolloutRounds, StepContext, Strategy,
+                                     group_stats, per_question_array)
 
 
 class GresoStrategy(Strategy):
   name = "greso"
 
-  def __init__(self, source: Any, num_questions: int, *, alpha: float, p_init: float, p_step: float,
+  def __init__(self, source: CandidateSource, num_questions: int, *, alpha: float, p_init: float, p_step: float,
                p_min: float, p_max: float, min_keep: float, rounds: RolloutRounds):
     super().__init__(source)
     if not 0.0 < p_min <= p_init <= p_max <= 1.0:
@@ -68,13 +68,13 @@ class GresoStrategy(Strategy):
     idx = np.concatenate(chosen)
     return Proposal(idx, self.source.predicted(idx), skipped=skipped)
 
-  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> np.ndarray:
-    st = group_stats(rewards_NxG)
+  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> np.ndarray:
+    st = group_stats(rewards_QxG)
     idx = proposal.indices
-    self.easy_streak[idx] = np.where(st["all_correct"], self.easy_streak[idx] + 1, 0)
-    self.hard_streak[idx] = np.where(st["all_wrong"], self.hard_streak[idx] + 1, 0)
+    self.easy_streak[idx] = np.where(st.all_correct_Q, self.easy_streak[idx] + 1, 0)
+    self.hard_streak[idx] = np.where(st.all_wrong_Q, self.hard_streak[idx] + 1, 0)
     self.seen[idx] = True
-    return ~st["zero_var"]
+    return ~st.zero_var_Q
 
   def end_step(self, ctx: StepContext) -> dict[str, float]:
     metrics = super().end_step(ctx)

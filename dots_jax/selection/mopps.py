@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from dots_jax.selection.base import (Proposal, StepContext, Strategy, group_stats,
+from dots_jax.selection.base import (CandidateSource, Proposal, StepContext, Strategy, group_stats,
                                      per_question_array)
 
 
 class MoppsStrategy(Strategy):
   name = "mopps"
 
-  def __init__(self, source: Any, num_questions: int, *, prior_a: float, prior_b: float,
+  def __init__(self, source: CandidateSource, num_questions: int, *, prior_a: float, prior_b: float,
                forget: float, alpha: float, candidate_factor: int):
     super().__init__(source)
     if not (prior_a > 0 and prior_b > 0 and 0.0 <= forget <= 1.0 and candidate_factor >= 1):
@@ -45,9 +45,9 @@ class MoppsStrategy(Strategy):
     idx = cand[order]
     return Proposal(idx, self.posterior_mean(idx))
 
-  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> np.ndarray:
-    s = group_stats(rewards_NxG)["pass_rate"].astype(np.float64)
-    g = rewards_NxG.shape[1]
+  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> np.ndarray:
+    s = group_stats(rewards_QxG).pass_rate_Q.astype(np.float64)
+    g = rewards_QxG.shape[1]
     idx, lam = proposal.indices, self.forget
     self.a[idx] = lam * self.a[idx] + (1 - lam) * self.prior_a + s * g
     self.b[idx] = lam * self.b[idx] + (1 - lam) * self.prior_b + (1 - s) * g

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from dots_jax.selection.base import RolloutRounds, Proposal, StepContext, Strategy, group_stats
+from dots_jax.selection.base import (CandidateSource, Proposal, RolloutRounds, StepContext, Strategy,
+                                     group_stats)
 
 
 class UniformStrategy(Strategy):
@@ -24,7 +23,7 @@ class UniformStrategy(Strategy):
     idx = self.source.take(ctx.batch_questions)
     return Proposal(idx, self.source.predicted(idx))
 
-  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> np.ndarray:
+  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> np.ndarray:
     return np.ones(len(proposal.indices), bool)
 
 
@@ -34,7 +33,7 @@ class DynamicSamplingStrategy(Strategy):
 
   name = "ds"
 
-  def __init__(self, source: Any, *, rounds: RolloutRounds):
+  def __init__(self, source: CandidateSource, *, rounds: RolloutRounds):
     super().__init__(source)
     self.rounds = rounds
 
@@ -45,5 +44,5 @@ class DynamicSamplingStrategy(Strategy):
     idx = self.source.take(size)
     return Proposal(idx, self.source.predicted(idx))
 
-  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_NxG: np.ndarray) -> np.ndarray:
-    return ~group_stats(rewards_NxG)["zero_var"]
+  def _observe(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> np.ndarray:
+    return ~group_stats(rewards_QxG).zero_var_Q

@@ -24,11 +24,12 @@ from flax import nnx
 from dots_jax import exact
 from dots_jax.data.synthetic import synthetic_rows
 from dots_jax.model.hf_io import load_policy, load_tokenizer
+from dots_jax.policy import policy_path, sft
+from dots_jax.policy.tiny_base import answer_encoder, prompt_encoder
 from dots_jax.rewards import score_batch
 from dots_jax.rl.batch import group_stats
 from dots_jax.rollout import Decoding, Generator
-from dots_jax.tiny import bars, sft
-from dots_jax.tiny.base import answer_encoder, policy_path, prompt_encoder
+from dots_jax.tiny import bars
 
 
 def exact_pass_rates(config: Any, path: str, rows: list[tuple[str, str, str]], batch: int = 500
@@ -89,9 +90,9 @@ def sampled_zero_var(config: Any, path: str, rows: list[tuple[str, str, str]], g
     s, _ = score_batch(generator.texts(sample), golds, kind="reversed_digits", workers=0)
     scores.append(s.reshape(len(chunk), group_size))
   st = group_stats(np.concatenate(scores))
-  return {"pass_rate": float(st["pass_rate"].mean()), "zero_var": float(st["zero_var"].mean()),
-          "all_correct": float(st["all_correct"].mean()),
-          "all_wrong": float(st["all_wrong"].mean())}
+  return {"pass_rate": float(st.pass_rate_Q.mean()), "zero_var": float(st.zero_var_Q.mean()),
+          "all_correct": float(st.all_correct_Q.mean()),
+          "all_wrong": float(st.all_wrong_Q.mean())}
 
 
 def base_checks(config: Any, pool_p_N: np.ndarray) -> dict[str, dict[str, Any]]:

@@ -1,10 +1,8 @@
-"""Per-device memory plan for GRPO on a Qwen2.5 shape: params, AdamW state, grads, KV cache; and the
-main job's dry run (`dry_run(config)`, `--config.dry_run=True`), which prints it for a config.
-
-Numbers come from the real sharding rules applied to the abstract (shape-only) model, so they are
-the bytes each device holds, not an estimate divided by the device count. `plan` counts the state
-(params, AdamW, grads, a KV cache); `update_estimate` adds a program's activations, logits chunks
-and all-gathered layers; `compiled_programs` sets XLA's own figures beside them (docs/MEMORY.md).
+"""The main job's dry run (`dry_run(config)`, `--config.dry_run=True`): the per-device memory plan of
+`dots_jax.rl.memory` for a config (the state `plan` counts: params, AdamW, grads, a KV cache; the
+activations, logits chunks and all-gathered layers `update_estimate` adds), the rollout's decode
+program estimate, and with `plan_compile` XLA's own figures beside them (`compiled_programs`,
+docs/MEMORY.md).
 
   python -m dots_jax.tools.plan --variant=7B --mesh=data:1,fsdp:8,tensor:1 --batch=64 --seq=2048
 """
@@ -12,7 +10,6 @@ and all-gathered layers; `compiled_programs` sets XLA's own figures beside them 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -22,50 +19,17 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from dots_jax.config_common import ConfigError, policy_runtime
 from dots_jax.methods import get_method
 from dots_jax.model import hf_io, qwen2, sharding, variants
+from dots_jax.policy.tiny_base import tiny_model_config
+from dots_jax.policy.tokenizer import make_char_tokenizer
 from dots_jax.rl import replay, update
+from dots_jax.rl.memory import plan, update_config, update_estimate, update_rows
 from dots_jax.rollout import EngineSettings
 from dots_jax.sampling.engine import Engine, slot_cache_bytes
 from dots_jax.startup import validate_config
-from dots_jax.tiny.base import tiny_model_config
-from dots_jax.tiny.tokenizer import make_char_tokenizer
-
-_ADAM_BYTES = 2 * 4  # AdamW keeps mu and nu in float32 for every parameter element.
-
-
-def plan(cfg: qwen2.Qwen2Config, mesh: Mapping[str, int] | str, *, batch: int, seq: int,
-         kv_dtype: str | None = None) -> dict[str, int]:
-  """Bytes per device; `mesh` is axis sizes (no -1) or a spec like 'data:1,fsdp:8,tensor:1'.
-
-  Keys: params, adam, grads, kv_cache, total, devices, param_count. Grads are in the param dtype;
-  the KV cache (k and v, `batch` sequences of `seq` slots) is in `kv_dtype` (default: compute).
-  """
-  sizes = sharding.parse_mesh_spec(mesh) if isinstance(mesh, str) else dict(mesh)
-  if any(sizes[a] < 1 for a in sharding.AXES):
-    raise ValueError(f"plan needs explicit mesh sizes (no -1), got {sizes}")
-  _, abstract_state = qwen2.abstract_model(cfg)
-  param_elems = 0
-  param_bytes = 0
-  for path, var in nnx.to_flat_state(abstract_state):
-    leaf = var.get_value()
-    spec = sharding.param_spec(sharding.path_str(path), leaf.shape, sizes)
-    elems = math.prod(sharding.shard_shape(leaf.shape, spec, sizes))
-    param_elems += elems
-    param_bytes += elems * np.dtype(leaf.dtype).itemsize
-  cache_shape = (cfg.num_hidden_layers, batch, seq, cfg.num_key_value_heads, cfg.head_dim)
-  cache_block = sharding.shard_shape(cache_shape, sharding.cache_spec(cache_shape, sizes), sizes)
-  kv_bytes = 2 * math.prod(cache_block) * np.dtype(kv_dtype or cfg.dtype).itemsize
-  out = {"params": param_bytes, "adam": param_elems * _ADAM_BYTES, "grads": param_bytes,
-         "kv_cache": kv_bytes}
-  out["total"] = sum(out.values())
-  out["devices"] = math.prod(sizes.values())
-  out["param_count"] = cfg.num_params()
-  return out
-
 
 def _log(text: str) -> None:
   if jax.process_index() == 0:
@@ -135,7 +99,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   for line in structure["lines"]:
     _log(f"step       {line}")
   ucfg = update_config(config, cfg, sizes, seq)
-  mb, micro, n_micro = ucfg.split(_update_rows(config, dp))
+  mb, micro, n_micro = ucfg.split(update_rows(config, dp))
   update_bytes = update_estimate(config, cfg, sizes, seq, grad=True)
   _log(f"update     mini-batch {mb} rows = {n_micro} micro-batches of {micro} rows"
        f"{' (from rl.memory_budget_gib=' + str(config.rl.memory_budget_gib) + ')' if config.rl.memory_budget_gib and not config.rl.micro_batch else ''}"
@@ -171,62 +135,6 @@ def fit_verdict(estimates: Mapping[str, int], device_gib: float) -> str:
           f"(peak: {peak_name}, {100 * peak / (device_gib * 2**30):.0f}% of the device)")
 
 
-def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-                    sizes: Mapping[str, int], seq: int, *, grad: bool,
-                    micro_batch: int | None = None) -> int:
-  """Per-device bytes of one update (grad=True) or pi_old (grad=False) program.
-
-  Weights (+ AdamW moments and gradients), the micro-batch's batch arrays, the activations the
-  backward pass keeps (every layer's input under remat; every layer's intermediates without it:
-  q/k/v and attention output, MLP gate/up/activation/product, and the float32 attention scores,
-  probabilities and their masked copy unless queries are blocked), and at the peak the larger of
-  two transients that do not live together: one layer's recomputation/gradient (with its attention
-  block's scores and, under fsdp, its all-gathered weights and full gradient) and the vocabulary
-  projection of one logits chunk (float32 logits, their log-softmax and its gradient; one copy
-  without a backward pass); with scanned layers, their weights stacked in the compute dtype (and
-  the stacked gradient). `micro_batch` overrides the config's (the budget search below tries
-  candidates)."""
-  mem = plan(cfg, sizes, batch=1, seq=1)
-  weights = mem["params"] + (mem["adam"] + mem["grads"] if grad else 0)
-  dp = sharding.data_parallel_size(sizes)
-  micro = micro_batch or update_config(config, cfg, sizes, seq).split(_update_rows(config, dp))[1]
-  r = -(-micro // dp)
-  act = np.dtype(cfg.dtype).itemsize
-  tp = sizes["tensor"]
-  heads, kv_heads = cfg.num_attention_heads // tp, max(cfg.num_key_value_heads // tp, 1)
-  d, f, h = cfg.hidden_size, cfg.intermediate_size // tp, cfg.head_dim
-  tokens = r * seq
-  q_block = min(cfg.attn_chunk or seq, seq)
-  scores = 3 * r * heads * q_block * seq * 4  # scores, probabilities, masked scores
-  # Blocked attention rematerialises each block: only the full-size scores of unblocked attention
-  # are kept per layer.
-  kept_scores = 0 if q_block < seq else scores
-  projections = tokens * ((2 * heads + 2 * kv_heads) * h + 3 * d) * act
-  mlp = 4 * tokens * f * act
-  layer_kept = projections + mlp + kept_scores
-  layer_transient = projections + mlp + scores
-  chunk = min(config.rl.logits_chunk or seq, seq)
-  logits = r * chunk * (cfg.vocab_size // tp) * 4
-  batch = r * seq * (4 * 4)  # tokens, masks, behaviour / old log-probs of the micro-batch
-  # Sharded over fsdp, a layer's weights are all-gathered before use (in the param dtype, then
-  # cast to compute) and, with a backward, its full gradient exists before the reduce-scatter.
-  gathered = 0
-  if sizes["fsdp"] > 1:
-    gathered = cfg.params_per_layer // tp * (np.dtype(cfg.param_dtype).itemsize + act
-                                    + (np.dtype(cfg.param_dtype).itemsize if grad else 0))
-  # Scanned layers stack their weights in the compute dtype (and, with a backward, their gradient).
-  stacked = 0
-  if cfg.scan_layers:
-    layer_share = cfg.num_hidden_layers * cfg.params_per_layer / cfg.num_params()
-    stacked = int(mem["params"] * layer_share * act / np.dtype(cfg.param_dtype).itemsize)
-    stacked *= 2 if grad else 1
-  if not grad:  # no backward: one layer or one logits chunk at a time
-    return weights + stacked + batch + tokens * d * act + max(layer_transient + gathered, logits)
-  kept = (cfg.num_hidden_layers * tokens * d * act if cfg.remat
-          else cfg.num_hidden_layers * layer_kept)
-  return weights + stacked + batch + kept + max(layer_transient + gathered, 3 * logits)
-
-
 def rollout_engine(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config, graphdef: Any,
                    mesh: Any) -> Engine | None:
   """The slot engine the training rollouts would use on `mesh` (None: the static batch)."""
@@ -256,34 +164,6 @@ def rollout_estimate(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], engine: E
   return params + cast + kv + logits + outputs
 
 
-def _update_rows(config: ml_collections.ConfigDict, dp: int) -> int:
-  """Rows of one step's update batch: every group of the step, padded to the data shards."""
-  return -(-config.rl.batch_questions * config.sampling.group_size // dp) * dp
-
-
-def update_config(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-                  sizes: Mapping[str, int], seq: int) -> update.UpdateConfig:
-  """The update's static settings; with rl.micro_batch = 0 and rl.memory_budget_gib > 0 the
-  micro-batch is the largest that splits the mini-batch over the data shards and whose estimated
-  per-device bytes (`update_estimate`) fit the budget."""
-  ucfg = update.UpdateConfig.from_config(config)
-  budget = config.rl.memory_budget_gib * 2**30
-  if config.rl.micro_batch or budget <= 0:
-    return ucfg
-  dp = sharding.data_parallel_size(sizes)
-  mb, _, _ = ucfg.split(_update_rows(config, dp))
-  fits = [m for m in range(mb, 0, -1) if mb % m == 0 and m % dp == 0
-          and update_estimate(config, cfg, sizes, seq, grad=True, micro_batch=m) <= budget]
-  if not fits:
-    smallest = update_estimate(config, cfg, sizes, seq, grad=True, micro_batch=dp)
-    raise ConfigError(
-        f"config.rl.memory_budget_gib={config.rl.memory_budget_gib}: even a micro-batch of {dp} "
-        f"rows (one per data shard) needs an estimated {smallest / 2**30:.2f} GiB per device; raise "
-        "the budget, shard further (config.mesh), set config.model.remat/attn_chunk or "
-        "config.rl.logits_chunk")
-  return dataclasses.replace(ucfg, micro_batch=fits[0])
-
-
 def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                       sizes: Mapping[str, int], seq: int) -> dict[str, dict[str, int]]:
   """Lowers and compiles pi_old, the update step and (with the slot engine) the rollout decode
@@ -308,14 +188,9 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   state = jax.tree.map(attach, jax.eval_shape(
       lambda p: update.init_train_state(p, optimizer, config.seed), params), state_sh)
   fns = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh)
-  rows = _update_rows(config, sharding.data_parallel_size(sizes))
-  dtypes = {"tokens_NxT": np.int32, "mask_NxT": np.int32, "loss_mask_NxT": np.int32,
-            "behav_logp_NxT": np.float32, update.OLD_LOGP: np.float32, "adv_N": np.float32,
-            "is_replay_N": np.bool_}
-  batch = {k: jax.ShapeDtypeStruct((rows,) if k.endswith("_N") else (rows, seq), dt,
-                                   sharding=sharding.batch_sharding(mesh, 1 if k.endswith("_N") else 2))
-           for k, dt in dtypes.items()}
-  lowered = {"pi_old": fns.old_logp_fn.lower(params, batch["tokens_NxT"], batch["mask_NxT"]),
+  rows = update_rows(config, sharding.data_parallel_size(sizes))
+  batch = update.DeviceBatch.abstract(rows, seq, mesh)
+  lowered = {"pi_old": fns.old_logp_fn.lower(params, batch.tokens_NxT, batch.mask_NxT),
              "update": fns.update_fn.lower(state, batch, None)}
   estimates = {name: update_estimate(config, cfg, sizes, seq, grad=name == "update")
                for name in lowered}

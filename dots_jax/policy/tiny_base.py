@@ -18,13 +18,12 @@ from typing import Any, Callable
 
 import jax
 
-from dots_jax import fs
 from dots_jax.data.prompts import build_prompt
 from dots_jax.data.synthetic import sft_stream
 from dots_jax.model.hf_io import export_policy, load_tokenizer
 from dots_jax.model.qwen2 import Qwen2Config, init_model
-from dots_jax.tiny import sft
-from dots_jax.tiny.tokenizer import make_char_tokenizer
+from dots_jax.policy import sft
+from dots_jax.policy.tokenizer import make_char_tokenizer
 
 _DONE = "tiny_base.json"
 
@@ -68,14 +67,6 @@ def prompt_encoder(tokenizer: Any, data: Any) -> Callable[[str], list[int]]:
 
 def answer_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
   return lambda text: tokenizer.encode(text, add_special_tokens=False)
-
-
-def policy_path(config: Any, log: Callable[[str], None] = print) -> str:
-  """The initial policy's local directory: config.model.path (a gs:// URL copied once into the
-  local cache), or the cached tiny base (made now if missing)."""
-  if config.model.path:
-    return fs.localize(config.model.path)
-  return ensure_tiny_base(config, log)
 
 
 def ensure_tiny_base(config: Any, log: Callable[[str], None] = print) -> str:

@@ -1,0 +1,139 @@
+"""Per-device memory of training on a mesh: the state a device holds (`plan`: params, AdamW moments,
+gradients, a KV cache), one update's or pi_old's peak (`update_estimate`), and the update's static
+settings with the micro-batch chosen to fit `config.rl.memory_budget_gib` (`update_config`, which
+the training loop calls).
+
+Numbers come from the real sharding rules applied to the abstract (shape-only) model, so they are
+the bytes each device holds, not an estimate divided by the device count. `dots_jax.tools.plan`
+prints them for a config and sets XLA's compiled figures beside them (docs/MEMORY.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from dots_jax.config_common import ConfigError
+from dots_jax.model import qwen2, sharding
+from dots_jax.rl import update
+
+_ADAM_BYTES = 2 * 4  # AdamW keeps mu and nu in float32 for every parameter element.
+
+
+def plan(cfg: qwen2.Qwen2Config, mesh: Mapping[str, int] | str, *, batch: int, seq: int,
+         kv_dtype: str | None = None) -> dict[str, int]:
+  """Bytes per device; `mesh` is axis sizes (no -1) or a spec like 'data:1,fsdp:8,tensor:1'.
+
+  Keys: params, adam, grads, kv_cache, total, devices, param_count. Grads are in the param dtype;
+  the KV cache (k and v, `batch` sequences of `seq` slots) is in `kv_dtype` (default: compute).
+  """
+  sizes = sharding.parse_mesh_spec(mesh) if isinstance(mesh, str) else dict(mesh)
+  if any(sizes[a] < 1 for a in sharding.AXES):
+    raise ValueError(f"plan needs explicit mesh sizes (no -1), got {sizes}")
+  _, abstract_state = qwen2.abstract_model(cfg)
+  param_elems = 0
+  param_bytes = 0
+  for path, var in nnx.to_flat_state(abstract_state):
+    leaf = var.get_value()
+    spec = sharding.param_spec(sharding.path_str(path), leaf.shape, sizes)
+    elems = math.prod(sharding.shard_shape(leaf.shape, spec, sizes))
+    param_elems += elems
+    param_bytes += elems * np.dtype(leaf.dtype).itemsize
+  cache_shape = (cfg.num_hidden_layers, batch, seq, cfg.num_key_value_heads, cfg.head_dim)
+  cache_block = sharding.shard_shape(cache_shape, sharding.cache_spec(cache_shape, sizes), sizes)
+  kv_bytes = 2 * math.prod(cache_block) * np.dtype(kv_dtype or cfg.dtype).itemsize
+  out = {"params": param_bytes, "adam": param_elems * _ADAM_BYTES, "grads": param_bytes,
+         "kv_cache": kv_bytes}
+  out["total"] = sum(out.values())
+  out["devices"] = math.prod(sizes.values())
+  out["param_count"] = cfg.num_params()
+  return out
+
+
+def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+                    sizes: Mapping[str, int], seq: int, *, grad: bool,
+                    micro_batch: int | None = None) -> int:
+  """Per-device bytes of one update (grad=True) or pi_old (grad=False) program.
+
+  Weights (+ AdamW moments and gradients), the micro-batch's batch arrays, the activations the
+  backward pass keeps (every layer's input under remat; every layer's intermediates without it:
+  q/k/v and attention output, MLP gate/up/activation/product, and the float32 attention scores,
+  probabilities and their masked copy unless queries are blocked), and at the peak the larger of
+  two transients that do not live together: one layer's recomputation/gradient (with its attention
+  block's scores and, under fsdp, its all-gathered weights and full gradient) and the vocabulary
+  projection of one logits chunk (float32 logits, their log-softmax and its gradient; one copy
+  without a backward pass); with scanned layers, their weights stacked in the compute dtype (and
+  the stacked gradient). `micro_batch` overrides the config's (the budget search below tries
+  candidates)."""
+  mem = plan(cfg, sizes, batch=1, seq=1)
+  weights = mem["params"] + (mem["adam"] + mem["grads"] if grad else 0)
+  dp = sharding.data_parallel_size(sizes)
+  micro = micro_batch or update_config(config, cfg, sizes, seq).split(update_rows(config, dp))[1]
+  r = -(-micro // dp)
+  act = np.dtype(cfg.dtype).itemsize
+  tp = sizes["tensor"]
+  heads, kv_heads = cfg.num_attention_heads // tp, max(cfg.num_key_value_heads // tp, 1)
+  d, f, h = cfg.hidden_size, cfg.intermediate_size // tp, cfg.head_dim
+  tokens = r * seq
+  q_block = min(cfg.attn_chunk or seq, seq)
+  scores = 3 * r * heads * q_block * seq * 4  # scores, probabilities, masked scores
+  # Blocked attention rematerialises each block: only the full-size scores of unblocked attention
+  # are kept per layer.
+  kept_scores = 0 if q_block < seq else scores
+  projections = tokens * ((2 * heads + 2 * kv_heads) * h + 3 * d) * act
+  mlp = 4 * tokens * f * act
+  layer_kept = projections + mlp + kept_scores
+  layer_transient = projections + mlp + scores
+  chunk = min(config.rl.logits_chunk or seq, seq)
+  logits = r * chunk * (cfg.vocab_size // tp) * 4
+  batch = r * seq * (4 * 4)  # tokens, masks, behaviour / old log-probs of the micro-batch
+  # Sharded over fsdp, a layer's weights are all-gathered before use (in the param dtype, then
+  # cast to compute) and, with a backward, its full gradient exists before the reduce-scatter.
+  gathered = 0
+  if sizes["fsdp"] > 1:
+    gathered = cfg.params_per_layer // tp * (np.dtype(cfg.param_dtype).itemsize + act
+                                    + (np.dtype(cfg.param_dtype).itemsize if grad else 0))
+  # Scanned layers stack their weights in the compute dtype (and, with a backward, their gradient).
+  stacked = 0
+  if cfg.scan_layers:
+    layer_share = cfg.num_hidden_layers * cfg.params_per_layer / cfg.num_params()
+    stacked = int(mem["params"] * layer_share * act / np.dtype(cfg.param_dtype).itemsize)
+    stacked *= 2 if grad else 1
+  if not grad:  # no backward: one layer or one logits chunk at a time
+    return weights + stacked + batch + tokens * d * act + max(layer_transient + gathered, logits)
+  kept = (cfg.num_hidden_layers * tokens * d * act if cfg.remat
+          else cfg.num_hidden_layers * layer_kept)
+  return weights + stacked + batch + kept + max(layer_transient + gathered, 3 * logits)
+
+
+def update_rows(config: ml_collections.ConfigDict, dp: int) -> int:
+  """Rows of one step's update batch: every group of the step, padded to the data shards."""
+  return -(-config.rl.batch_questions * config.sampling.group_size // dp) * dp
+
+
+def update_config(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+                  sizes: Mapping[str, int], seq: int) -> update.UpdateConfig:
+  """The update's static settings; with rl.micro_batch = 0 and rl.memory_budget_gib > 0 the
+  micro-batch is the largest that splits the mini-batch over the data shards and whose estimated
+  per-device bytes (`update_estimate`) fit the budget."""
+  ucfg = update.UpdateConfig.from_config(config)
+  budget = config.rl.memory_budget_gib * 2**30
+  if config.rl.micro_batch or budget <= 0:
+    return ucfg
+  dp = sharding.data_parallel_size(sizes)
+  mb, _, _ = ucfg.split(update_rows(config, dp))
+  fits = [m for m in range(mb, 0, -1) if mb % m == 0 and m % dp == 0
+          and update_estimate(config, cfg, sizes, seq, grad=True, micro_batch=m) <= budget]
+  if not fits:
+    smallest = update_estimate(config, cfg, sizes, seq, grad=True, micro_batch=dp)
+    raise ConfigError(
+        f"config.rl.memory_budget_gib={config.rl.memory_budget_gib}: even a micro-batch of {dp} "
+        f"rows (one per data shard) needs an estimated {smallest / 2**30:.2f} GiB per device; raise "
+        "the budget, shard further (config.mesh), set config.model.remat/attn_chunk or "
+        "config.rl.logits_chunk")
+  return dataclasses.replace(ucfg, micro_batch=fits[0])
