@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.variant = ""  # shape-only variant name from dots_jax.model.variants (dry runs, planning)
   c.model.dtype = "float32"  # compute dtype
   c.model.param_dtype = "float32"
+  # Activations between matmuls; float32 keeps a bfloat16 run's sampler and trainer log-probs
+  # together (dots_jax.model.qwen2.Qwen2Config.activation_dtype, docs/GAP.md).
+  c.model.activation_dtype = "float32"
   c.model.remat = False
   # What a rematerialised layer keeps (a jax.checkpoint_policies name): nothing_saveable recomputes
   # the whole layer in the backward pass; dots_with_no_batch_dims_saveable keeps its weight matmuls.
@@ -124,6 +127,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.loss_agg = "token_mean"  # token_mean | seq_mean_token_mean
   c.rl.kl_beta = 0.0
   c.rl.entropy_coef = 0.0
+  # Truncated importance sampling of fresh tokens (verl's / TRL's TIS): each token's policy-gradient
+  # term weighted by min(pi_old / mu_sampler, cap), correcting the training-inference gap
+  # (rollout/logp_gap_* metrics; top-k/top-p truncation in sampling). 0 = off; verl uses 2.
+  c.rl.behavior_is_cap = 0.0
+
+  # Divergence guard (dots_jax.rl.update.raise_if_diverged), checked after every update and before
+  # anything is saved: a step whose update moved the weights by more than max_update_ratio of their
+  # norm, or whose mean token entropy rose more than max_entropy_rise of the way from the first
+  # step's towards ln(vocab) (collapse to a uniform policy), stops the run. 0 turns a check off.
+  c.guard = ml_collections.ConfigDict()
+  c.guard.max_update_ratio = 0.1
+  c.guard.max_entropy_rise = 0.5
   c.rl.micro_batch = 0  # sequences per gradient micro-batch; 0 = whole mini-batch (or the budget's)
   # Per-device memory budget of the update (GiB): with micro_batch = 0 the micro-batch is the
   # largest whose planned bytes fit (dots_jax.rl.memory.update_config); 0 = no budget.
@@ -187,7 +202,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Checkpoints and logs (dots_jax.rl.checkpoint, dots_jax.rl.metrics).
   # export_hf: also write each checkpoint's policy as a Hugging Face directory <workdir>/hf/<step>.
-  c.ckpt = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False, export_hf=False))
+  # lock_lease_s: a gs:// workdir's writer lease (renewed every third of it): how long a crashed
+  # run's successor waits before taking the workdir over (dots_jax.workdir.WorkdirLock).
+  c.ckpt = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False, export_hf=False,
+                                          lock_lease_s=300.0))
   # samples_every: every that many steps the first `samples` completions of the batch go to
   # <workdir>/samples.jsonl (0 = never).
   # wandb_project: also log to Weights & Biases (pip install wandb; "" = off); the run id is kept

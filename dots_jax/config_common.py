@@ -28,8 +28,9 @@ def policy_runtime(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The runtime fields of `Qwen2Config` that config.model sets (dtypes, remat, attention blocks,
   scanned layers), for `hf_io.load_policy` and the planner."""
   m = config.model
-  return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-              remat_policy=m.remat_policy, attn_chunk=m.attn_chunk, scan_layers=m.scan_layers)
+  return dict(dtype=m.dtype, param_dtype=m.param_dtype, activation_dtype=m.activation_dtype,
+              remat=m.remat, remat_policy=m.remat_policy, attn_chunk=m.attn_chunk,
+              scan_layers=m.scan_layers)
 
 
 def all_keys(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

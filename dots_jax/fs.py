@@ -53,6 +53,21 @@ def listdir(path: str | os.PathLike) -> list[str]:
   return sorted(c.name for c in p.iterdir()) if p.exists() else []
 
 
+def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+  """Renames a file or directory (an object store copies then deletes)."""
+  makedirs(epath.Path(dst).parent)
+  epath.Path(src).rename(dst)
+
+
+def remove(path: str | os.PathLike) -> None:
+  """Deletes a file or a whole directory (nothing when it does not exist)."""
+  p = epath.Path(path)
+  if p.is_dir():
+    p.rmtree()
+  elif p.exists():
+    p.unlink()
+
+
 def read_text(path: str | os.PathLike) -> str:
   return epath.Path(path).read_text()
 

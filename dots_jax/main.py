@@ -3,6 +3,9 @@
 Config overrides are absl flags (`--config.rl.lr=3e-5`, `--config.method=dots_rr`) or config-file
 arguments (`--config=configs/qwen7b.py:method=dots_rr`). An existing workdir resumes. Multi-host runs
 (TPU pod slices, SLURM) call `jax.distributed.initialize()` first; see launch/.
+
+`--list_config` prints every key of the --config (default configs/tiny.py) with its value, and the
+methods `--config.method` takes, then exits.
 """
 
 import importlib.util
@@ -13,8 +16,10 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/tiny.py",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "config file, e.g. configs/tiny.py (with :arg, e.g. configs/tiny.py:micro); "
+    "override any key as --config.KEY=VALUE; --list_config prints the keys and the methods",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, summary)")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
@@ -61,10 +66,14 @@ def main(argv: list[str]) -> None:
   # Imported only now: nothing may start a JAX backend before jax.distributed.initialize().
   from dots_jax import train
   from dots_jax.config_common import ConfigError
+  from dots_jax.rl.checkpoint import CheckpointError
+  from dots_jax.rl.update import DivergenceError, NonFiniteError
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value or "")
   except ConfigError as e:
     raise app.UsageError(str(e)) from None
+  except (CheckpointError, DivergenceError, NonFiniteError) as e:
+    sys.exit(f"error: {e}")
 
 
 def _unknown_override(argv: list[str]) -> str | None:
@@ -73,13 +82,7 @@ def _unknown_override(argv: list[str]) -> str | None:
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if spec is None:
     return None
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_dots_jax_config", path)
-  if module_spec is None or module_spec.loader is None:
-    return None
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  config = _load_config_file(spec)
   keys = set(all_keys(config))
   for a in argv:
     if a.startswith("--config.") and "=" in a:
@@ -89,16 +92,59 @@ def _unknown_override(argv: list[str]) -> str | None:
   return None
 
 
+def _fatal(message: str) -> None:
+  print(f"FATAL: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _list_config(argv: list[str]) -> None:
+  """Prints every key of the --config (default configs/tiny.py) with its value, and the methods."""
+  from dots_jax.config_common import all_keys
+  from dots_jax.methods import METHODS
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "configs/tiny.py")
+  config = _load_config_file(spec)
+  for key in all_keys(config):
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    print(f"--config.{key}={node!r}")
+  print("methods (--config.method): " + ", ".join(
+      f"{name} ({m.source} source, {m.filter} filter{', replay' if m.replay else ''})"
+      for name, m in sorted(METHODS.items())))
+
+
+def _load_config_file(spec: str):
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    _fatal(f"--config={spec}: no such file {path!r} (the configs are in configs/: "
+           f"{', '.join(sorted(f for f in os.listdir('configs') if f.endswith('.py'))) if os.path.isdir('configs') else 'none here'})")
+  module_spec = importlib.util.spec_from_file_location("_dots_jax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, but a mistyped config override is one line naming the closest keys."""
+  """absl's flag parsing, but a bad config file, a mistyped config override or a value that does not
+  parse is one line naming it; --help exits 0 and says how to list the config keys."""
+  if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+    print(__doc__.strip() + "\n\n" + flags.FLAGS.module_help(sys.modules[__name__]))
+    sys.exit(0)
+  if "--list_config" in argv[1:]:
+    _list_config(argv)
+    sys.exit(0)
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is not None and not os.path.isfile(spec.partition(":")[0]):
+    _load_config_file(spec)  # the one-line error naming the file
   try:
     return flags.FLAGS(argv)
-  except (AttributeError, KeyError, flags.Error):
+  except (AttributeError, KeyError, flags.Error) as e:
     message = _unknown_override(argv)
     if message is None:
+      if isinstance(e, flags.Error):
+        _fatal(str(e).splitlines()[0])
       raise
-    print(f"FATAL: {message}", file=sys.stderr)
-    sys.exit(2)
+    _fatal(message)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -36,6 +38,18 @@ def validate_config(config: ml_collections.ConfigDict,
     remat_policy(config.model.remat_policy)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if not (math.isfinite(config.rl.lr) and config.rl.lr > 0):
+    raise ConfigError(f"config.rl.lr={config.rl.lr} must be a finite number > 0")
+  if not config.sampling.temperature > 0:
+    raise ConfigError(f"config.sampling.temperature={config.sampling.temperature}: training samples "
+                      "must be drawn at a temperature > 0 (0 is greedy decoding: every group would "
+                      "repeat one answer and log-probs at temperature 0 are undefined)")
+  if config.rl.behavior_is_cap < 0 or 0 < config.rl.behavior_is_cap < 1:
+    raise ConfigError(f"config.rl.behavior_is_cap={config.rl.behavior_is_cap} must be 0 (off) or "
+                      ">= 1 (a cap below 1 would down-weight every token)")
+  if config.model.activation_dtype not in ("float32", "bfloat16", "float16"):
+    raise ConfigError(f"config.model.activation_dtype={config.model.activation_dtype!r}: expected "
+                      "'float32', 'bfloat16' or 'float16'")
   if config.model.attn_chunk < 0:
     raise ConfigError(f"config.model.attn_chunk={config.model.attn_chunk} must be >= 0 (0 = off)")
   if config.model.path:
@@ -89,6 +103,17 @@ def check_workdir(workdir: str) -> None:
                       "needs pip install -e \".[gcs]\" and credentials)") from None
   if is_file:
     raise ConfigError(f"--workdir={workdir!r} exists and is not a directory")
+
+
+def check_model_mesh(cfg: Any, sizes: Mapping[str, int]) -> None:
+  """The tensor axis must divide what it shards (the attention heads and the MLP width); otherwise
+  the sharding rules leave those weights whole on every device (`sharding.param_spec`)."""
+  t = int(sizes.get("tensor", 1))
+  parts = {"attention heads": cfg.num_attention_heads, "MLP width": cfg.intermediate_size}
+  bad = [f"{n} {name}" for name, n in parts.items() if n % t]
+  if t > 1 and bad:
+    raise ConfigError(f"config.mesh.tensor={t} does not divide the model's {', '.join(bad)}; use a "
+                      "tensor size that divides them (or 1), and data/fsdp for the other devices")
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -24,16 +24,17 @@ from dots_jax.data.dataset import load_dataset
 from dots_jax.data.prompts import PromptTable
 from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.methods import get_method
-from dots_jax.model import hf_io, sharding
+from dots_jax.model import hf_io, qwen2, sharding
 from dots_jax.policy import policy_path
 from dots_jax.rl import checkpoint, memory, metrics, update
 from dots_jax.rl.learner import Learner, LearnResult
 from dots_jax.rl.metrics import Progress, banner, log_line
 from dots_jax.rollout import EngineSettings, Generator, Roller
 from dots_jax.selection import driver, factory
-from dots_jax.startup import check_workdir, enable_compilation_cache, validate_config
+from dots_jax.startup import (check_model_mesh, check_workdir, enable_compilation_cache,
+                              validate_config)
 from dots_jax.tools.plan import dry_run
-from dots_jax.workdir import record_config
+from dots_jax.workdir import WorkdirLock, check_config, check_data, commit_config, has_config
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -43,7 +44,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.dry_run:
     return dry_run(config)
   check_workdir(workdir)
-  record_config(config, workdir)
+  # One writer: a second run on this workdir stops here.
+  lock = WorkdirLock(workdir, lease_s=config.ckpt.lock_lease_s, log=log_line).acquire()
+  try:
+    return _train(config, workdir)
+  finally:
+    lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The run itself, once the workdir is this process's (see `train_and_evaluate`)."""
+  # config.json is (re)written once a checkpoint made with this config exists (the loop below).
+  config_committed = not check_config(config, workdir, log=log_line) and has_config(workdir)
   enable_compilation_cache(config, workdir)
   method = get_method(config.method)
   banner(f"setup: method {config.method}, {config.total_steps} steps, workdir {workdir}, "
@@ -58,6 +70,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----- policy -----------------------------------------------------------------------------------
   path = policy_path(config, log=log_line)
   tokenizer = hf_io.load_tokenizer(path)
+  check_model_mesh(qwen2.Qwen2Config.from_hf(hf_io.read_hf_config(path)),
+                   sharding.mesh_axis_sizes(mesh))  # before any weight is placed
   qcfg, model = hf_io.load_policy(path, mesh=mesh, **policy_runtime(config))
   graphdef, params = nnx.split(model)
   del model
@@ -105,8 +119,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----- restore ----------------------------------------------------------------------------------
   ckpt = checkpoint.Checkpointer(workdir, config.ckpt.keep, async_save=config.ckpt.async_save)
   preemption = checkpoint.PreemptionWatch(ckpt)
-  state, host, restored = ckpt.restore_or_init(state)
+  state, host, restored = ckpt.restore_or_init(state, log=log_line)
+  data_fingerprint = prompts.fingerprint
   if host is not None:
+    check_data(host.get("data"), data_fingerprint, config, log=log_line)
     strategy.load_state_dict(host["selection"])
     learner.load_state_dict(host["replay"])
     writer.load_state_dict(host["metrics"])
@@ -136,6 +152,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with timer.phase("update"):
       state, learned = learner.learn(state, collected.rollouts.groups, step)
     update.raise_if_nonfinite(learned.metrics, step)
+    update.raise_if_diverged(learned.metrics, step, max_update_ratio=config.guard.max_update_ratio,
+                             first_entropy=progress.first_entropy,
+                             max_entropy_rise=config.guard.max_entropy_rise,
+                             vocab_size=qcfg.vocab_size)
     done = step + 1
     # log
     record = _step_record(learned, collected, timer, lr=float(lr_at(progress.optimizer_updates)))
@@ -156,7 +176,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     preempted = preemption.reached(done)
     if done % config.ckpt.every == 0 or done == config.total_steps or preempted:
       ckpt.save(done, state, {"selection": strategy.state_dict(), "replay": learner.state_dict(),
-                              "metrics": writer.state_dict(), "progress": progress.state_dict()})
+                              "metrics": writer.state_dict(), "progress": progress.state_dict(),
+                              "data": data_fingerprint})
+      if not config_committed:  # the run's config is the one its newest checkpoint was made with
+        commit_config(config, workdir)
+        config_committed = True
       writer.flush()
       if config.ckpt.export_hf:
         hf_io.export_policy(qcfg, nnx.merge(graphdef, state.params),
@@ -193,6 +217,8 @@ def _step_record(learned: LearnResult, collected: driver.CollectedBatch, timer: 
   record.update(metrics.batch_stats(collected.rewards_QxG, collected.rollouts.lengths_QxG.ravel()))
   record.update(collected.metrics)
   record.update(timer.metrics())
+  record.update({f"time/{k}_s": v for k, v in learned.seconds.items() if k == "pi_old"})
+  record.update({f"rollout/{k}": v for k, v in learned.gap.items()})
   record["rollout/truncated_frac"] = (float(collected.rollouts.truncated_QxG.mean())
                                       if collected.rollouts.num_groups else float("nan"))
   if record.get("time/rollout_s"):
@@ -217,5 +243,5 @@ def _log_progress(config: ml_collections.ConfigDict, record: dict[str, Any], pro
   log_line(f"step {done}/{config.total_steps} | ETA {metrics.format_eta(eta)} | rollouts "
            f"{progress.rollouts:,} | reward {progress.last_reward:.3f} | eval "
            f"{progress.last_eval:.3f} | zero-var "
-           f"{1 - record['selection/effective_frac_rolled']:.2f} | "
-           f"{record['time/step_s']:.2f}s/step")
+           f"{1 - record['selection/effective_frac_rolled']:.2f} | logp gap max "
+           f"{record['rollout/logp_gap_max']:.2g} | {record['time/step_s']:.2f}s/step")

@@ -1,20 +1,30 @@
 """What a run directory holds beyond checkpoints: the config it was started with (`config.json`),
 checked on every resume, and the trained policy read back from a checkpoint (export, evaluation).
 
-  * `record_config(config, workdir)`: writes `config.json`; on a resume, refuses a config that
-    differs from the saved one in anything but the keys of `RESUMABLE_CHANGES` (naming every
-    differing key, old -> new), unless `config.allow_config_change` is set.
+  * `check_config(config, workdir)`: on a resume, refuses a config that differs from the committed
+    one in anything but the keys of `RESUMABLE_CHANGES` (naming every differing key, old -> new),
+    unless `config.allow_config_change` is set (then it logs them); `commit_config` writes
+    `config.json`, which the loop does only once a checkpoint made with that config exists.
   * `read_config(workdir)`: the saved config as a ConfigDict over today's defaults.
   * `checkpoint_steps(workdir, config)`: the steps the run holds checkpoints of.
   * `load_trained(workdir, step)`: (config, policy architecture, params at that checkpoint,
     tokenizer directory), what `dots_jax.tools.export` and `dots_jax.evaluate --workdir` need.
+  * `WorkdirLock(workdir)`: one writer per run directory (a file lock locally; a leased object
+    created under a generation precondition on gs://).
+  * `holds_run(directory)`: whether a directory is a run directory (export refuses to write there).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
-from typing import Any
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -79,17 +89,165 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return c
 
 
-def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Checks a resumed run's config against the saved one, then (process 0) writes `config.json`."""
+LOCK_FILE = ".writer.lock"
+
+
+class WorkdirLock:
+  """One writer per run directory, held by process 0 for the run.
+
+  Local: an advisory lock (`fcntl.flock`) on <workdir>/.writer.lock, dropped by the OS when the
+  process ends (kill -9 included). gs://: the object <workdir>/.writer.lock, created only if absent
+  (a generation precondition), holding the holder's description and a lease that a thread renews
+  every lease/3; a successor takes over a lease that has expired (a crashed run's) by deleting the
+  object and creating its own, then checks after a moment that the object is still its own. A
+  second run is refused at once, naming the holder."""
+
+  def __init__(self, workdir: str, lease_s: float = 300.0, log: Callable[[str], None] = print):
+    self.workdir = fs.absolute(workdir)
+    self.path = fs.join(self.workdir, LOCK_FILE)
+    self.lease_s = float(lease_s)
+    self.log = log
+    self.holder = (f"pid {os.getpid()} on {socket.gethostname()} since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:300]})")
+    self._file = None
+    self._stop: threading.Event | None = None
+    self._thread: threading.Thread | None = None
+
+  def acquire(self) -> "WorkdirLock":
+    if jax.process_index() != 0:
+      return self
+    if fs.is_remote(self.workdir):
+      self._acquire_remote()
+    else:
+      self._acquire_local()
+    return self
+
+  def _refuse(self, holder: str) -> None:
+    raise ConfigError(f"--workdir={self.workdir} is in use by {holder}; wait for it to finish, "
+                      "stop it, or use another workdir")
+
+  def _acquire_local(self) -> None:
+    os.makedirs(self.workdir, exist_ok=True)
+    f = open(self.path, "a+")
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      f.close()
+      self._refuse(holder)
+    f.seek(0)
+    f.truncate()
+    f.write(self.holder)
+    f.flush()
+    self._file = f
+
+  # gs://: the lease object.
+  def _lease(self) -> bytes:
+    return json.dumps({"holder": self.holder, "expires": time.time() + self.lease_s}).encode()
+
+  def _read_lease(self) -> dict[str, Any] | None:
+    try:
+      return json.loads(fs.read_text(self.path))
+    except FileNotFoundError:
+      return None
+
+  def _acquire_remote(self) -> None:
+    import fsspec  # gcsfs's file system: its "create" mode is the generation precondition
+    gcs = fsspec.filesystem(self.path.split("://", 1)[0])
+    try:
+      gcs.pipe_file(self.path, self._lease(), mode="create")
+    except FileExistsError:
+      held = self._read_lease()
+      if held is not None and held["expires"] > time.time():
+        self._refuse(f"{held['holder']} (lease until "
+                     f"{time.strftime('%H:%M:%S', time.localtime(held['expires']))})")
+      if held is not None:
+        self.log(f"workdir lock: the lease of {held['holder']} expired; taking the workdir over")
+      gcs.rm_file(self.path)
+      try:
+        gcs.pipe_file(self.path, self._lease(), mode="create")
+      except FileExistsError:
+        self._refuse((self._read_lease() or {}).get("holder", "another run"))
+      time.sleep(min(1.0, self.lease_s / 10))
+      mine = self._read_lease()
+      if mine is None or mine["holder"] != self.holder:  # another successor raced us
+        self._refuse((mine or {}).get("holder", "another run"))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._renew, args=(gcs,), daemon=True)
+    self._thread.start()
+
+  def _renew(self, gcs: Any) -> None:
+    while not self._stop.wait(self.lease_s / 3):
+      held = self._read_lease()
+      if held is None or held["holder"] != self.holder:
+        self.log(f"workdir lock: lost the lease on {self.workdir} (now {held}); another run may "
+                 "write there")
+        return
+      gcs.pipe_file(self.path, self._lease())
+
+  def release(self) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+      self._thread = None
+      held = self._read_lease()
+      if held is not None and held["holder"] == self.holder:
+        fs.remove(self.path)
+
+
+def holds_run(directory: str) -> bool:
+  """Whether `directory` is a run directory of dots_jax.main (its config, checkpoints or metrics)."""
+  return any(fs.exists(fs.join(directory, name))
+             for name in (CONFIG_FILE, "checkpoints", "metrics.jsonl", LOCK_FILE))
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str,
+                 log: Callable[[str], None] = print) -> list[str]:
+  """A resumed run's config against the committed one: refuses differences (naming every key,
+  old -> new) unless `config.allow_config_change`, which logs them; returns them."""
   path = fs.join(workdir, CONFIG_FILE)
-  if fs.isfile(path):
-    changes = config_changes(read_config(workdir), config)
-    if changes and not config.allow_config_change:
-      raise ConfigError(
-          f"--workdir={workdir} was started with another config ({'; '.join(changes)}); resume "
-          "with the same settings, use a new workdir, or pass --config.allow_config_change=True")
+  if not fs.isfile(path):
+    return []
+  changes = config_changes(read_config(workdir), config)
+  if changes and not config.allow_config_change:
+    raise ConfigError(
+        f"--workdir={workdir} was started with another config ({'; '.join(changes)}); resume "
+        "with the same settings, use a new workdir, or pass --config.allow_config_change=True")
+  if changes:
+    log(f"allow_config_change: resuming with {len(changes)} change(s): {'; '.join(changes)}")
+  return changes
+
+
+def has_config(workdir: str) -> bool:
+  return fs.isfile(fs.join(workdir, CONFIG_FILE))
+
+
+def check_data(saved: dict[str, Any] | None, current: dict[str, Any],
+               config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -> None:
+  """A resume's training data against the fingerprint its checkpoint recorded (rows and a digest
+  of the prepared questions, in order: selection state and replay refer to them by index).
+  Checkpoints from before fingerprints have none and are not checked."""
+  if not saved or (int(saved["rows"]), saved["sha256"]) == (current["rows"], current["sha256"]):
+    return
+  change = (f"config.data.train={config.data.train!r} now gives {current['rows']} questions "
+            f"(sha256 {current['sha256'][:12]}), the checkpoint was made on {int(saved['rows'])} "
+            f"(sha256 {str(saved['sha256'])[:12]})")
+  if not config.allow_config_change:
+    raise ConfigError(f"the training data changed since this run started: {change}; resume with "
+                      "the same data, use a new workdir, or pass --config.allow_config_change=True")
+  log(f"allow_config_change: resuming on other training data: {change}")
+
+
+def commit_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """(Process 0) writes `config.json`: the loop calls it once a checkpoint made with this config
+  exists, so a start that fails before its first checkpoint leaves the run's config as it was."""
   if jax.process_index() == 0:
-    fs.write_text(path, config.to_json(indent=2, sort_keys=True))
+    fs.write_text(fs.join(workdir, CONFIG_FILE), config.to_json(indent=2, sort_keys=True))
 
 
 @dataclasses.dataclass

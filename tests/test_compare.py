@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dots_jax import compare
-from dots_jax.workdir import record_config
+from dots_jax.workdir import commit_config
 from config_files import load_config
 
 
@@ -55,7 +55,7 @@ def test_main_analyze_only_writes_outputs(tmp_path):
     write_run(tmp_path, f"grpo_s{seed}", [0.1, 0.4], [0, 10], [0, 100])
     write_run(tmp_path, f"greso_s{seed}", [0.1, 0.45], [0, 6], [0, 40])
   # The runs' recorded config gives G and the pool/held-out overlap of the testbed block.
-  record_config(load_config("tiny", "micro"), str(tmp_path / "grpo_s0"))
+  commit_config(load_config("tiny", "micro"), str(tmp_path / "grpo_s0"))
   result = compare.main(["--methods=grpo,greso", "--seeds=0,1", f"--workdir={tmp_path}",
                          "--analyze_only"])
   assert result["summary"]["greso"]["rollout_ratio"] == pytest.approx(0.4)

@@ -130,3 +130,24 @@ def test_a_training_file_in_a_bucket_is_read(bucket, tmp_path, monkeypatch):
   monkeypatch.setenv("DOTS_JAX_CACHE", str(tmp_path / "cache"))  # where the copy goes
   qs = load_dataset(c, "train")
   assert len(qs) == 5 and qs[2].problem == "What is 2+1?" and qs[2].answer == "3"
+
+
+def test_one_writer_per_bucket_workdir_and_an_expired_lease_is_taken_over(bucket):
+  from dots_jax.config_common import ConfigError
+  from dots_jax.workdir import WorkdirLock
+  work = f"{bucket}/locked_run"
+  first = WorkdirLock(work, lease_s=30).acquire()
+  with pytest.raises(ConfigError, match=r"locked_run is in use by pid \d+ on .* \(lease until"):
+    WorkdirLock(work, lease_s=30).acquire()
+  first.release()
+  assert not fs.exists(f"{work}/.writer.lock")
+  # A crashed holder: its lease is not renewed and runs out; the next run takes over, saying so.
+  crashed = WorkdirLock(work, lease_s=1.5).acquire()
+  crashed._stop.set()
+  time.sleep(2.0)
+  lines = []
+  successor = WorkdirLock(work, lease_s=30, log=lines.append).acquire()
+  assert len(lines) == 1 and "expired; taking the workdir over" in lines[0]
+  with pytest.raises(ConfigError, match="is in use by"):
+    WorkdirLock(work, lease_s=30).acquire()
+  successor.release()

@@ -177,3 +177,45 @@ def test_token_weights_aggregations():
   assert sm[2].sum() == 0
   with pytest.raises(ValueError, match="loss_agg"):
     losses.token_weights(m, "sum")
+
+
+def test_tis_weights_match_a_hand_computation():
+  old = np.array([[0.0, -1.0, -0.5, -2.0], [0.0, -0.3, -0.1, 0.0]], np.float32)
+  sampler = np.array([[0.0, -1.2, -0.1, -0.5], [0.0, -0.9, -0.1, 0.0]], np.float32)
+  lmask = np.array([[0, 1, 1, 1], [0, 1, 1, 0]], np.int32)
+  w, m = losses.tis_weights(jnp.asarray(old), jnp.asarray(sampler), jnp.asarray(lmask),
+                            jnp.asarray([False, True]), cap=1.1)
+  # Row 0 fresh: exp(0.2) = 1.2214 capped to 1.1, exp(-0.4) = 0.6703, exp(-1.5) = 0.2231;
+  # row 1 replayed and prompt positions: 1.
+  want = np.array([[1, 1.1, math.exp(-0.4), math.exp(-1.5)], [1, 1, 1, 1]], np.float32)
+  np.testing.assert_allclose(np.asarray(w), want, rtol=1e-6)
+  assert float(m["tis_weight_mean"]) == pytest.approx((1.1 + math.exp(-0.4) + math.exp(-1.5)) / 3,
+                                                      rel=1e-6)
+  assert float(m["tis_capped_frac"]) == pytest.approx(1 / 3)
+  off, none = losses.tis_weights(jnp.asarray(old), jnp.asarray(sampler), jnp.asarray(lmask),
+                                 jnp.asarray([False, True]), cap=0.0)
+  assert off is None and none == {}
+
+
+def test_tis_scales_the_policy_gradient_and_is_neutral_at_an_infinite_cap():
+  rng = np.random.default_rng(5)
+  n, t = 4, 6
+  logp = jnp.asarray(rng.normal(-1.0, 0.3, (n, t)), jnp.float32)
+  old = logp + jnp.asarray(rng.normal(0, 0.05, (n, t)), jnp.float32)
+  lmask = jnp.asarray(np.tile([0, 0, 1, 1, 1, 1], (n, 1)), jnp.int32)
+  adv = jnp.asarray([1.0, -1.0, 0.5, -0.5])
+  is_rep = jnp.zeros((n,), bool)
+  wts = losses.token_weights(lmask, "token_mean")
+  kw = dict(clip_eps_low=EPS_LO, clip_eps_high=EPS_HI)
+  base, _ = losses.policy_loss(logp, old, old, adv, wts, lmask, is_rep, **kw)
+  # Identical sampler and trainer log-probs, cap +inf: every weight 1, the loss unchanged.
+  w, _ = losses.tis_weights(old, old, lmask, is_rep, cap=float("inf"))
+  same, _ = losses.policy_loss(logp, old, old, adv, wts, lmask, is_rep, is_weight_NxT=w, **kw)
+  assert float(same) == float(base)
+  # Weights w: the per-token surrogate is w times GRPO's, so the loss and its gradient scale.
+  w = jnp.asarray(rng.uniform(0.5, 1.5, (n, t)), jnp.float32)
+  f = lambda lp, ww: losses.policy_loss(lp, old, old, adv, wts, lmask, is_rep, is_weight_NxT=ww,
+                                        **kw)[0]
+  g_w = jax.grad(f)(logp, w)
+  g_1 = jax.grad(f)(logp, jnp.ones_like(w))
+  np.testing.assert_allclose(np.asarray(g_w), np.asarray(g_1 * w), rtol=1e-5, atol=1e-8)

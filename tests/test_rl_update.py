@@ -126,7 +126,43 @@ def test_fresh_rows_ignore_sampler_logprobs():
   s2, m2 = run(config, b2, steps=2)
   assert_trees_close(s1.params, s2.params, rtol=0, atol=0)
   assert m1["replay_tokens"] > 0 and m1["replay_r_old_min"] != 1.0
-  assert m2["fresh_logp_drift_max"] > m1["fresh_logp_drift_max"]
+  params, _, fn = get_fn(config)
+  g1, g2 = (fn.gap(fn.device_batch(params, b)) for b in (b1, b2))
+  assert g2["logp_gap_max"] > g1["logp_gap_max"]  # the gap sees the sampler's log-probs
+
+
+def test_behaviour_gap_matches_a_hand_computation():
+  """|log mu - log pi_old| over fresh completion tokens only: mean, p99, max, share off by > 10%."""
+  params, _, fn = get_fn(rl_config())
+  rows = batch_rows(8, replay_fraction=0.5)
+  batch = fn.device_batch(params, rows)
+  delta = np.zeros((ROWS, P + R), np.float32)
+  fresh = (rows.loss_mask_NxT > 0) & ~rows.is_replay_N[:, None]
+  values = np.linspace(-0.3, 0.3, int(fresh.sum())).astype(np.float32)
+  delta[fresh] = values
+  delta[~fresh] = 5.0  # replayed rows and prompt positions must not count
+  gap = fn.gap(batch.replace(behav_logp_NxT=batch.old_logp_NxT - delta))
+  a = np.abs(values)
+  assert gap["logp_gap_max"] == pytest.approx(a.max(), rel=1e-5)
+  assert gap["logp_gap_mean"] == pytest.approx(a.mean(), rel=1e-5)
+  assert gap["logp_gap_p99"] == pytest.approx(np.quantile(a, 0.99), rel=1e-4)
+  assert gap["ratio_off_frac"] == pytest.approx(np.mean(np.abs(np.expm1(values)) > 0.1))
+
+
+def test_tis_with_an_infinite_cap_and_equal_logprobs_is_todays_update():
+  rows = batch_rows(9, replay_fraction=0.5)
+  params, _, fn = get_fn(rl_config())
+  same = fn.device_batch(params, rows)
+  same = same.replace(behav_logp_NxT=jnp.where(same.is_replay_N[:, None], same.behav_logp_NxT,
+                                               same.old_logp_NxT))
+  out = []
+  for cap in (0.0, float("inf")):
+    params, opt, fn = get_fn(rl_config(behavior_is_cap=cap))
+    state, m = fn(update.init_train_state(params, opt, seed=0), same)
+    out.append((state, jax.device_get(m)))
+  assert_trees_close(out[0][0].params, out[1][0].params, rtol=0, atol=0)
+  assert out[0][1]["loss"] == out[1][1]["loss"]
+  assert out[1][1]["tis_weight_mean"] == 1.0 and out[1][1]["tis_capped_frac"] == 0.0
 
 
 def test_micro_batch_accumulation_matches_full_batch():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dots_jax.model.qwen2 import Qwen2Config, init_model, sequence_logprobs
+from dots_jax.model.qwen2 import Qwen2Config, init_model, positions_from_mask, sequence_logprobs
+from dots_jax.sampling.filtering import truncation_mask
 from dots_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
 from dots_jax.data.prompts import pad_prompts
 
@@ -40,12 +41,23 @@ def _sampler(tiny, max_new=6, eos=()):
   return Sampler(graphdef, cfg, max_prompt_len=16, max_new_tokens=max_new, eos_ids=eos, pad_id=PAD)
 
 
-def _recompute(model, out, temperature):
-  """Trainer-side log-probs of the completion tokens (sequence_logprobs over prompt + completion)."""
+def _recompute(model, out, temperature, top_p=1.0, top_k=0):
+  """Trainer-side log-probs of the completion tokens (sequence_logprobs over prompt + completion);
+  with top-p/top-k, those of the truncated distribution the tokens were drawn from (the full
+  forward's logits, scaled, cut by `truncation_mask` and renormalised)."""
   tokens = np.concatenate([out.prompt_tokens_NxP, out.tokens_NxR], axis=1)
   mask = np.concatenate([out.prompt_mask_NxP, out.mask_NxR], axis=1)
-  lp = sequence_logprobs(model, jnp.asarray(tokens), jnp.asarray(mask), temperature)
-  return np.asarray(lp)[:, out.prompt_tokens_NxP.shape[1]:]
+  p = out.prompt_tokens_NxP.shape[1]
+  if top_p >= 1.0 and top_k == 0:
+    lp = sequence_logprobs(model, jnp.asarray(tokens), jnp.asarray(mask), temperature)
+    return np.asarray(lp)[:, p:]
+  logits, _ = model(jnp.asarray(tokens), positions_from_mask(jnp.asarray(mask)), jnp.asarray(mask))
+  n, t, v = logits.shape
+  scaled = (logits[:, p - 1:-1] / temperature).reshape(-1, v)
+  cut = jnp.where(truncation_mask(scaled, top_k, top_p), scaled, -jnp.inf)
+  lp = jax.nn.log_softmax(cut, axis=-1)
+  picked = jnp.take_along_axis(lp, jnp.asarray(out.tokens_NxR).reshape(-1, 1), axis=-1)
+  return np.where(out.mask_NxR > 0, np.asarray(picked).reshape(n, -1), 0.0)
 
 
 def test_pad_prompts_left_pads_to_smallest_bucket():
@@ -67,9 +79,12 @@ def test_logp_equals_trainer_recomputation_float32(tiny, temperature, top_p, top
   tokens, mask = pad_prompts(PROMPTS, (8,), PAD)
   out = sampler.generate(params, tokens, mask, jax.random.key(3), num_samples=3,
                          temperature=temperature, top_p=top_p, top_k=top_k)
-  lp = _recompute(model, out, temperature)
+  lp = _recompute(model, out, temperature, top_p, top_k)
   m = out.mask_NxR.astype(bool)
   assert np.max(np.abs(lp[m] - out.logp_NxR[m])) <= 1e-5
+  if top_p < 1.0:  # the truncated distribution's log-probs sit above the full softmax's
+    full = _recompute(model, out, temperature)
+    assert np.all(out.logp_NxR[m] >= full[m] - 1e-6) and np.any(out.logp_NxR[m] > full[m] + 1e-3)
   assert np.all(out.logp_NxR[~m] == 0.0) and np.all(out.logp_NxR[m] < 0.0)
   assert np.any(out.finish_reason_N == FINISH_STOP) and np.any(out.finish_reason_N == FINISH_LENGTH)
 

@@ -61,19 +61,22 @@ def test_greedy_matches_transformers(tmp_path, overrides):
   assert stopped[0] and not stopped.all()
 
 
-@pytest.mark.parametrize("dtype,bound", [("float32", 1e-5), ("bfloat16", 0.25)])
+@pytest.mark.parametrize("dtype,bound", [("float32", 1e-5), ("bfloat16", 0.01)])
 def test_logp_equals_trainer_recomputation_on_checkpoint(tmp_path, dtype, bound):
   """Sampler log-probs vs `sequence_logprobs` of the same tokens, on a checkpoint whose weights
   (std 0.2) give peaked, trained-like logits. float32: rounding only (measured max ~3e-6).
-  bfloat16 compute: the cached decode and the full-sequence pass round differently; the gap is
-  printed (measured max ~0.05 nats), while a cache/position/mask bug gives gaps of several nats."""
+  bfloat16 compute: the cached decode and the full-sequence pass may round differently; the gap is
+  printed (measured max ~0.05 nats with bfloat16 activations and a bfloat16 attention-value sum,
+  ~1e-6 since those accumulate in float32: docs/GAP.md), while a cache/position/mask bug gives gaps
+  of several nats."""
   path = make_tiny_hf_checkpoint(tmp_path)
   cfg, model = hf_io.load_policy(path, dtype=dtype)
   graphdef, params = nnx.split(model)
   tokens, mask = pad_prompts(PROMPTS, (16,), PAD)
   sampler = Sampler(graphdef, cfg, max_prompt_len=16, max_new_tokens=NEW, eos_ids=(), pad_id=PAD)
-  out = sampler.generate(params, tokens, mask, jax.random.key(0), num_samples=4, temperature=0.9,
-                         top_p=0.95)
+  # Untruncated sampling: the sampler's log-probs are then the full softmax's, as pi_old's (with
+  # top-p they are the truncated distribution's: test_sampler.py).
+  out = sampler.generate(params, tokens, mask, jax.random.key(0), num_samples=4, temperature=0.9)
   full = np.concatenate([out.prompt_tokens_NxP, out.tokens_NxR], axis=1)
   full_mask = np.concatenate([out.prompt_mask_NxP, out.mask_NxR], axis=1)
   lp = np.asarray(sequence_logprobs(model, jnp.asarray(full), jnp.asarray(full_mask), 0.9))[:, 16:]

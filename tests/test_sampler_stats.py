@@ -97,18 +97,23 @@ def test_choose_tokens_samples_the_truncated_distribution():
   temperature, k, p = 0.7, 12, 0.8
   keep, margin = _ref_mask(logits / temperature, k, p)
   assert margin > 1e-3 and 2 < keep.sum() < k
-  toks = np.asarray(choose_tokens(jnp.broadcast_to(jnp.asarray(logits), (n, v)), jax.random.key(1),
-                                  temperature=jnp.float32(temperature), top_p=jnp.float32(p),
-                                  top_k=jnp.int32(k), greedy=jnp.bool_(False)))
+  toks, logp = choose_tokens(jnp.broadcast_to(jnp.asarray(logits), (n, v)), jax.random.key(1),
+                             temperature=jnp.float32(temperature), top_p=jnp.float32(p),
+                             top_k=jnp.int32(k), greedy=jnp.bool_(False))
+  toks = np.asarray(toks)
   counts = np.bincount(toks, minlength=v)
   assert counts[~keep].sum() == 0
   want = np.where(keep, _softmax(np.where(keep, logits / temperature, -np.inf)), 0.0)
+  # Each token's log-prob is that of the truncated distribution it was drawn from.
+  np.testing.assert_allclose(np.asarray(logp), np.log(want[toks]), atol=2e-6)
   assert _chi2_pvalue(counts[keep], want[keep]) > P_ACCEPT
   wrong = _softmax(np.where(keep, logits / (temperature * 1.15), -np.inf))  # power check
   assert _chi2_pvalue(counts[keep], wrong[keep]) < 1e-6
-  greedy = choose_tokens(jnp.asarray(logits)[None], jax.random.key(1), temperature=jnp.float32(0.7),
-                         top_p=jnp.float32(1.0), top_k=jnp.int32(0), greedy=jnp.bool_(True))
+  greedy, greedy_logp = choose_tokens(
+      jnp.asarray(logits)[None], jax.random.key(1), temperature=jnp.float32(0.7),
+      top_p=jnp.float32(1.0), top_k=jnp.int32(0), greedy=jnp.bool_(True))
   assert int(greedy[0]) == int(np.argmax(logits))
+  np.testing.assert_allclose(float(greedy_logp[0]), np.log(_softmax(logits).max()), atol=2e-6)
 
 
 def test_sampler_first_token_frequencies_match_model_softmax():
@@ -131,7 +136,6 @@ def test_sampler_first_token_frequencies_match_model_softmax():
     assert margin > 1e-3 and counts[~keep].sum() == 0
     want = np.where(keep, _softmax(np.where(keep, scaled, -np.inf)), 0.0)
     assert _chi2_pvalue(counts[keep], want[keep]) > P_ACCEPT, (temperature, top_p)
-    # Log-probs are under the untruncated temperature distribution.
-    np.testing.assert_allclose(out.logp_NxR[:, 0], np.log(_softmax(scaled))[out.tokens_NxR[:, 0]],
-                               atol=1e-4)
+    # Log-probs are under the distribution the tokens were drawn from (truncated, renormalised).
+    np.testing.assert_allclose(out.logp_NxR[:, 0], np.log(want)[out.tokens_NxR[:, 0]], atol=1e-4)
   assert sampler.trace_count == 1

@@ -2,6 +2,7 @@
 that transformers loads with the same logits, and evaluation of a checkpoint."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -218,3 +219,32 @@ def test_wandb_run_continues_on_resume_and_checkpoints_export(run, tmp_path, mon
   assert len(inits) == 2 and inits[0][1] == inits[1][1] and inits[1][2] == "allow"
   assert [x[1] for x in calls if x[0] == "log"] == [0, 1, 2, 3]
   assert (tmp_path / "hf" / "2" / "config.json").exists() and (tmp_path / "hf" / "3").is_dir()
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+  from dots_jax.workdir import WorkdirLock
+  first = WorkdirLock(str(tmp_path)).acquire()
+  with pytest.raises(ConfigError, match=rf"in use by pid {os.getpid()} on "):
+    WorkdirLock(str(tmp_path)).acquire()
+  first.release()
+  WorkdirLock(str(tmp_path)).acquire().release()  # free again once the first writer is done
+
+
+def test_export_refuses_a_run_directory_and_a_non_empty_one(tmp_path):
+  from dots_jax.tools.export import export_workdir
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  with pytest.raises(ConfigError, match="holds a run directory"):
+    export_workdir(str(run), str(run))
+  other = tmp_path / "other_run"
+  other.mkdir()
+  (other / "metrics.jsonl").write_text("")
+  with pytest.raises(ConfigError, match="holds a run directory"):
+    export_workdir(str(run), str(other), overwrite=True)
+  busy = tmp_path / "busy"
+  busy.mkdir()
+  (busy / "notes.txt").write_text("mine")
+  with pytest.raises(ConfigError, match="not empty .* --overwrite"):
+    export_workdir(str(run), str(busy))
+  assert (busy / "notes.txt").read_text() == "mine" and (run / "config.json").read_text() == "{}"

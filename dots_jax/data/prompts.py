@@ -7,6 +7,7 @@ system prompt, blank line, problem (the base-model convention of Qwen2.5-Math's 
 
 import collections
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,12 +135,19 @@ class PromptTable:
     if self.buckets[-1] < data.max_prompt_tokens:
       raise ConfigError(f"config.data.prompt_buckets={self.buckets} must reach "
                         f"config.data.max_prompt_tokens={data.max_prompt_tokens}")
-    problems = [questions[i].problem for i in range(len(questions))]
+    every = [questions[i] for i in range(len(questions))]
+    problems = [q.problem for q in every]
     built = build_prompts(tokenizer, problems, data)
     if not built.kept:
       raise ConfigError(f"{questions.name}: every prompt exceeds config.data.max_prompt_tokens="
                         f"{data.max_prompt_tokens}")
     self.tokens, self.kept, self.counts = built.tokens, np.asarray(built.kept), built.counts
+    digest = hashlib.sha256()
+    for i in self.kept:
+      q = every[int(i)]
+      digest.update(f"{q.id}\0{q.problem}\0{q.answer}\0".encode())
+    # What a resume compares: the same questions in the same order (indices refer to them).
+    self.fingerprint = {"rows": int(len(self.kept)), "sha256": digest.hexdigest()}
 
   def __len__(self) -> int:
     return len(self.kept)

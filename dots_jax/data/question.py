@@ -72,9 +72,16 @@ def field_mapper(problem_key: str = "problem", answer_key: str = "answer",
 
 
 def jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
-  """(line number, parsed value or a BadRow) for each non-blank line of a JSONL file."""
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
+  """(line number, parsed value or a BadRow) for each non-blank line of a JSONL file; a line that
+  is not UTF-8 is a BadRow too (the rest of the file is still read)."""
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield line_no, BadRow("bad_encoding", f"not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                              f"{e.start + 1})")
+        continue
       if not line.strip():
         continue
       try:
@@ -85,11 +92,17 @@ def jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
 
 def _json_array_values(path: str) -> Iterator[tuple[int, Any]]:
   """Items of a top-level JSON array, numbered from 1 ("line" = item number in errors)."""
-  with open(path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x})") from None
+  try:
+    data = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
   if not isinstance(data, list):
     raise ValueError(f"{path}: expected a top-level JSON array, got {type(data).__name__}")
   yield from enumerate(data, start=1)

@@ -52,9 +52,16 @@ class Qwen2Config:
   initializer_range: float = 0.02  # std of random init (HF's field; no effect on loaded weights)
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
-  # Runtime, not architecture: compute dtype (activations, matmul inputs) and storage dtype of params.
+  # Runtime, not architecture: compute dtype (matmul operands, KV cache) and storage dtype of params.
   dtype: str = "float32"
   param_dtype: str = "float32"
+  # Activations between matmuls (residual stream, norms, RoPE, MLP gate, attention output): with a
+  # 16-bit compute dtype, float32 here keeps every elementwise step and every matmul's float32
+  # accumulator unrounded, so the few last-bit differences between the decode and the full-sequence
+  # programs (their kernels reduce in other orders) are not turned into 16-bit rounding flips at each
+  # step: the sampler's and the trainer's log-probs then agree far more closely (docs/GAP.md).
+  # "bfloat16" rounds activations to the compute dtype as transformers does.
+  activation_dtype: str = "float32"
   remat: bool = False
   # What a rematerialised layer keeps for the backward pass: a jax.checkpoint_policies name
   # ("nothing_saveable": only the layer's input; "dots_with_no_batch_dims_saveable": also the
@@ -217,7 +224,7 @@ class RMSNorm(nnx.Module):
     self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    in_dtype = x.dtype
+    in_dtype = x.dtype  # the activation dtype: the scale is applied in it, as transformers does
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return self.weight.get_value().astype(in_dtype) * x32.astype(in_dtype)
@@ -237,13 +244,13 @@ def _rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.A
 
 
 def _projection_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
-                    precision: Any = None, preferred_element_type: Any = None,
-                    **kwargs: Any) -> jax.Array:
+                    precision: Any = None, preferred_element_type: Any = None, *,
+                    out_dtype: Any = None, **kwargs: Any) -> jax.Array:
   """A projection's matmul (`nnx.Linear`'s dot_general), with two departures from the plain one:
   * the token dims are flattened first, so the weight gradient contracts one [tokens] dim instead
     of [batch, time]: XLA's CPU backend otherwise lays the activation gradients out transposed in
     the fusions that produce them (strided writes), which makes the update's backward pass slower;
-  * it accumulates in float32 and returns the input dtype, as a bfloat16 matmul does on GPU/TPU,
+  * it accumulates in float32 and returns `out_dtype` (the activation dtype; default: the operands'),
     said explicitly so that the CPU backend runs a bfloat16 x bfloat16 -> float32 dot instead of
     upcasting both operands (a float32 copy of every weight, hoisted out of the decode loop)."""
   del preferred_element_type
@@ -254,14 +261,15 @@ def _projection_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
     lhs, dimension_numbers = lhs.reshape(-1, lhs.shape[-1]), (((1,), tuple(rc)), ((), ()))
   out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                             preferred_element_type=jnp.float32, **kwargs)
-  out = out.astype(jnp.result_type(lhs, rhs))
+  out = out.astype(out_dtype or jnp.result_type(lhs, rhs))
   return out.reshape(*lead, *out.shape[1:]) if flat else out
 
 
 def _dense(din: int, dout: int, *, bias: bool, cfg: Qwen2Config, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(
       din, dout, use_bias=bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-      kernel_init=nnx.initializers.normal(cfg.initializer_range), dot_general=_projection_dot,
+      kernel_init=nnx.initializers.normal(cfg.initializer_range),
+      dot_general=functools.partial(_projection_dot, out_dtype=jnp.dtype(cfg.activation_dtype)),
       rngs=rngs)
 
 
@@ -284,9 +292,14 @@ class Attention(nnx.Module):
     b, t, _ = x_BxTxD.shape
     n, kh, h = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     g = n // kh
-    q_BxTxNxH = _rope(self.q_proj(x_BxTxD).reshape(b, t, n, h), positions_BxT, cfg.rope_theta)
-    k_BxTxKxH = _rope(self.k_proj(x_BxTxD).reshape(b, t, kh, h), positions_BxT, cfg.rope_theta)
-    v_BxTxKxH = self.v_proj(x_BxTxD).reshape(b, t, kh, h)
+    # Queries, keys and values enter the attention matmuls in the compute dtype, the dtype the
+    # cache stores them in: a cacheless pass sees the same keys and values as decoding.
+    compute = jnp.dtype(cfg.dtype)
+    q_BxTxNxH = _rope(self.q_proj(x_BxTxD).reshape(b, t, n, h), positions_BxT,
+                      cfg.rope_theta).astype(compute)
+    k_BxTxKxH = _rope(self.k_proj(x_BxTxD).reshape(b, t, kh, h), positions_BxT,
+                      cfg.rope_theta).astype(compute)
+    v_BxTxKxH = self.v_proj(x_BxTxD).reshape(b, t, kh, h).astype(compute)
 
     if k_cache_BxSxKxH is None:
       k_BxSxKxH, v_BxSxKxH, start_B = k_BxTxKxH, v_BxTxKxH, jnp.zeros((b,), jnp.int32)
@@ -335,7 +348,9 @@ def _attend(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
   bias_BxTxS = jnp.where(allowed_BxTxS, 0.0, _MASK_VALUE).astype(jnp.float32)
   scores_BxKxGxTxS = scores_BxKxGxTxS + bias_BxTxS[:, None, None]
   probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
-  return jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(probs.dtype))
+  # Accumulated and returned in float32: the caller casts to the activation dtype.
+  return jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(probs.dtype),
+                    preferred_element_type=jnp.float32)
 
 
 def _attend_chunked(q_BxTxKxGxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
@@ -454,11 +469,11 @@ class Qwen2ForCausalLM(nnx.Module):
   def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, kv_mask_BxS: jax.Array,
              cache: KVCache | None = None, cache_index: jax.Array | int = 0,
              shardings: ForwardShardings | None = None) -> tuple[jax.Array, KVCache | None]:
-    """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache (None without one).
+    """Final-norm hidden states [B, T, D] (activation dtype) and the updated cache (None without one).
     `shardings`: how a training-shaped pass on a mesh lays out its activations and stacked layers
     (`sharding.forward_shardings`)."""
     pin = _row_pin(shardings)
-    x = pin(self.embed_tokens(tokens_BxT))
+    x = pin(self.embed_tokens(tokens_BxT).astype(self.cfg.activation_dtype))
     if cache is None and self.cfg.scan_layers:
       return self.norm(self._scanned_layers(x, positions_BxT, kv_mask_BxS, shardings)), None
     step = (functools.partial(_remat_layer_forward, policy=self.cfg.remat_policy)
@@ -506,13 +521,15 @@ class Qwen2ForCausalLM(nnx.Module):
     return x_BxTxD
 
   def logits_from_hidden(self, h_BxTxD: jax.Array) -> jax.Array:
-    """Float32 logits [B, T, V]; the matmul accumulates in float32 whatever the compute dtype."""
+    """Float32 logits [B, T, V]: the hidden states and the head enter the matmul in the compute
+    dtype (no float32 copy of the head), which accumulates in float32."""
     if self.cfg.tie_word_embeddings:
       w_DxV = self.embed_tokens.embedding.get_value().T
     else:
       w_DxV = self.lm_head.kernel.get_value()
     b, t, d = h_BxTxD.shape
-    logits = jnp.dot(h_BxTxD.reshape(b * t, d), w_DxV.astype(h_BxTxD.dtype),
+    compute = jnp.dtype(self.cfg.dtype)
+    logits = jnp.dot(h_BxTxD.reshape(b * t, d).astype(compute), w_DxV.astype(compute),
                      preferred_element_type=jnp.float32)  # tokens flattened: see _projection_dot
     return logits.reshape(b, t, -1)
 

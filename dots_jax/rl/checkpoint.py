@@ -4,6 +4,15 @@ Layout: <workdir>/checkpoints/<step>/{state, host_arrays, host_json}. Orbax writ
 temporary directory and renames it when complete, so a crash mid-save never leaves a step that `latest_step`
 would pick; the last `keep` steps are kept.
 
+Verified: once a step is durable, <workdir>/checkpoints_verified/<step>.json records a digest of its
+train state (two 32-bit position-weighted sums of every leaf's bits, computed where the arrays live)
+and of its host state (sha256). `restore_or_init` restores the newest step whose contents match its
+digest; a step that fails to restore or does not match is moved to <workdir>/checkpoints_corrupt/
+(nothing is deleted) with one line saying why, and the next older one is tried. A step with no
+digest (written before digests existed, or cut off between the save and its digest) is used only
+when no verified step restores, with a line saying so; one newer than the step resumed from is moved
+aside too (it would block the run's next saves).
+
 Host state is any nested dict/list of JSON values and NumPy arrays (selector state, replay buffer, numpy
 RNG state, data iterator position, metric history). Arrays go to a tensorstore item, the rest to JSON with
 placeholders, and `restore` rebuilds the same structure (lists stay lists; int dict keys are not
@@ -13,11 +22,15 @@ refuses, are written into the JSON with their dtype and shape and come back as e
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import signal
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -64,6 +77,51 @@ def _join_host(tree: Any, arrays: dict[str, np.ndarray]) -> Any:
   return tree
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint of the run restores and verifies; the message says which and why, in one line."""
+
+
+@jax.jit
+def _leaf_digest(x: jax.Array) -> jax.Array:
+  """uint32[2]: two position-weighted sums of the leaf's bits (mod 2**32); any changed element
+  changes them but with probability ~2**-64."""
+  flat = x.reshape(-1)
+  if flat.dtype == jnp.bool_:
+    bits = flat.astype(jnp.uint32)
+  elif flat.dtype.itemsize == 8:
+    bits = jax.lax.bitcast_convert_type(flat, jnp.uint32).reshape(-1)
+  elif flat.dtype.itemsize == 4:
+    bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
+  elif flat.dtype.itemsize == 2:
+    bits = jax.lax.bitcast_convert_type(flat, jnp.uint16).astype(jnp.uint32)
+  else:
+    bits = jax.lax.bitcast_convert_type(flat, jnp.uint8).astype(jnp.uint32)
+  i = jnp.arange(bits.shape[0], dtype=jnp.uint32)
+  rotated = (bits << 7) | (bits >> 25)
+  h1 = jnp.sum(bits * (i * jnp.uint32(2654435761) + jnp.uint32(1)), dtype=jnp.uint32)
+  h2 = jnp.sum(rotated * (i * jnp.uint32(2246822519) + jnp.uint32(3266489917)), dtype=jnp.uint32)
+  return jnp.stack([h1, h2])
+
+
+def state_digest(tree: Any) -> list[str]:
+  """The train state's digest: one hex string per leaf (its path, dtype, shape and `_leaf_digest`)."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  sums = jax.device_get([_leaf_digest(jnp.asarray(x)) if np.size(x) else jnp.zeros(2, jnp.uint32)
+                         for _, x in leaves])
+  return [f"{jax.tree_util.keystr(path)}:{np.dtype(x.dtype).str}:{tuple(np.shape(x))}:"
+          f"{int(h[0]):08x}{int(h[1]):08x}" for (path, x), h in zip(leaves, sums)]
+
+
+def host_digest(host_json: Any, arrays: dict[str, np.ndarray]) -> str:
+  """sha256 of the host state as saved: its JSON and every array's name, dtype, shape and bytes."""
+  h = hashlib.sha256(json.dumps(host_json, sort_keys=True).encode())
+  for name in sorted(arrays):
+    a = np.ascontiguousarray(np.asarray(arrays[name]))
+    h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with each array's sharding) to restore a state shaped and placed like `tree`."""
   return jax.tree.map(
@@ -71,16 +129,23 @@ def abstract_like(tree: Any) -> Any:
 
 
 class Checkpointer:
-  """Saves/restores (train_state, host_state) per step under <workdir>/checkpoints."""
+  """Saves/restores (train_state, host_state) per step under <workdir>/checkpoints; keeps the newest
+  `keep` steps (and the newest verified one, should the newer ones lack digests)."""
 
   def __init__(self, workdir: str, keep: int, *, async_save: bool = False):
     if keep < 1:
       raise ValueError(f"config.ckpt.keep must be >= 1, got {keep}")
     self.async_save = async_save
-    self.directory = fs.join(fs.absolute(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    workdir = fs.absolute(workdir)
+    self.directory = fs.join(workdir, "checkpoints")
+    self.verified_dir = fs.join(workdir, "checkpoints_verified")
+    self.corrupt_dir = fs.join(workdir, "checkpoints_corrupt")
+    self.keep = keep
+    # Rotation is ours (`_mark_verified`): old steps go only once a newer one is marked verified.
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
+                                                 enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+    self._pending: list[tuple[int, dict[str, Any]]] = []  # digests of saves still being written
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -93,15 +158,45 @@ class Checkpointer:
     arrays: dict[str, np.ndarray] = {"count": np.asarray(0)}
     host_json = _split_host(host_state, arrays)
     arrays["count"] = np.asarray(len(arrays) - 1)
+    if self._pending:  # the previous async save: durable before this one starts (orbax waits too)
+      self.wait()
+    # The digest is taken now, from what is being saved (the caller donates the state next step).
+    digest = {"step": int(step), "state": state_digest(train_state),
+              "host": host_digest(host_json, arrays)}
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(train_state),
         host_arrays=ocp.args.StandardSave(arrays),
         host_json=ocp.args.JsonSave(host_json)), force=True)
+    self._pending.append((int(step), digest))
     if not self.async_save:
-      self.manager.wait_until_finished()
+      self.wait()
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """(train_state, host_state) of `step` (default: latest). `abstract_state` gives shapes/shardings."""
+  def _mark_verified(self) -> None:
+    """Records the digests of the saves that are now durable, then rotates: keeps the newest `keep`
+    steps, and never the newest verified one among those it removes (with its digest)."""
+    if jax.process_index() == 0:
+      for step, digest in self._pending:
+        fs.write_text(fs.join(self.verified_dir, f"{step}.json"), json.dumps(digest))
+    self._pending = []
+    steps = sorted(self.all_steps())
+    verified = [s for s in steps if self._recorded_digest(s) is not None]
+    keep = set(steps[-self.keep:]) | set(verified[-1:])
+    for step in steps:
+      if step not in keep:
+        self.manager.delete(step)
+    if jax.process_index() == 0:
+      for name in fs.listdir(self.verified_dir):
+        if name.endswith(".json") and int(name[:-5]) not in keep:
+          fs.remove(fs.join(self.verified_dir, name))
+
+  def _recorded_digest(self, step: int) -> dict[str, Any] | None:
+    path = fs.join(self.verified_dir, f"{step}.json")
+    return json.loads(fs.read_text(path)) if fs.exists(path) else None
+
+  def restore(self, abstract_state: Any, step: int | None = None, *, verify: bool = True
+              ) -> tuple[Any, dict[str, Any]]:
+    """(train_state, host_state) of `step` (default: latest). `abstract_state` gives shapes/shardings.
+    With `verify`, a step whose contents do not match its recorded digest raises CheckpointError."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {self.directory}")
@@ -110,22 +205,96 @@ class Checkpointer:
         host_arrays=ocp.args.StandardRestore(),
         host_json=ocp.args.JsonRestore()))
     arrays = {k: np.asarray(v) for k, v in out.host_arrays.items()}
+    recorded = self._recorded_digest(step) if verify else None
+    if recorded is not None:
+      bad = [name for name, ok in (
+          ("train state", state_digest(out.state) == recorded["state"]),
+          ("host state", host_digest(out.host_json, arrays) == recorded["host"])) if not ok]
+      if bad:
+        raise CheckpointError(f"checkpoint step {step}: its {' and '.join(bad)} does not match the "
+                              f"digest recorded when it was saved (changed on disk)")
     return out.state, _join_host(out.host_json, arrays)
 
-  def restore_or_init(self, init_state: Any) -> tuple[Any, dict[str, Any] | None, int | None]:
-    """Automatic resume: (latest state, host state, step) if a checkpoint exists, else
-    (init_state, None, None). Restored arrays take `init_state`'s shardings."""
-    step = self.latest_step()
-    if step is None:
+  def restore_or_init(self, init_state: Any, log: Callable[[str], None] = print
+                      ) -> tuple[Any, dict[str, Any] | None, int | None]:
+    """Automatic resume from the newest step that restores and verifies (module docstring), else
+    (init_state, None, None) when the run has no checkpoint. Restored arrays take `init_state`'s
+    shardings. Raises CheckpointError when steps exist but none restores."""
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
       return init_state, None, None
-    state, host = self.restore(abstract_like(init_state), step)
-    return state, host, step
+    abstract = abstract_like(init_state)
+    unverified = [s for s in steps if self._recorded_digest(s) is None]
+    failures = []
+    for step in [s for s in steps if s not in unverified] + unverified:
+      if step in unverified:
+        log(f"checkpoint step {step} has no recorded digest (saved before digests existed, or cut "
+            f"off before it was marked complete): restoring it unverified")
+      try:
+        with _quiet_orbax():
+          state, host = self.restore(abstract, step)
+      except CheckpointError as e:
+        reason = str(e)
+      except Exception as e:  # noqa: BLE001 - any failure to read a step is a broken step
+        reason = (f"checkpoint step {step} does not restore ({type(e).__name__}: "
+                  f"{_first_line(e)})")
+      else:
+        # Newer steps not taken (they have no digest) would block this run's next saves.
+        for newer in [s for s in steps if s > step and s in self.all_steps()]:
+          log(f"checkpoint step {newer} has no recorded digest and the run goes on from verified "
+              f"step {step}: moved to {self._quarantine(newer)}")
+        return state, host, step
+      failures.append(reason)
+      log(f"{reason}; moved to {self._quarantine(step)}, trying the step before it")
+    raise CheckpointError(f"no checkpoint under {self.directory} restores: "
+                          + "; ".join(failures))
+
+  def _quarantine(self, step: int) -> str:
+    """Moves a broken step (and its digest) out of the manager's directory, keeping its files."""
+    name, n = str(step), 1
+    while fs.exists(fs.join(self.corrupt_dir, name)):  # an earlier one of the same step stays
+      n += 1
+      name = f"{step}-{n}"
+    dst = fs.join(self.corrupt_dir, name)
+    if jax.process_index() == 0:
+      fs.move(fs.join(self.directory, str(step)), dst)
+      digest = fs.join(self.verified_dir, f"{step}.json")
+      if fs.exists(digest):
+        fs.move(digest, fs.join(self.corrupt_dir, f"{name}.json"))
+    self.manager.close()
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+    return dst
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self._mark_verified()
 
   def close(self) -> None:
+    self.wait()
     self.manager.close()
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return text[0][:300] if text else ""
+
+
+class _quiet_orbax:
+  """Keeps orbax's and absl's logging of a failed restore (tracebacks, event-loop noise) off the
+  console while a step is tried; the failure itself is reported in one line."""
+
+  def __enter__(self):
+    self._levels = {}
+    for name in ("absl", "orbax", "orbax.checkpoint", "asyncio", "tensorstore"):
+      logger = logging.getLogger(name)
+      self._levels[name] = logger.level
+      logger.setLevel(logging.CRITICAL)
+    return self
+
+  def __exit__(self, *exc):
+    for name, level in self._levels.items():
+      logging.getLogger(name).setLevel(level)
+    return False
 
 
 class PreemptionWatch:

@@ -14,10 +14,10 @@ beside the learner's own `state_dict`, the replay buffer's contents). Replay dra
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import time
+from typing import Any, TYPE_CHECKING
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -26,12 +26,17 @@ from dots_jax.rl import replay, update
 from dots_jax.rl.batch import Groups, make_batch
 from dots_jax.rl.losses import AdvNorm
 
+if TYPE_CHECKING:  # configs are only read here; the device suite runs without ml_collections
+  import ml_collections
+
 
 @dataclasses.dataclass(frozen=True)
 class LearnResult:
   """What one `Learner.learn` call did."""
 
   metrics: dict[str, Any]  # the update's metrics, on the host
+  gap: dict[str, float]  # the fresh rows' training-inference gap (`update.behaviour_gap`)
+  seconds: dict[str, float]  # wall time of pi_old (with the batch's transfer) and of the update
   is_replay_Q: np.ndarray  # bool per trained group (fresh first, then replayed)
   admitted: int  # fresh groups the replay buffer took
   replay_size: int  # groups the buffer holds after admitting them
@@ -80,15 +85,21 @@ class Learner:
             ) -> tuple[update.TrainState, LearnResult]:
     """One update on `fresh` (at most `fresh_groups(step)` groups) plus the replayed groups;
     `state` is donated. A short batch is padded to the planned shape (one compiled update)."""
+    t0 = time.perf_counter()
     groups, is_replay_Q = replay.mix_replay(self.buffer, fresh, self.seed, step)
     rows = make_batch(groups, is_replay_Q, self.adv_norm, self.batch_groups)
     batch = self.programs.device_batch(state.params, rows)
+    # The gap's few scalars come back to the host, so pi_old is done when they do.
+    gap = self.programs.gap(batch)
+    t1 = time.perf_counter()
     # The fresh groups join the buffer with pi_old, before the update moves the params.
     admitted = replay.admit(self.buffer, fresh, batch.old_logp_NxT, step)
     state, metrics = self.programs(state, batch, self.ref_params)
-    return state, LearnResult(metrics=jax.device_get(metrics), is_replay_Q=is_replay_Q,
+    metrics = jax.device_get(metrics)
+    return state, LearnResult(metrics=metrics, gap=gap, is_replay_Q=is_replay_Q,
                               admitted=admitted,
-                              replay_size=len(self.buffer) if self.buffer is not None else 0)
+                              replay_size=len(self.buffer) if self.buffer is not None else 0,
+                              seconds={"pi_old": t1 - t0, "update": time.perf_counter() - t1})
 
   def state_dict(self) -> dict[str, np.ndarray]:
     """The learner's host state for the checkpoint: the replay buffer's contents ({} without)."""

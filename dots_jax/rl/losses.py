@@ -73,17 +73,35 @@ def k3_kl(logp_NxT: jax.Array, ref_logp_NxT: jax.Array) -> jax.Array:
   return jnp.exp(d) - d - 1.0
 
 
+def tis_weights(old_logp_NxT: jax.Array, sampler_logp_NxT: jax.Array, loss_mask_NxT: jax.Array,
+                is_replay_N: jax.Array, cap: float
+                ) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+  """Truncated importance sampling (verl's and TRL's TIS) of the fresh tokens: min(pi_old /
+  mu_sampler, cap) per completion token of a fresh row, 1 on replayed rows (whose stored mu is the
+  trainer's pi_old) and elsewhere; no gradient. `cap` <= 0: off (None, no metrics). Metrics over
+  the fresh completion tokens: the mean weight and the share that the cap cut."""
+  if cap <= 0:
+    return None, {}
+  fresh = (loss_mask_NxT > 0) & ~is_replay_N.astype(bool)[:, None]
+  ratio = jnp.exp(jnp.where(fresh, old_logp_NxT - sampler_logp_NxT, 0.0))
+  w = jax.lax.stop_gradient(jnp.where(fresh, jnp.minimum(ratio, cap), 1.0))
+  n = jnp.maximum(jnp.sum(fresh), 1).astype(jnp.float32)
+  return w, {"tis_weight_mean": jnp.sum(jnp.where(fresh, w, 0.0)) / n,
+             "tis_capped_frac": jnp.sum(fresh & (ratio > cap)) / n}
+
+
 def policy_loss(logp_NxT: jax.Array, old_logp_NxT: jax.Array, behav_logp_NxT: jax.Array,
                 adv_N: jax.Array, weights_NxT: jax.Array, loss_mask_NxT: jax.Array,
                 is_replay_N: jax.Array, *, clip_eps_low: float, clip_eps_high: float,
                 ref_logp_NxT: jax.Array | None = None, kl_beta: float = 0.0,
-                entropy_NxT: jax.Array | None = None, entropy_coef: float = 0.0
-                ) -> tuple[jax.Array, LossStats]:
+                entropy_NxT: jax.Array | None = None, entropy_coef: float = 0.0,
+                is_weight_NxT: jax.Array | None = None) -> tuple[jax.Array, LossStats]:
   """GRPO-RR clipped surrogate (+ optional k3 KL and entropy bonus), as a weighted token sum.
 
   r = exp(logp - mu), r_old = exp(logp_old - mu), clipped to [r_old (1 - eps_low), r_old (1 + eps_high)],
   per-token objective min(r A, clip(r) A). With mu == pi_old (fresh data) r_old == 1 and this is exactly
-  the GRPO/PPO objective. `old_logp` and `behav_logp` carry no gradient.
+  the GRPO/PPO objective. `old_logp` and `behav_logp` carry no gradient. `is_weight_NxT` (TIS,
+  `tis_weights`) scales each token's surrogate.
   Returns (loss, stats) where stats are sums/extrema over this batch's loss tokens (see module doc).
   """
   old = jax.lax.stop_gradient(old_logp_NxT)
@@ -97,6 +115,8 @@ def policy_loss(logp_NxT: jax.Array, old_logp_NxT: jax.Array, behav_logp_NxT: ja
   lo, hi = r_old * (1.0 - clip_eps_low), r_old * (1.0 + clip_eps_high)
   r_clipped = jnp.clip(r, lo, hi)
   surrogate = jnp.minimum(r * adv, r_clipped * adv)
+  if is_weight_NxT is not None:
+    surrogate = surrogate * jax.lax.stop_gradient(is_weight_NxT)
   per_token = -surrogate
   # A token is "clipped" when the clipped branch wins and is flat: the token contributes no gradient.
   clipped = on & (((adv > 0) & (r > hi)) | ((adv < 0) & (r < lo)))

@@ -60,8 +60,9 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                     micro_batch: int | None = None) -> int:
   """Per-device bytes of one update (grad=True) or pi_old (grad=False) program.
 
-  Weights (+ AdamW moments and gradients), the micro-batch's batch arrays, the activations the
-  backward pass keeps (every layer's input under remat; every layer's intermediates without it:
+  Weights (+ AdamW moments and gradients), the micro-batch's batch arrays, the activations (in
+  `activation_dtype`) the backward pass keeps (every layer's input under remat; every layer's
+  intermediates without it:
   q/k/v and attention output, MLP gate/up/activation/product, and the float32 attention scores,
   probabilities and their masked copy unless queries are blocked), and at the peak the larger of
   two transients that do not live together: one layer's recomputation/gradient (with its attention
@@ -75,7 +76,8 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   dp = sharding.data_parallel_size(sizes)
   micro = micro_batch or update_config(config, cfg, sizes, seq).split(update_rows(config, dp))[1]
   r = -(-micro // dp)
-  act = np.dtype(cfg.dtype).itemsize
+  act = np.dtype(cfg.activation_dtype).itemsize  # residual stream, norms, matmul outputs
+  compute = np.dtype(cfg.dtype).itemsize  # weights' working copies
   tp = sizes["tensor"]
   heads, kv_heads = cfg.num_attention_heads // tp, max(cfg.num_key_value_heads // tp, 1)
   d, f, h = cfg.hidden_size, cfg.intermediate_size // tp, cfg.head_dim
@@ -96,13 +98,13 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   # cast to compute) and, with a backward, its full gradient exists before the reduce-scatter.
   gathered = 0
   if sizes["fsdp"] > 1:
-    gathered = cfg.params_per_layer // tp * (np.dtype(cfg.param_dtype).itemsize + act
+    gathered = cfg.params_per_layer // tp * (np.dtype(cfg.param_dtype).itemsize + compute
                                     + (np.dtype(cfg.param_dtype).itemsize if grad else 0))
   # Scanned layers stack their weights in the compute dtype (and, with a backward, their gradient).
   stacked = 0
   if cfg.scan_layers:
     layer_share = cfg.num_hidden_layers * cfg.params_per_layer / cfg.num_params()
-    stacked = int(mem["params"] * layer_share * act / np.dtype(cfg.param_dtype).itemsize)
+    stacked = int(mem["params"] * layer_share * compute / np.dtype(cfg.param_dtype).itemsize)
     stacked *= 2 if grad else 1
   if not grad:  # no backward: one layer or one logits chunk at a time
     return weights + stacked + batch + tokens * d * act + max(layer_transient + gathered, logits)

@@ -53,6 +53,8 @@ class Progress:
   # Pool indices of every question trained on so far (fresh groups; replayed ones were fresh once),
   # sorted: how much of the pool a method's selection ever uses.
   trained_questions: list[int] = dataclasses.field(default_factory=list)
+  # Mean token entropy of the first step's update: the divergence guard's reference point.
+  first_entropy: float = float("nan")
 
   def add_step(self, seconds: float, record: dict[str, Any], questions: np.ndarray) -> None:
     """Counts a finished step: its training seconds, what its metrics record says it did and the
@@ -62,6 +64,8 @@ class Progress:
     self.rollouts += int(record["selection/rollouts"])
     self.optimizer_updates += int(record["train/optimizer_updates"])
     self.last_reward = float(record["reward_mean"])
+    if self.first_entropy != self.first_entropy and "train/entropy" in record:
+      self.first_entropy = float(record["train/entropy"])
     self.trained_questions = sorted(set(self.trained_questions).union(
         int(i) for i in np.asarray(questions).ravel()))
 

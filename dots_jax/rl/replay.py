@@ -18,14 +18,16 @@ script: 256 + up to 512), and arrays are allocated once for that many.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import jax
-import ml_collections
 import numpy as np
 
 from dots_jax.model.sharding import to_host
 from dots_jax.rl.batch import Groups, group_stats
+
+if TYPE_CHECKING:  # configs are only read here; the device suite runs without ml_collections
+  import ml_collections
 
 _ARRAYS = ("tokens_QxGxT", "mask_QxGxT", "loss_mask_QxGxT", "logp_QxGxT", "rewards_QxG", "qid_Q")
 

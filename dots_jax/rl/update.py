@@ -9,7 +9,8 @@ Two compiled programs serve one RL step (`make_update_fn` returns both as a `Pol
     replay concat).
   * `update(state, batch)`: behaviour log-probs: replayed rows keep their stored mu, fresh rows use
     pi_old (mu == pi_old, so the objective is exactly GRPO for them and sampler/trainer numeric drift
-    cannot leak into the ratio); then ppo_epochs x mini_batches optimizer updates; each mini-batch's
+    cannot leak into the ratio; with `tis_cap` their policy-gradient term is weighted by the capped
+    ratio pi_old / mu_sampler instead); then ppo_epochs x mini_batches optimizer updates; each mini-batch's
     gradient is accumulated over micro-batches with lax.scan (memory ~ one micro-batch of activations).
     With `shuffle` rows are permuted per epoch with fold_in(fold_in(rng, step), epoch), padding rows
     (all-zero mask: a batch shorter than planned) kept last; without it mini-batches are consecutive
@@ -27,11 +28,10 @@ multiplied by updates-per-step (mini_batches * ppo_epochs).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx, struct
@@ -41,6 +41,9 @@ from dots_jax.model.sharding import batch_sharding, forward_shardings, param_sha
 from dots_jax.rl import losses
 from dots_jax.rl.batch import RLBatch
 from dots_jax.rl.logprobs import logprobs_and_entropy
+
+if TYPE_CHECKING:  # configs are only read here; the device suite runs without ml_collections
+  import ml_collections
 
 
 
@@ -104,6 +107,9 @@ class UpdateConfig:
   temperature: float = 1.0  # log-probs use log_softmax(logits / temperature), as the sampler
   shuffle: bool = True  # permute rows per epoch before splitting into mini-batches
   logits_chunk: int = 0  # positions per vocabulary-projection chunk (`logprobs_and_entropy`)
+  # Truncated importance sampling of fresh tokens: the policy-gradient term of each is weighted by
+  # min(pi_old / mu_sampler, tis_cap) (0 = off).
+  tis_cap: float = 0.0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "UpdateConfig":
@@ -112,7 +118,7 @@ class UpdateConfig:
                kl_beta=rl.kl_beta, entropy_coef=rl.entropy_coef, mini_batches=rl.mini_batches,
                ppo_epochs=rl.ppo_epochs, micro_batch=rl.micro_batch,
                temperature=config.sampling.temperature, shuffle=rl.shuffle,
-               logits_chunk=rl.logits_chunk)
+               logits_chunk=rl.logits_chunk, tis_cap=rl.behavior_is_cap)
 
   @property
   def updates_per_step(self) -> int:
@@ -186,7 +192,12 @@ class PolicyUpdate:
 
   old_logp_fn: Callable[..., jax.Array]
   update_fn: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+  gap_fn: Callable[[DeviceBatch], dict[str, jax.Array]]
   mesh: Mesh | None = None
+
+  def gap(self, batch: DeviceBatch) -> dict[str, float]:
+    """The training-inference gap of `batch`'s fresh rows (`behaviour_gap`), on the host."""
+    return {k: float(v) for k, v in jax.device_get(self.gap_fn(batch)).items()}
 
   def old_logp(self, params: nnx.State, tokens_NxT: Any, mask_NxT: Any) -> jax.Array:
     """pi_old per token [N, T] under `params` (0 off the completion tokens' positions)."""
@@ -253,13 +264,13 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     lp = jax.lax.map(one, (_micro_split(tokens_NxT, k), _micro_split(mask_NxT, k)))
     return jax.lax.stop_gradient(lp.reshape(tokens_NxT.shape))
 
-  def micro_loss(params, mb: DeviceBatch, ref_logp_NxT, weights_NxT):
+  def micro_loss(params, mb: DeviceBatch, ref_logp_NxT, weights_NxT, is_weight_NxT):
     logp, ent = logp_fn(params, mb.tokens_NxT, mb.mask_NxT)
     return losses.policy_loss(
         logp, mb.old_logp_NxT, mb.behav_logp_NxT, mb.adv_N, weights_NxT, mb.loss_mask_NxT,
         mb.is_replay_N, clip_eps_low=ucfg.clip_eps_low, clip_eps_high=ucfg.clip_eps_high,
         ref_logp_NxT=ref_logp_NxT, kl_beta=ucfg.kl_beta, entropy_NxT=ent,
-        entropy_coef=ucfg.entropy_coef)
+        entropy_coef=ucfg.entropy_coef, is_weight_NxT=is_weight_NxT)
 
   grad_fn = jax.grad(micro_loss, has_aux=True)
 
@@ -280,8 +291,10 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     mb_rows, micro, k = ucfg.split(n)
     old = batch.old_logp_NxT
     replay = batch.is_replay_N.astype(bool)
-    fresh_tok = batch.loss_mask_NxT.astype(bool) & ~replay[:, None]
-    drift = jnp.max(jnp.where(fresh_tok, jnp.abs(batch.behav_logp_NxT - old), 0.0))
+    # Fresh rows carry the sampler's log-probs: the TIS weights come from them, then their mu
+    # becomes pi_old (replayed rows keep their stored mu, the trainer's pi_old when generated).
+    tis_NxT, tis_metrics = losses.tis_weights(old, batch.behav_logp_NxT, batch.loss_mask_NxT,
+                                              replay, ucfg.tis_cap)
     batch = batch.replace(behav_logp_NxT=jnp.where(replay[:, None], batch.behav_logp_NxT, old))
     ref_logp = (no_grad_logp(ref_params, batch.tokens_NxT, batch.mask_NxT)
                 if ref_params is not None else None)
@@ -292,9 +305,9 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
 
     def one_update(carry, idx_M):
       params, opt_state = carry
-      mb, mb_ref = jax.tree.map(lambda x: x[idx_M], (batch, ref_logp))
+      mb, mb_ref, mb_tis = jax.tree.map(lambda x: x[idx_M], (batch, ref_logp, tis_NxT))
       weights = losses.token_weights(mb.loss_mask_NxT, ucfg.loss_agg)
-      micro_batches = jax.tree.map(lambda x: _micro_split(x, k), (mb, mb_ref, weights))
+      micro_batches = jax.tree.map(lambda x: _micro_split(x, k), (mb, mb_ref, weights, mb_tis))
 
       def accumulate(acc, micro_b):
         g, s = grad_fn(params, *constrain(micro_b))
@@ -330,8 +343,12 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     metrics["grad_norm_max"] = jnp.max(gnorm_U)
     metrics["nonfinite"] = jnp.logical_not(jnp.all(finite_U))
     metrics["optimizer_updates"] = jnp.sum(ok_U).astype(jnp.float32)
-    metrics["fresh_logp_drift_max"] = drift
+    metrics.update(tis_metrics)
     metrics["batch_tokens"] = jnp.sum(batch.mask_NxT).astype(jnp.float32)
+    # How far this step moved the weights, relative to their size (the divergence guard reads it).
+    moved = optax.tree.norm(jax.tree.map(lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32),
+                                         params, state.params))
+    metrics["update_ratio"] = moved / jnp.maximum(optax.tree.norm(state.params), 1e-12)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
     return new_state, metrics
 
@@ -345,11 +362,56 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     old_jitted = jax.jit(no_grad_logp,
                          in_shardings=(state_shardings.params, row_sharding(2), row_sharding(2)),
                          out_shardings=row_sharding(2))
-  return PolicyUpdate(old_jitted, jitted, mesh)
+  # A function of this PolicyUpdate's own (jit caches programs per function object).
+  return PolicyUpdate(old_jitted, jitted, jax.jit(lambda batch: behaviour_gap(batch)), mesh)
+
+
+def behaviour_gap(batch: DeviceBatch) -> dict[str, jax.Array]:
+  """The training-inference gap on the fresh rows' completion tokens: |log mu_sampler - log pi_old|
+  per token (mean, p99, max) and the share of tokens whose ratio pi_old / mu_sampler is off 1 by
+  more than 0.1. Replayed rows are left out (their stored mu is the trainer's pi_old). Computed
+  before the update replaces the fresh rows' mu by pi_old."""
+  fresh = batch.loss_mask_NxT.astype(bool) & ~batch.is_replay_N.astype(bool)[:, None]
+  delta = batch.old_logp_NxT - batch.behav_logp_NxT
+  gap = jnp.where(fresh, jnp.abs(delta), jnp.nan)
+  n = jnp.maximum(jnp.sum(fresh), 1).astype(jnp.float32)
+  has = jnp.any(fresh)
+  off = jnp.where(fresh, jnp.abs(jnp.expm1(delta)) > 0.1, False)
+  return {"logp_gap_mean": jnp.where(has, jnp.nansum(gap) / n, 0.0),
+          "logp_gap_p99": jnp.where(has, jnp.nanquantile(gap, 0.99), 0.0),
+          "logp_gap_max": jnp.where(has, jnp.nanmax(gap), 0.0),
+          "ratio_off_frac": jnp.sum(off) / n}
 
 
 class NonFiniteError(RuntimeError):
   """Raised by the caller's loop when an update produced a non-finite loss or gradient."""
+
+
+class DivergenceError(RuntimeError):
+  """Raised by the caller's loop when an update left a finite but diverging policy."""
+
+
+def raise_if_diverged(metrics: dict[str, Any], step: int, *, max_update_ratio: float,
+                      first_entropy: float, max_entropy_rise: float, vocab_size: int) -> None:
+  """Stops the run naming the step when the update moved the weights by more than
+  `max_update_ratio` of their norm, or when the policy's mean token entropy rose more than
+  `max_entropy_rise` of the way from the first step's towards ln(vocab) (a collapse towards the
+  uniform policy). Call it *before* saving the state; a bound <= 0 turns its check off."""
+  why = []
+  ratio = float(metrics["update_ratio"])
+  if max_update_ratio > 0 and ratio > max_update_ratio:
+    why.append(f"the update moved the weights by {ratio:.3g} of their norm (config.guard."
+               f"max_update_ratio={max_update_ratio:g})")
+  entropy, top = float(metrics.get("entropy", float("nan"))), float(np.log(vocab_size))
+  if (max_entropy_rise > 0 and first_entropy == first_entropy and entropy == entropy
+      and entropy - first_entropy > max_entropy_rise * max(top - first_entropy, 1e-6)):
+    why.append(f"the policy's entropy rose from {first_entropy:.3g} to {entropy:.3g} nats (uniform: "
+               f"{top:.3g}; config.guard.max_entropy_rise={max_entropy_rise:g})")
+  if why:
+    raise DivergenceError(
+        f"the policy diverged at RL step {step}: {'; '.join(why)}; nothing was saved for it (the "
+        f"newest checkpoint is the last good state); lower config.rl.lr, or set the config.guard "
+        f"bound to 0 to go on")
 
 
 def raise_if_nonfinite(metrics: dict[str, Any], step: int) -> None:

@@ -32,7 +32,7 @@ from flax import nnx
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dots_jax.model.qwen2 import KVCache, Qwen2Config, init_cache, positions_from_mask, token_logprobs
+from dots_jax.model.qwen2 import KVCache, Qwen2Config, init_cache, positions_from_mask
 from dots_jax.model.sharding import (BATCH_AXES, cache_sharding, data_parallel_size,
                                      to_host)
 from dots_jax.sampling.filtering import choose_tokens
@@ -174,7 +174,6 @@ class Engine:
     self.trace_count += 1
     model = nnx.merge(self.graphdef, params)
     greedy = greedy | (temperature <= 0)
-    logp_temp = jnp.where(greedy, 1.0, temperature)
     eos_E = jnp.asarray(self.eos_ids, jnp.int32)
     s = self.slots
     rows = jnp.arange(s)
@@ -184,9 +183,8 @@ class Engine:
     def step(_, carry):
       ks, vs, logits_SxV, t_S, alive_S, tokens_SxR, logp_SxR = carry
       keys_S = jax.vmap(lambda r, tt: jax.random.fold_in(jax.random.fold_in(key, r), tt))(req, t_S)
-      tok_S = choose_tokens(logits_SxV, keys_S, temperature=temperature, top_p=top_p, top_k=top_k,
-                            greedy=greedy)
-      lp_S = token_logprobs(logits_SxV[:, None], tok_S[:, None], logp_temp)[:, 0]
+      tok_S, lp_S = choose_tokens(logits_SxV, keys_S, temperature=temperature, top_p=top_p,
+                                  top_k=top_k, greedy=greedy)
       col_S = jnp.where(alive_S, t_S, self.max_new_tokens)  # finished rows write nothing
       tokens_SxR = tokens_SxR.at[rows, col_S].set(tok_S, mode="drop")
       logp_SxR = logp_SxR.at[rows, col_S].set(lp_S, mode="drop")

@@ -14,12 +14,19 @@ pass over the vocabulary each) instead of a sort: on CPU a [128, 32k] sort costs
 The draw is an exact inverse-CDF sample that needs one uniform per row (drawing V Gumbel variables
 per row dominated the decode step on CPU): block sums locate the block, one in-block prefix sum
 locates the token.
+
+`choose_tokens` also returns each chosen token's log-prob under the distribution it was drawn from:
+the truncated, renormalised one when top-k/top-p cut the vocabulary (what the rollout's behaviour
+policy mu really is), which equals the trainer's full-softmax pi_old when nothing is cut. With
+greedy decoding the log-prob is that of the full softmax at temperature 1.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from dots_jax.model.qwen2 import token_logprobs
 
 _BISECT_STEPS = 32  # the ordered-int32 search range has at most 2**32 values
 _DRAW_BLOCK = 256
@@ -128,9 +135,14 @@ def draw(logits_NxV: jax.Array, rng: jax.Array) -> jax.Array:
 
 
 def choose_tokens(logits_NxV: jax.Array, rng: jax.Array, *, temperature: jax.Array,
-                  top_p: jax.Array, top_k: jax.Array, greedy: jax.Array) -> jax.Array:
-  """Next tokens [N] int32: argmax when `greedy`, else a draw from the truncated distribution."""
+                  top_p: jax.Array, top_k: jax.Array, greedy: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+  """(next tokens [N] int32, their log-probs [N] float32): argmax when `greedy`, else a draw from
+  the truncated distribution, with its log-prob under that distribution (module docstring)."""
   logits = logits_NxV.astype(jnp.float32)
+
+  def logp(scaled_NxV, tok_N):
+    return token_logprobs(scaled_NxV[:, None], tok_N[:, None])[:, 0]
 
   def sample(x):
     scaled_NxV = x / jnp.where(temperature > 0, temperature, 1.0)
@@ -139,6 +151,11 @@ def choose_tokens(logits_NxV: jax.Array, rng: jax.Array, *, temperature: jax.Arr
         lambda s: jnp.where(truncation_mask(s, top_k, top_p), s, -jnp.inf),
         lambda s: s,
         scaled_NxV)
-    return draw(truncated_NxV, rng)
+    tok_N = draw(truncated_NxV, rng)
+    return tok_N, logp(truncated_NxV, tok_N)
 
-  return jax.lax.cond(greedy, lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32), sample, logits)
+  def argmax(x):
+    tok_N = jnp.argmax(x, axis=-1).astype(jnp.int32)
+    return tok_N, logp(x, tok_N)
+
+  return jax.lax.cond(greedy, argmax, sample, logits)

@@ -5,10 +5,12 @@ the cache and last-position logits are repeated to the B*G sample rows (question
 and a `lax.while_loop` decodes into a preallocated cache of P + max_new_tokens slots, stopping as soon
 as every row has emitted a stop token or the per-call token limit is reached.
 
-Log-probs of sampled tokens are `token_logprobs(logits, token, temperature)` from the model module:
-the temperature-scaled distribution *before* top-k/top-p truncation, the same quantity the trainer
-recomputes with `sequence_logprobs` (verl makes the same choice). For greedy decoding (or
-temperature <= 0) they are taken at temperature 1.
+Log-probs of sampled tokens are those of the distribution each token was drawn from
+(`filtering.choose_tokens`): the temperature-scaled softmax, renormalised over what top-k/top-p
+keep. Without truncation that is the quantity the trainer recomputes as pi_old
+(`sequence_logprobs`); with it the two differ by the kept mass, which the training-inference gap
+metrics show and `rl.behavior_is_cap` corrects (docs/GAP.md). For greedy decoding (or temperature
+<= 0) they are taken from the full softmax at temperature 1.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dots_jax.model.qwen2 import (KVCache, Qwen2Config, init_cache,
-                                  positions_from_mask, token_logprobs)
+from dots_jax.model.qwen2 import KVCache, Qwen2Config, init_cache, positions_from_mask
 from dots_jax.model.sharding import batch_sharding, cache_sharding, to_host
 from dots_jax.sampling.filtering import choose_tokens
 
@@ -107,7 +108,6 @@ class Sampler:
     n = b * g
     greedy = greedy | (temperature <= 0)
     # Log-probs of greedy tokens are reported at temperature 1 (temperature 0 has no distribution).
-    logp_temp = jnp.where(greedy, 1.0, temperature)
     eos_E = jnp.asarray(self.eos_ids, jnp.int32).reshape(-1)
 
     # Prefill fills a cache of just the P prompt slots (attention over P keys, not P + R).
@@ -133,9 +133,9 @@ class Sampler:
 
     def pick(logits_NxV, t, alive_N):
       """Token t of every row from its logits; finished rows get pad and log-prob 0."""
-      tok_N = choose_tokens(logits_NxV, jax.random.fold_in(rng, t), temperature=temperature,
-                            top_p=top_p, top_k=top_k, greedy=greedy)
-      logp_N = token_logprobs(logits_NxV[:, None], tok_N[:, None], logp_temp)[:, 0]
+      tok_N, logp_N = choose_tokens(logits_NxV, jax.random.fold_in(rng, t),
+                                    temperature=temperature, top_p=top_p, top_k=top_k,
+                                    greedy=greedy)
       tok_N = jnp.where(alive_N, tok_N, self.pad_id)
       logp_N = jnp.where(alive_N, logp_N, 0.0)
       stopped_N = alive_N & jnp.any(tok_N[:, None] == eos_E[None, :], axis=-1)

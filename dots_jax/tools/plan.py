@@ -29,7 +29,7 @@ from dots_jax.rl import replay, update
 from dots_jax.rl.memory import plan, update_config, update_estimate, update_rows
 from dots_jax.rollout import EngineSettings
 from dots_jax.sampling.engine import Engine, slot_cache_bytes
-from dots_jax.startup import validate_config
+from dots_jax.startup import check_model_mesh, validate_config
 
 def _log(text: str) -> None:
   if jax.process_index() == 0:
@@ -65,6 +65,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   cfg, source = policy_shape(config)
   sizes = planned_mesh(config)
   validate_config(config, sizes)
+  check_model_mesh(cfg, sizes)
   dp = sharding.data_parallel_size(sizes)
   g = config.sampling.group_size
   seq = max(config.data.prompt_buckets) + config.sampling.max_new_tokens

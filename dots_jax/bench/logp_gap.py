@@ -1,0 +1,146 @@
+"""The training-inference gap in bfloat16: the slot engine's per-token log-probs of what it sampled
+against the trainer's pi_old of the same tokens (the update's own `old_logp` program), on a random
+model at a released Qwen2.5 variant's layer shapes.
+
+  python -m dots_jax.bench.logp_gap                         # 1.5B layer shapes, 2 layers, 16 x 1024
+  python -m dots_jax.bench.logp_gap --layers 4 --new 256    # does the gap grow with depth?
+  python -m dots_jax.bench.logp_gap --activation_dtype bfloat16   # activations rounded as transformers
+
+The figures are those the training loop logs every step (`rollout/logp_gap_*`, computed by the same
+`update.behaviour_gap`), plus the mean gap by quarter of the completion (does it grow with the
+position?). The last line is the one to compare: the goal is max |delta log p| <= 0.01 nats at 16
+sequences of 1024 tokens (docs/GAP.md). Imports only jax, flax, optax and numpy (the device suite
+runs it on a bare accelerator image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dots_jax.model import qwen2, variants
+from dots_jax.rl import update
+from dots_jax.sampling.engine import Engine
+
+
+@dataclasses.dataclass(frozen=True)
+class GapReport:
+  """One measurement: the gap figures, by quarter of the completion, and what was measured."""
+
+  logp_gap_mean: float
+  logp_gap_p99: float
+  logp_gap_max: float
+  ratio_off_frac: float
+  mean_by_quarter: tuple[float, ...]
+  tokens: int
+  generate_s: float
+  setting: dict[str, Any]
+
+  def line(self) -> str:
+    s = self.setting
+    return (f"logp gap ({s['dtype']} compute, {s['activation_dtype']} activations, {s['variant']} "
+            f"layer shapes, {s['layers']} layers, {s['rows']}x{s['new_tokens']}): max "
+            f"{self.logp_gap_max:.4g} mean {self.logp_gap_mean:.3g} p99 {self.logp_gap_p99:.3g} "
+            f"nats, ratio off >10% {self.ratio_off_frac:.2%}")
+
+
+def gap_model(variant: str, layers: int, dtype: str, activation_dtype: str, vocab: int = 0,
+              init_std: float = 0.02) -> qwen2.Qwen2Config:
+  """`variant`'s shapes with `layers` decoder blocks (and `vocab` tokens if > 0)."""
+  cfg = variants.get_variant(variant, dtype=dtype, param_dtype=dtype,
+                             activation_dtype=activation_dtype)
+  over = dict(num_hidden_layers=layers, initializer_range=init_std, eos_token_id=None,
+              bos_token_id=None)
+  if vocab > 0:
+    over["vocab_size"] = vocab
+  return dataclasses.replace(cfg, **over)
+
+
+def measure_gap(cfg: qwen2.Qwen2Config, graphdef: nnx.GraphDef, params: nnx.State, *,
+                rows: int, prompt_len: int, new_tokens: int, slots: int, seed: int = 0,
+                setting: dict[str, Any] | None = None) -> tuple[GapReport, dict[str, np.ndarray]]:
+  """Samples `rows` completions of `new_tokens` (no stop token: every position counts) from random
+  prompts with the slot engine at temperature 1, recomputes pi_old with the update's program, and
+  returns the report and the arrays it was computed from (sampler and trainer log-probs, mask)."""
+  rng = np.random.default_rng(seed)
+  prompt_BxP = rng.integers(1, cfg.vocab_size, (rows, prompt_len), dtype=np.int32)
+  engine = Engine(graphdef, cfg, slots=slots, max_prompt_len=prompt_len,
+                  max_new_tokens=new_tokens, eos_ids=(), pad_id=0, steps_per_call=64)
+  t0 = time.perf_counter()
+  out = engine.generate(params, prompt_BxP, np.ones_like(prompt_BxP), jax.random.key(seed),
+                        num_samples=1, temperature=1.0)
+  generate_s = time.perf_counter() - t0
+  tokens = np.concatenate([out.prompt_tokens_NxP, out.tokens_NxR], 1)
+  mask = np.concatenate([out.prompt_mask_NxP, out.mask_NxR], 1)
+  loss_mask = np.concatenate([np.zeros_like(out.prompt_mask_NxP), out.mask_NxR], 1)
+  sampler = np.concatenate([np.zeros(out.prompt_mask_NxP.shape, np.float32), out.logp_NxR], 1)
+  optimizer = update.make_optimizer(_rl_defaults(), total_steps=1)
+  programs = update.make_update_fn(graphdef, optimizer, update.UpdateConfig())
+  old = programs.old_logp(params, jnp.asarray(tokens), jnp.asarray(mask))
+  batch = update.DeviceBatch(
+      tokens_NxT=jnp.asarray(tokens), mask_NxT=jnp.asarray(mask),
+      loss_mask_NxT=jnp.asarray(loss_mask), behav_logp_NxT=jnp.asarray(sampler),
+      adv_N=jnp.zeros((rows,), jnp.float32), is_replay_N=jnp.zeros((rows,), bool),
+      old_logp_NxT=old)
+  gap = programs.gap(batch)
+  old_NxR = np.asarray(old)[:, prompt_len:]
+  delta = np.abs(old_NxR - out.logp_NxR) * out.mask_NxR
+  quarters = tuple(float(q.sum() / max(m.sum(), 1)) for q, m in
+                   zip(np.array_split(delta, 4, axis=1), np.array_split(out.mask_NxR, 4, axis=1)))
+  report = GapReport(**gap, mean_by_quarter=quarters, tokens=int(out.mask_NxR.sum()),
+                     generate_s=round(generate_s, 2), setting=dict(setting or {}))
+  arrays = {"sampler_logp_NxR": out.logp_NxR, "old_logp_NxR": old_NxR, "mask_NxR": out.mask_NxR}
+  return report, arrays
+
+
+def _rl_defaults() -> Any:
+  """The optimizer settings `make_optimizer` reads (no ml_collections on the bare-image path; the
+  optimizer is never stepped here)."""
+  return argparse.Namespace(lr=1e-6, schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
+                            b1=0.9, b2=0.999, adam_eps=1e-8, weight_decay=0.0, grad_clip=1.0)
+
+
+def main(argv: list[str] | None = None) -> GapReport:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--variant", default="1.5B", help="released Qwen2.5 shapes (dots_jax.model.variants)")
+  p.add_argument("--layers", type=int, default=2, help="decoder blocks (the variant's width)")
+  p.add_argument("--vocab", type=int, default=0, help="> 0: this vocabulary instead of the variant's")
+  p.add_argument("--rows", type=int, default=16)
+  p.add_argument("--prompt", type=int, default=32)
+  p.add_argument("--new", type=int, default=1024)
+  p.add_argument("--slots", type=int, default=16)
+  p.add_argument("--dtype", default="bfloat16", help="compute and parameter dtype")
+  p.add_argument("--activation_dtype", default="float32")
+  p.add_argument("--init_std", type=float, default=0.02)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", default="", help="also write the report here")
+  args = p.parse_args(argv)
+  cfg = gap_model(args.variant, args.layers, args.dtype, args.activation_dtype, args.vocab,
+                  args.init_std)
+  graphdef, params = nnx.split(qwen2.init_model(cfg, args.seed))
+  setting = dict(variant=args.variant, layers=args.layers, vocab=cfg.vocab_size, rows=args.rows,
+                 prompt_len=args.prompt, new_tokens=args.new, dtype=args.dtype,
+                 activation_dtype=args.activation_dtype, backend=jax.default_backend(),
+                 device_kind=jax.devices()[0].device_kind, jax=jax.__version__)
+  report, _ = measure_gap(cfg, graphdef, params, rows=args.rows, prompt_len=args.prompt,
+                          new_tokens=args.new, slots=args.slots, seed=args.seed, setting=setting)
+  print(f"tokens {report.tokens}, generated in {report.generate_s:.1f}s on {setting['backend']}; "
+        f"mean gap by quarter of the completion: "
+        f"{', '.join(f'{q:.3g}' for q in report.mean_by_quarter)}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dataclasses.asdict(report), f, indent=1)
+  print(report.line(), flush=True)
+  return report
+
+
+if __name__ == "__main__":
+  main()

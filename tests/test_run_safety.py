@@ -1,0 +1,143 @@
+"""A run directory that cannot be silently corrupted: the config is committed with the first
+checkpoint, a diverging policy stops before it is saved, a resume compares the training data, and
+bad input is one line naming what is wrong (checkpoint digests: test_checkpoint_verify.py; one
+writer and export: test_workdir.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from config_files import load_config
+from dots_jax import train
+from dots_jax.config_common import ConfigError
+from dots_jax.data.prompts import PromptTable
+from dots_jax.data.question import Question, field_mapper, read_questions
+from dots_jax.model import qwen2
+from dots_jax.policy.tokenizer import make_char_tokenizer
+from dots_jax.rewards.__main__ import read_pairs
+from dots_jax.rl.update import DivergenceError
+from dots_jax.startup import check_model_mesh, validate_config
+from dots_jax.workdir import check_data
+from test_main import micro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def cache(micro_cache):
+  return micro_cache
+
+
+def test_divergence_stops_before_saving_and_a_failed_start_does_not_block(cache, tmp_path,
+                                                                          capsys):
+  work = str(tmp_path)
+  # The micro base solves nothing (zero advantages): an entropy bonus gives every step a gradient.
+  wild = {"rl.lr": 1e3, "rl.entropy_coef": 0.01}
+  # A first start that diverges at once: stopped in one line, nothing committed or saved.
+  with pytest.raises(DivergenceError, match=r"diverged at RL step 0: the update moved the weights"):
+    train.train_and_evaluate(micro(cache, **wild), work)
+  assert not os.path.exists(os.path.join(work, "config.json"))
+  assert not os.path.exists(os.path.join(work, "checkpoints", "1"))
+  # ... so the sane command runs (today's code refused it: "started with another config").
+  assert train.train_and_evaluate(micro(cache), work)["steps"] == 2
+  with open(os.path.join(work, "config.json")) as f:
+    assert json.load(f)["rl"]["lr"] == pytest.approx(1e-4)
+  # Resumed on with a diverging learning rate: the newest checkpoint stays the last good one, and
+  # allow_config_change says what it let through.
+  capsys.readouterr()
+  bad = micro(cache, **wild, **{"total_steps": 4, "allow_config_change": True})
+  with pytest.raises(DivergenceError, match="RL step 2"):
+    train.train_and_evaluate(bad, work)
+  out = capsys.readouterr().out
+  assert "allow_config_change: resuming with 2 change(s): rl.entropy_coef: 0.0 -> 0.01; rl.lr: " \
+         "0.0001 -> 1000.0" in out, out
+  assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["2"]
+  with open(os.path.join(work, "config.json")) as f:  # not committed: no checkpoint was made with it
+    assert json.load(f)["rl"]["lr"] == pytest.approx(1e-4)
+
+
+def _questions(n: int, order=None) -> list[Question]:
+  idx = list(range(n)) if order is None else order
+  return [Question(f"q{i}", j, f"{i}+{i}=?", str(2 * i)) for j, i in enumerate(idx)]
+
+
+def test_a_changed_training_file_is_refused_on_resume():
+  tok = make_char_tokenizer()
+  data = load_config("tiny", "micro").data
+  table = lambda qs: PromptTable(tok, data, qs).fingerprint
+  saved = table(_questions(60))
+  assert table(_questions(60)) == saved
+  fewer, shuffled = table(_questions(40)), table(_questions(60, order=list(range(60))[::-1]))
+  assert fewer["rows"] == 40 and shuffled["rows"] == 60 and shuffled["sha256"] != saved["sha256"]
+  config = load_config("tiny", "micro")
+  with pytest.raises(ConfigError, match="training data changed since this run started: .* now "
+                                        "gives 40 questions .* made on 60"):
+    check_data(saved, fewer, config)
+  lines = []
+  config.allow_config_change = True
+  check_data(saved, shuffled, config, log=lines.append)
+  assert len(lines) == 1 and "allow_config_change: resuming on other training data" in lines[0]
+  check_data(None, fewer, config)  # checkpoints from before fingerprints are not checked
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rl.lr", -1.0, "config.rl.lr=-1.0 must be a finite number > 0"),
+    ("rl.lr", float("nan"), "config.rl.lr=nan must be"),
+    ("sampling.temperature", 0.0, "config.sampling.temperature=0.0: training samples must"),
+    ("rl.behavior_is_cap", 0.5, "config.rl.behavior_is_cap=0.5 must be 0"),
+    ("model.activation_dtype", "float64", "config.model.activation_dtype='float64'"),
+])
+def test_bad_settings_are_one_line_naming_the_flag(key, value, message):
+  c = load_config("tiny", "micro")
+  section, leaf = key.split(".")
+  c[section][leaf] = value
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    validate_config(c)
+
+
+def test_a_tensor_axis_that_does_not_divide_the_heads_is_refused():
+  cfg = qwen2.Qwen2Config(vocab_size=100, hidden_size=1536, intermediate_size=8960,
+                          num_hidden_layers=2, num_attention_heads=12, num_key_value_heads=2)
+  with pytest.raises(ConfigError, match="config.mesh.tensor=5 does not divide the model's 12 "
+                                        "attention heads"):
+    check_model_mesh(cfg, {"data": 1, "fsdp": 1, "tensor": 5})
+  check_model_mesh(cfg, {"data": 1, "fsdp": 1, "tensor": 4})
+
+
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
+  data = tmp_path / "train.jsonl"
+  data.write_bytes(b'{"problem": "1+1", "answer": "2"}\n{"problem": "x\xff", "answer": "3"}\n')
+  with pytest.raises(ValueError, match=rf"{data}:2: not UTF-8 \(byte 0xff at column 15\)"):
+    read_questions(str(data), field_mapper(), id_prefix="t", skip_bad_rows=False)
+  questions, report = read_questions(str(data), field_mapper(), id_prefix="t", skip_bad_rows=True)
+  assert len(questions) == 1 and dict(report.skipped) == {"bad_encoding": 1}
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_bytes(b'{"response": "\\\\boxed{2}", "gold": "2"}\n\x80\n')
+  with pytest.raises(ValueError, match=rf"{pairs}:2: not UTF-8"):
+    read_pairs(str(pairs))
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, "-m", "dots_jax.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_errors_are_one_line_and_help_lists_the_keys():
+  missing = _main("--config=configs/nope.py", "--workdir=/tmp/unused")
+  assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+  assert "--config=configs/nope.py: no such file" in missing.stderr
+  bad_value = _main("--config=configs/tiny.py:micro", "--config.rl.lr=abc", "--workdir=/tmp/unused")
+  assert bad_value.returncode == 2 and bad_value.stderr.strip().count("\n") == 0
+  assert "--config.rl.lr=abc: could not convert string to float" in bad_value.stderr
+  helped = _main("--help")
+  assert helped.returncode == 0 and "--list_config" in helped.stdout
+  listed = _main("--list_config", "--config=configs/tiny.py:micro")
+  assert listed.returncode == 0
+  lines = listed.stdout.splitlines()
+  assert "--config.rl.lr=0.0001" in lines and "--config.total_steps=4" in lines
+  assert lines[-1].startswith("methods (--config.method): dots (") and "dots_rr_greso" in lines[-1]
+  np.testing.assert_equal(len(lines) > 100, True)
