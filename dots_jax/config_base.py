@@ -19,6 +19,11 @@ def base_config() -> ml_collections.ConfigDict:
   # With dry_run: the accelerator's memory per device in GiB (e.g. 80 for an H100, 95 for a v5p
   # chip); > 0 prints whether the planned programs fit it. 0: no verdict.
   c.plan_device_gib = 0.0
+  # With dry_run: compile every program with this TPU topology's own compiler on compile-only
+  # devices (e.g. "v5p:2x2x2", "v6e:2x4"; needs libtpu) and report fits / does NOT fit per program;
+  # an update that does not fit under plan_fit_margin x HBM gets the micro-batch that does.
+  c.plan_topology = ""
+  c.plan_fit_margin = 0.9
   # Resume a workdir whose config.json differs in more than dots_jax.workdir.RESUMABLE_CHANGES.
   c.allow_config_change = False
 

@@ -48,7 +48,11 @@ def main(argv: list[str]) -> None:
     from absl import logging
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  if config.dry_run and config.plan_compile and not os.environ.get("JAX_PLATFORMS"):
+  if config.dry_run and config.plan_topology and not os.environ.get("JAX_PLATFORMS"):
+    # The topology's chips are compile-only devices; the default backend stays this CPU.
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    jax.config.update("jax_platforms", "cpu")
+  elif config.dry_run and config.plan_compile and not os.environ.get("JAX_PLATFORMS"):
     # Compile for the configured mesh on this machine's CPU: as many host devices as it names.
     n = 1
     for axis in ("data", "fsdp", "tensor"):

@@ -103,3 +103,39 @@ def test_micro_batch_from_a_memory_budget():
   c.rl.memory_budget_gib = estimate(8) * 0.99 / 2**30
   with pytest.raises(ConfigError, match="rl.memory_budget_gib"):
     memory.update_config(c, cfg, sizes, seq)
+
+
+def test_out_of_memory_refusals_are_parsed_and_other_errors_are_not():
+  msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+         "temporaries (35.13G) exceeds available HBM (31.25G).")
+  got = plan._out_of_memory(RuntimeError(msg))
+  assert got["wanted"] == int(35.13 * 2**30) and got["available"] == int(31.25 * 2**30)
+  assert plan._out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes do not match")) is None
+
+
+def test_tpu_topology_plan_reports_a_program_that_does_not_fit_and_finds_one_that_does():
+  """The TPU compiler on compile-only v5e chips (16 GiB): an update whose full-vocabulary logits
+  and attention scores cannot fit is that program's `fits: False` with the compiler's own figures;
+  a smaller micro-batch compiles, fits and needs fewer temporaries; the fit search finds it."""
+  pytest.importorskip("libtpu", reason="the TPU compiler needs libtpu: pip install -e '.[tpu]'")
+  from dots_jax.model import qwen2
+  from dots_jax.tools import topology
+  chips = topology.topology_devices("v5e:2x2")
+  hbm = topology.hbm_bytes(chips[0].device_kind)
+  assert hbm == int(15.75 * 2**30)
+  c = load_config("tiny", "micro")
+  c.rl.batch_questions, c.sampling.group_size, c.rl.mini_batches, c.rl.micro_batch = 8, 4, 1, 0
+  c.sampling.slots = 0
+  cfg = qwen2.Qwen2Config(vocab_size=64000, hidden_size=512, intermediate_size=1024,
+                          num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2)
+  sizes, seq = {"data": 4, "fsdp": 1, "tensor": 1}, 8192
+  whole = plan.compiled_programs(c, cfg, sizes, seq, devices=chips, hbm_bytes=hbm,
+                                 only=("update",))["update"]
+  assert whole["fits"] is False and whole["wanted"] > whole["available"] == hbm
+  c.rl.micro_batch = 4
+  small = plan.compiled_programs(c, cfg, sizes, seq, devices=chips, hbm_bytes=hbm,
+                                 only=("update",))["update"]
+  assert small["fits"] is True and small["temp"] < whole["wanted"]
+  c.rl.micro_batch = 0
+  found = plan.fit_update(c, cfg, sizes, seq, chips, hbm, margin=0.9)
+  assert found is not None and found["micro_batch"] < 32 and found["compiled"] <= 0.9 * hbm

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from dots_jax.rl.memory import plan, update_config, update_estimate, update_rows
 from dots_jax.rollout import EngineSettings
 from dots_jax.sampling.engine import Engine, slot_cache_bytes
 from dots_jax.startup import check_model_mesh, validate_config
+from dots_jax.tools import topology
 
 def _log(text: str) -> None:
   if jax.process_index() == 0:
@@ -50,20 +52,24 @@ def policy_shape(config: ml_collections.ConfigDict) -> tuple[qwen2.Qwen2Config, 
           "tiny base policy (made on first real run)")
 
 
-def planned_mesh(config: ml_collections.ConfigDict) -> dict[str, int]:
+def planned_mesh(config: ml_collections.ConfigDict, device_count: int | None = None
+                 ) -> dict[str, int]:
   """The mesh the config describes: explicit sizes need not exist here (a 7B pod plan on a laptop);
-  a -1 axis takes this machine's devices, or 1 if they do not divide."""
+  a -1 axis takes this machine's devices (or `device_count`: a topology's), or 1 if they do not
+  divide."""
   mesh_cfg = {a: config.mesh[a] for a in sharding.AXES}
   fixed = math.prod(n for n in mesh_cfg.values() if n != -1)
   free = [a for a, n in mesh_cfg.items() if n == -1]
-  devices = fixed * max(jax.device_count() // fixed, 1) if free else fixed
+  count = device_count or jax.device_count()
+  devices = fixed * max(count // fixed, 1) if free else fixed
   return sharding.resolve_axis_sizes(mesh_cfg, devices)
 
 
 def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Prints the plan (mesh, per-device memory, steps, rollouts) without loading weights or data."""
   cfg, source = policy_shape(config)
-  sizes = planned_mesh(config)
+  chips = topology.topology_devices(config.plan_topology) if config.plan_topology else None
+  sizes = planned_mesh(config, len(chips) if chips else None)
   validate_config(config, sizes)
   check_model_mesh(cfg, sizes)
   dp = sharding.data_parallel_size(sizes)
@@ -119,10 +125,45 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   out["estimated_peak"] = max(estimates.values())
   if config.plan_device_gib > 0:
     _log(fit_verdict(estimates, config.plan_device_gib))
-  if config.plan_compile:
+  if chips:
+    out.update(topology_plan(config, cfg, sizes, seq, chips))
+  elif config.plan_compile:
     out["programs"] = compiled_programs(config, cfg, sizes, seq)
     peak = max(out["programs"].values(), key=lambda p: p["compiled"])
     _log(f"peak per device: {gib(peak['compiled'])} compiled, {gib(peak['estimated'])} estimated")
+  return out
+
+
+def topology_plan(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+                  sizes: Mapping[str, int], seq: int, chips: list[Any]) -> dict[str, Any]:
+  """Every program compiled by the topology's own compiler, each with fits / does NOT fit; when
+  the update does not fit under config.plan_fit_margin x HBM, the micro-batch that does."""
+  kind = chips[0].device_kind
+  hbm = topology.hbm_bytes(kind)
+  n = math.prod(sizes.values())
+  if len(chips) != n:
+    raise ConfigError(f"config.plan_topology={config.plan_topology!r} has {len(chips)} chips, the "
+                      f"mesh {dict(sizes)} needs {n}: set config.mesh to use them all")
+  _log(f"topology   {config.plan_topology}: {len(chips)} x {kind}, {hbm / 2**30:.2f} GiB HBM each "
+       "(compiled by the TPU compiler)")
+  programs = compiled_programs(config, cfg, sizes, seq, devices=chips, hbm_bytes=hbm)
+  out: dict[str, Any] = {"topology": config.plan_topology, "device_kind": kind,
+                         "hbm_bytes": hbm, "programs": programs}
+  limit = config.plan_fit_margin * hbm
+  fits = lambda p: p is None or (p.get("compiled") is not None and p["compiled"] <= limit)
+  found = None
+  if not (fits(programs["update"]) and fits(programs.get("rollout"))):
+    found = out["fit"] = fit_search(config, cfg, sizes, seq, chips, hbm)
+  worst = max(programs.items(), key=lambda kv: kv[1].get("compiled") or kv[1].get("wanted"))
+  need = (worst[1].get("compiled") or worst[1].get("wanted")) / 2**30
+  line = (f"plan {config.plan_topology}: "
+          f"{'fits' if all(p.get('fits') for p in programs.values()) else 'does NOT fit'} as "
+          f"configured ({worst[0]} {need:.2f} GiB of {hbm / 2**30:.2f})")
+  if found is not None:
+    peak = max(found["update"]["compiled"], (found["rollout"] or {}).get("compiled", 0))
+    line += (f"; fits with {' '.join(f'--config.{k}={v}' for k, v in found['overrides'].items())}"
+             f" (compiled peak {peak / 2**30:.2f} GiB, {100 * peak / hbm:.0f}%)")
+  _log(line)
   return out
 
 
@@ -166,14 +207,19 @@ def rollout_estimate(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], engine: E
 
 
 def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-                      sizes: Mapping[str, int], seq: int) -> dict[str, dict[str, int]]:
+                      sizes: Mapping[str, int], seq: int, *, devices: list[Any] | None = None,
+                      hbm_bytes: int = 0, only: tuple[str, ...] | None = None,
+                      quiet: bool = False) -> dict[str, dict[str, Any]]:
   """Lowers and compiles pi_old, the update step and (with the slot engine) the rollout decode
-  program with shapes only on a mesh of `sizes` and
-  returns, per program, the per-device bytes of `memory_analysis()` (arguments + outputs - aliased
-  + temporaries) beside `update_estimate`. Needs that many devices: `dots_jax.main` gives a CPU dry
-  run host-platform devices (--xla_force_host_platform_device_count) when plan_compile is set."""
+  program (or those named in `only`) with shapes only on a mesh of `sizes` and returns, per
+  program, the per-device bytes of `memory_analysis()` (arguments + outputs - aliased +
+  temporaries) beside `update_estimate`. `devices`: compile-only devices of a real topology
+  (`dots_jax.tools.topology`), else this process's (`dots_jax.main` gives a CPU dry run
+  host-platform devices when plan_compile is set). With `hbm_bytes`, each program says whether it
+  fits; a compiler that refuses a program for want of memory is that program's `fits: False`
+  (with the bytes it wanted and had), not an exception."""
   n = math.prod(sizes.values())
-  devices = jax.devices()
+  devices = list(devices) if devices is not None else jax.devices()
   if len(devices) < n:
     raise ConfigError(f"config.plan_compile: the mesh {dict(sizes)} needs {n} devices, this process "
                       f"has {len(devices)}; run the dry run through `python -m dots_jax.main` (it "
@@ -191,32 +237,139 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   fns = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh)
   rows = update_rows(config, sharding.data_parallel_size(sizes))
   batch = update.DeviceBatch.abstract(rows, seq, mesh)
-  lowered = {"pi_old": fns.old_logp_fn.lower(params, batch.tokens_NxT, batch.mask_NxT),
-             "update": fns.update_fn.lower(state, batch, None)}
+  lowered = {"pi_old": lambda: fns.old_logp_fn.lower(params, batch.tokens_NxT, batch.mask_NxT),
+             "update": lambda: fns.update_fn.lower(state, batch, None)}
   estimates = {name: update_estimate(config, cfg, sizes, seq, grad=name == "update")
                for name in lowered}
-  engine = rollout_engine(config, cfg, graphdef, mesh)
+  engine = rollout_engine(config, cfg, graphdef, mesh) if not only or "rollout" in only else None
   if engine is not None:  # the slot engine's decode program over its largest cache window
     engine_state = jax.tree.map(attach, jax.eval_shape(engine._empty_arrays), engine._state_sh)
-    lowered["rollout"] = engine._decode.lower(
+    lowered["rollout"] = lambda: engine._decode.lower(
         params, engine_state, jax.random.key(0), np.float32(1.0), np.float32(1.0), np.int32(0),
         np.bool_(False), window=engine.windows[-1])
     estimates["rollout"] = rollout_estimate(cfg, sizes, engine)
   out = {}
-  for name, low in lowered.items():
+  for name, lower in lowered.items():
+    if only and name not in only:
+      continue
+    est = estimates[name]
     t0 = time.perf_counter()
-    ma = low.compile().memory_analysis()
+    try:
+      ma = lower().compile().memory_analysis()
+    except Exception as e:  # noqa: BLE001 - only the compiler's out-of-memory refusal is a result
+      refusal = _out_of_memory(e)
+      if refusal is None:
+        raise
+      out[name] = {"fits": False, "compiled": None, "estimated": int(est), **refusal,
+                   "compile_s": round(time.perf_counter() - t0, 1)}
+      if not quiet:
+        _log(f"program    {name}: does NOT fit: the compiler needs {refusal['wanted'] / 2**30:.2f} "
+             f"GiB of temporaries, the chip has {refusal['available'] / 2**30:.2f} GiB; "
+             f"{est / 2**30:.2f} GiB estimated")
+      continue
     compile_s = time.perf_counter() - t0
     compiled = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
                 + ma.temp_size_in_bytes)
-    est = estimates[name]
     out[name] = {"compiled": int(compiled), "estimated": int(est),
                  "temp": int(ma.temp_size_in_bytes), "arguments": int(ma.argument_size_in_bytes),
+                 "outputs": int(ma.output_size_in_bytes),
+                 "generated_code": int(getattr(ma, "generated_code_size_in_bytes", 0)),
                  "compile_s": round(compile_s, 1)}
-    _log(f"program    {name}: {compiled / 2**30:.2f} GiB compiled (temporaries "
-         f"{ma.temp_size_in_bytes / 2**30:.2f} GiB), {est / 2**30:.2f} GiB estimated; compiled in "
-         f"{compile_s:.0f} s")
+    if hbm_bytes:
+      out[name]["fits"] = compiled <= hbm_bytes
+    if not quiet:
+      verdict = (f"; {'fits' if compiled <= hbm_bytes else 'does NOT fit'} "
+                 f"({100 * compiled / hbm_bytes:.0f}% of {hbm_bytes / 2**30:.2f} GiB)"
+                 if hbm_bytes else "")
+      _log(f"program    {name}: {compiled / 2**30:.2f} GiB compiled (temporaries "
+           f"{ma.temp_size_in_bytes / 2**30:.2f} GiB), {est / 2**30:.2f} GiB estimated; compiled "
+           f"in {compile_s:.0f} s{verdict}")
   return out
+
+
+def _out_of_memory(e: Exception) -> dict[str, int] | None:
+  """The bytes a compiler's out-of-memory refusal says it wanted and had, or None for any other
+  error ("... required for HLO temporaries (35.13G) exceeds available HBM (31.25G)")."""
+  m = re.search(r"\(([\d.]+)([GMK])\) exceeds available \w+ \(([\d.]+)([GMK])\)", str(e))
+  if "RESOURCE_EXHAUSTED" not in str(e) or m is None:
+    return None
+  scale = {"G": 2**30, "M": 2**20, "K": 2**10}
+  return {"wanted": int(float(m.group(1)) * scale[m.group(2)]),
+          "available": int(float(m.group(3)) * scale[m.group(4)]),
+          "message": str(e).strip().splitlines()[0][:300]}
+
+
+def fit_search(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+               sizes: Mapping[str, int], seq: int, chips: list[Any], hbm: int
+               ) -> dict[str, Any] | None:
+  """Settings under config.plan_fit_margin x HBM, found by compiling: the update's micro-batch on
+  the configured mesh, else with the data axis turned into fsdp (parameters and AdamW sharded over
+  the same chips); then the rollout's KV-cache budget on that mesh. Prints the overrides to pass."""
+  margin, name = config.plan_fit_margin, config.plan_topology
+  trial = config.copy_and_resolve_references()
+  overrides: dict[str, Any] = {}
+  update_fit = fit_update(trial, cfg, sizes, seq, chips, hbm, margin)
+  if update_fit is None and sizes["data"] > 1:
+    sizes = {**sizes, "data": 1, "fsdp": sizes["fsdp"] * sizes["data"]}
+    trial.mesh.update(data=1, fsdp=sizes["fsdp"])
+    overrides.update({"mesh.data": 1, "mesh.fsdp": sizes["fsdp"]})
+    update_fit = fit_update(trial, cfg, sizes, seq, chips, hbm, margin)
+  if update_fit is None:
+    _log(f"fit search {name}: no micro-batch down to one row per data shard keeps the update under "
+         f"{margin:.0%} of HBM, on {dict(sizes)} either; shard further or shorten sequences")
+    return None
+  overrides["rl.micro_batch"] = update_fit["micro_batch"]
+  trial.rl.micro_batch = update_fit["micro_batch"]
+  rollout_fit = fit_rollout(trial, cfg, sizes, seq, chips, hbm, margin)
+  if rollout_fit is not None:
+    key = next(k for k in rollout_fit if k != "compiled")
+    overrides[f"sampling.{key}"] = rollout_fit[key]
+  flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+  rollout = (f", rollout {rollout_fit['compiled'] / 2**30:.2f} GiB" if rollout_fit else
+             ", no rollout budget fits")
+  _log(f"fit search {name}: {flags} -> update {update_fit['compiled'] / 2**30:.2f} GiB{rollout} "
+       f"compiled of {hbm / 2**30:.2f} GiB per chip (margin {margin:.0%})")
+  return {"overrides": overrides, "update": update_fit, "rollout": rollout_fit}
+
+
+def fit_update(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+               sizes: Mapping[str, int], seq: int, devices: list[Any], hbm_bytes: int,
+               margin: float) -> dict[str, Any] | None:
+  """The largest update micro-batch (halving from the config's, a multiple of the data shards)
+  whose compiled update stays under `margin` x HBM, or None; each candidate is one compile."""
+  dp = sharding.data_parallel_size(sizes)
+  micro = update_config(config, cfg, sizes, seq).split(update_rows(config, dp))[1]
+  tried = []
+  while micro >= dp and micro % dp == 0:
+    trial = config.copy_and_resolve_references()
+    trial.rl.micro_batch = micro
+    got = compiled_programs(trial, cfg, sizes, seq, devices=devices, hbm_bytes=hbm_bytes,
+                            only=("update",), quiet=True)["update"]
+    tried.append((micro, got.get("compiled") or got.get("wanted")))
+    if got.get("compiled") is not None and got["compiled"] <= margin * hbm_bytes:
+      return {"micro_batch": micro, "compiled": got["compiled"], "tried": tried}
+    micro //= 2
+  return None
+
+
+def fit_rollout(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+                sizes: Mapping[str, int], seq: int, devices: list[Any], hbm_bytes: int,
+                margin: float) -> dict[str, Any] | None:
+  """The largest KV-cache budget (halving config.sampling.kv_budget_gib, or the slots when they are
+  fixed) whose compiled rollout decode stays under `margin` x HBM, or None."""
+  trial = config.copy_and_resolve_references()
+  key = "kv_budget_gib" if trial.sampling.kv_budget_gib > 0 else "slots"
+  value = trial.sampling[key]
+  while value >= (0.5 if key == "kv_budget_gib" else 1):
+    trial.sampling[key] = value
+    got = compiled_programs(trial, cfg, sizes, seq, devices=devices, hbm_bytes=hbm_bytes,
+                            only=("rollout",), quiet=True).get("rollout")
+    if got is None:  # no slot engine: the static batch has no decode program to fit
+      return None
+    if got.get("compiled") is not None and got["compiled"] <= margin * hbm_bytes:
+      return {key: value, "compiled": got["compiled"]}
+    value = value / 2 if key == "kv_budget_gib" else value // 2
+  return None
 
 
 def step_structure(config: ml_collections.ConfigDict) -> dict[str, Any]:
