@@ -39,7 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dots_jax.bench.logp_gap import _rl_defaults  # noqa: E402
+from dots_jax.bench.logp_gap import bench_optimizer_settings  # noqa: E402
 from dots_jax.bench.rollout import long_tailed_lengths  # noqa: E402
 from dots_jax.model import qwen2, variants  # noqa: E402
 from dots_jax.rl import update  # noqa: E402
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"({cfg.dtype} compute, {cfg.param_dtype} params, {cfg.activation_dtype} "
                 f"activations)"),
       "matmul_params": matmul_params(cfg)}
-  optimizer = update.make_optimizer(_rl_defaults(), total_steps=10)
+  optimizer = update.make_optimizer(bench_optimizer_settings(), total_steps=10)
 
   def section(name: str, fn: Callable[[], Any]) -> Any:
     t0 = time.perf_counter()

@@ -82,7 +82,7 @@ def measure_gap(cfg: qwen2.Qwen2Config, graphdef: nnx.GraphDef, params: nnx.Stat
   mask = np.concatenate([out.prompt_mask_NxP, out.mask_NxR], 1)
   loss_mask = np.concatenate([np.zeros_like(out.prompt_mask_NxP), out.mask_NxR], 1)
   sampler = np.concatenate([np.zeros(out.prompt_mask_NxP.shape, np.float32), out.logp_NxR], 1)
-  optimizer = update.make_optimizer(_rl_defaults(), total_steps=1)
+  optimizer = update.make_optimizer(bench_optimizer_settings(), total_steps=1)
   programs = update.make_update_fn(graphdef, optimizer, update.UpdateConfig())
   old = programs.old_logp(params, jnp.asarray(tokens), jnp.asarray(mask))
   batch = update.DeviceBatch(
@@ -101,9 +101,9 @@ def measure_gap(cfg: qwen2.Qwen2Config, graphdef: nnx.GraphDef, params: nnx.Stat
   return report, arrays
 
 
-def _rl_defaults() -> Any:
-  """The optimizer settings `make_optimizer` reads (no ml_collections on the bare-image path; the
-  optimizer is never stepped here)."""
+def bench_optimizer_settings() -> Any:
+  """The settings `update.make_optimizer` reads, without ml_collections (the benchmarks run on a
+  bare accelerator image): AdamW at the reference configs' constant lr 1e-6, clip 1.0."""
   return argparse.Namespace(lr=1e-6, schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
                             b1=0.9, b2=0.999, adam_eps=1e-8, weight_decay=0.0, grad_clip=1.0)
 
