@@ -23,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
   # devices (e.g. "v5p:2x2x2", "v6e:2x4"; needs libtpu) and report fits / does NOT fit per program;
   # an update that does not fit under plan_fit_margin x HBM gets the micro-batch that does.
   c.plan_topology = ""
+  # With dry_run: the accelerator whose published peaks give a roofline step time (a device kind
+  # of dots_jax.model.roofline.PEAKS, e.g. "H100", "H200", "v5p"); a plan_topology implies its own.
+  c.plan_device = ""
   c.plan_fit_margin = 0.9
   # Resume a workdir whose config.json differs in more than dots_jax.workdir.RESUMABLE_CHANGES.
   c.allow_config_change = False

@@ -139,3 +139,27 @@ def test_tpu_topology_plan_reports_a_program_that_does_not_fit_and_finds_one_tha
   c.rl.micro_batch = 0
   found = plan.fit_update(c, cfg, sizes, seq, chips, hbm, margin=0.9)
   assert found is not None and found["micro_batch"] < 32 and found["compiled"] <= 0.9 * hbm
+
+
+def test_step_roofline_by_hand():
+  """Two chips (data 2), 10 answers of 6 tokens after 4-token prompts through 5 slots, 8 trained
+  rows: the rollout is bandwidth-bound at these peaks; pi_old one forward, the update three (four
+  under remat), all over both chips' FLOP/s."""
+  import numpy as np
+  from dots_jax.model import qwen2, roofline
+  cfg = qwen2.Qwen2Config(vocab_size=10, hidden_size=4, intermediate_size=8, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, dtype="bfloat16")
+  peaks = {"flops": 1e6, "hbm": 1e3, "source": "test"}
+  r = roofline.step_roofline(cfg, completions=10, prompt_len=4, answer_len=6, train_rows=8,
+                             sizes={"data": 2, "fsdp": 1, "tensor": 1}, slots=5, peaks=peaks)
+  fwd = roofline.forward_flops(cfg, np.array([10]))
+  w = roofline.matmul_params(cfg)
+  assert fwd == 2 * w * 10 + 4 * 2 * 2 * 2 * sum(range(1, 11))
+  compute_s = 10 * fwd / 2e6
+  # 12 decode steps (60 answer tokens / 5 slots); a step reads the weights (bf16) and 2.5 slots'
+  # keys and values at the mean context 4 + 3 (2 layers x 1 KV head x 2 dims x 2 x 2 bytes).
+  bandwidth_s = 12 * (w * 2 + 2.5 * 7 * (2 * 2 * 1 * 2 * 2)) / 1e3
+  assert r.rollout_s == pytest.approx(max(compute_s, bandwidth_s))
+  assert r.rollout_bound == ("compute" if compute_s >= bandwidth_s else "HBM bandwidth")
+  assert r.pi_old_s == pytest.approx(8 * fwd / 2e6) and r.update_s == pytest.approx(3 * 8 * fwd / 2e6)
+  assert r.mfu_ceiling == pytest.approx((10 * fwd + 4 * 8 * fwd) / (2e6 * r.step_s))

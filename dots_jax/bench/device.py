@@ -42,25 +42,14 @@ from flax import nnx  # noqa: E402
 from dots_jax.bench.logp_gap import bench_optimizer_settings  # noqa: E402
 from dots_jax.bench.rollout import long_tailed_lengths  # noqa: E402
 from dots_jax.model import qwen2, variants  # noqa: E402
+from dots_jax.model.roofline import (decode_step_bytes, forward_flops, matmul_params,  # noqa: E402
+                                     peaks_for)
 from dots_jax.rl import update  # noqa: E402
 from dots_jax.rl.batch import groups_from_samples  # noqa: E402
 from dots_jax.rl.learner import Learner  # noqa: E402
 from dots_jax.rl.random_batch import random_batch  # noqa: E402
 from dots_jax.rl.replay import ReplayBuffer  # noqa: E402
 from dots_jax.sampling.engine import Engine  # noqa: E402
-
-# device_kind substring -> (dense bfloat16 TFLOP/s, HBM TB/s, source). First match wins.
-PEAKS: tuple[tuple[str, float, float, str], ...] = (
-    ("H200", 989.0, 4.8, "NVIDIA H200 SXM datasheet (989 TFLOP/s dense BF16, 4.8 TB/s HBM3e)"),
-    ("H100", 989.0, 3.35, "NVIDIA H100 SXM datasheet (989 TFLOP/s dense BF16, 3.35 TB/s HBM3)"),
-    ("A100", 312.0, 2.039, "NVIDIA A100 80GB SXM datasheet (312 TFLOP/s BF16, 2.039 TB/s)"),
-    ("v5 lite", 197.0, 0.819, "Cloud TPU v5e docs (197 TFLOP/s bf16, 819 GB/s per chip)"),
-    ("v5e", 197.0, 0.819, "Cloud TPU v5e docs (197 TFLOP/s bf16, 819 GB/s per chip)"),
-    ("v5p", 459.0, 2.765, "Cloud TPU v5p docs (459 TFLOP/s bf16, 2,765 GB/s per chip)"),
-    ("v6 lite", 918.0, 1.64, "Cloud TPU v6e docs (918 TFLOP/s bf16, 1,640 GB/s per chip)"),
-    ("v6e", 918.0, 1.64, "Cloud TPU v6e docs (918 TFLOP/s bf16, 1,640 GB/s per chip)"),
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -122,44 +111,6 @@ class Shape:
       over.update(hidden_size=64, intermediate_size=128, num_attention_heads=4,
                   num_key_value_heads=2)
     return dataclasses.replace(cfg, **over)
-
-
-def peaks_for(kind: str, tflops: float, tbps: float) -> dict[str, Any]:
-  """Peak bf16 FLOP/s and HBM bytes/s for `kind` (flags win over the table)."""
-  for key, t, b, src in PEAKS:
-    if key.lower() in kind.lower():
-      return {"flops": (tflops or t) * 1e12, "hbm": (tbps or b) * 1e12,
-              "source": "flags" if tflops and tbps else src}
-  return {"flops": tflops * 1e12 if tflops else None, "hbm": tbps * 1e12 if tbps else None,
-          "source": "flags" if tflops or tbps else f"no peaks known for {kind!r}"}
-
-
-# ----- model arithmetic -------------------------------------------------------------------------
-
-def matmul_params(cfg: qwen2.Qwen2Config) -> int:
-  """Weights every token multiplies: the decoder layers' and the vocabulary head (embedding
-  lookups are not matmuls)."""
-  return cfg.num_hidden_layers * cfg.params_per_layer + cfg.vocab_size * cfg.hidden_size
-
-
-def forward_flops(cfg: qwen2.Qwen2Config, seq_lens: np.ndarray, new_from: int = 0) -> float:
-  """Model FLOPs of a forward pass over sequences of `seq_lens` tokens (positions >= `new_from`
-  only: a prefill continues nothing, a decode step is one position): 2 per weight per token, plus
-  causal attention's QK^T and PV (4 x heads x head_dim per attended key)."""
-  per_key = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim
-  total = 0.0
-  for t in np.asarray(seq_lens, np.int64).ravel():
-    pos = np.arange(new_from, t)
-    total += 2.0 * matmul_params(cfg) * len(pos) + per_key * float(np.sum(pos + 1))
-  return total
-
-
-def decode_step_bytes(cfg: qwen2.Qwen2Config, slots: int, window: int) -> int:
-  """What one decode step must read: every weight in the compute dtype and the slots' keys and
-  values over the window."""
-  w = np.dtype(cfg.dtype).itemsize
-  kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * w
-  return int(matmul_params(cfg) * w + slots * window * kv)
 
 
 def _frac(achieved: float | None, peak: float | None) -> float | None:

@@ -10,6 +10,7 @@ docs/MEMORY.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import sys
@@ -23,7 +24,7 @@ import numpy as np
 
 from dots_jax.config_common import ConfigError, policy_runtime
 from dots_jax.methods import get_method
-from dots_jax.model import hf_io, qwen2, sharding, variants
+from dots_jax.model import hf_io, qwen2, roofline, sharding, variants
 from dots_jax.policy.tiny_base import tiny_model_config
 from dots_jax.policy.tokenizer import make_char_tokenizer
 from dots_jax.rl import replay, update
@@ -125,6 +126,10 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   out["estimated_peak"] = max(estimates.values())
   if config.plan_device_gib > 0:
     _log(fit_verdict(estimates, config.plan_device_gib))
+  kind = chips[0].device_kind if chips else config.plan_device
+  if kind:
+    out["roofline"] = roofline_lines(config, cfg, sizes, structure, slots or rows,
+                                     roofline.peaks_for(kind, 0.0, 0.0))
   if chips:
     out.update(topology_plan(config, cfg, sizes, seq, chips))
   elif config.plan_compile:
@@ -132,6 +137,37 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     peak = max(out["programs"].values(), key=lambda p: p["compiled"])
     _log(f"peak per device: {gib(peak['compiled'])} compiled, {gib(peak['estimated'])} estimated")
   return out
+
+
+# Mean answer length as a share of the cap: the long-tailed lengths the benchmarks draw (log-normal,
+# median cap/5, 5% at the cap; dots_jax.bench.rollout.long_tailed_lengths) average 0.29 x cap.
+ANSWER_SHARE = 0.29
+
+
+def roofline_lines(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+                   sizes: Mapping[str, int], structure: dict[str, Any], slots: int,
+                   peaks: dict[str, Any]) -> dict[str, Any] | None:
+  """One RL step's best time on the chips (`roofline.step_roofline`): the step's rollouts (its
+  questions, with DOTS's reference rollouts spread over their round), answers of ANSWER_SHARE x the
+  cap after prompts of the smallest bucket, and its update over every trained row."""
+  if not peaks["flops"]:
+    _log(f"roofline   {peaks['source']}: no step time")
+    return None
+  g = config.sampling.group_size
+  questions = structure.get("first_round_questions", structure.get(
+      "rolled_out_questions", structure.get("fresh_questions", config.rl.batch_questions)))
+  refs = structure.get("reference_questions", 0) / max(config.selection.dots.round_steps, 1)
+  answer = ANSWER_SHARE * config.sampling.max_new_tokens
+  prompt = min(config.data.prompt_buckets)
+  r = roofline.step_roofline(cfg, completions=int((questions + refs) * g), prompt_len=prompt,
+                             answer_len=answer, train_rows=config.rl.batch_questions * g,
+                             sizes=dict(sizes), slots=slots, peaks=peaks)
+  _log(f"roofline   {r.chips} chips at {peaks['flops'] / 1e12:.0f} TFLOP/s, "
+       f"{peaks['hbm'] / 1e12:.2f} TB/s ({peaks['source']}); answers {answer:.0f} tokens on "
+       f"average: rollout {r.rollout_s:.1f} s ({r.rollout_bound}-bound), pi_old "
+       f"{r.pi_old_s:.1f} s, update {r.update_s:.1f} s (compute-bound{', with remat' if cfg.remat else ''})"
+       f" = {r.step_s:.1f} s per RL step at best; MFU ceiling {r.mfu_ceiling:.0%}")
+  return {**dataclasses.asdict(r), "step_s": r.step_s, "mfu_ceiling": r.mfu_ceiling}
 
 
 def topology_plan(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
