@@ -39,7 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dots_jax.bench.logp_gap import bench_optimizer_settings  # noqa: E402
+from dots_jax.bench.logp_gap import bench_optimizer_settings, sampled_gap  # noqa: E402
 from dots_jax.bench.rollout import long_tailed_lengths  # noqa: E402
 from dots_jax.model import qwen2, variants  # noqa: E402
 from dots_jax.model.roofline import (decode_step_bytes, forward_flops, matmul_params,  # noqa: E402
@@ -227,22 +227,14 @@ def _train_state(params, optimizer) -> update.TrainState:
 
 
 def gap_section(programs: update.PolicyUpdate, params, rollout, shape: Shape) -> dict:
-  prompt_BxP, _, out = rollout
+  _, _, out = rollout
   n = min(shape.gap_rows, out.tokens_NxR.shape[0])
-  tokens = np.concatenate([out.prompt_tokens_NxP[:n], out.tokens_NxR[:n]], 1)
-  mask = np.concatenate([out.prompt_mask_NxP[:n], out.mask_NxR[:n]], 1)
-  zeros = np.zeros(out.prompt_mask_NxP[:n].shape, np.float32)
-  old = programs.old_logp(params, jnp.asarray(tokens), jnp.asarray(mask))
-  batch = update.DeviceBatch(
-      tokens_NxT=jnp.asarray(tokens), mask_NxT=jnp.asarray(mask),
-      loss_mask_NxT=jnp.asarray(np.concatenate([zeros.astype(np.int32), out.mask_NxR[:n]], 1)),
-      behav_logp_NxT=jnp.asarray(np.concatenate([zeros, out.logp_NxR[:n]], 1)),
-      adv_N=jnp.zeros((n,), jnp.float32), is_replay_N=jnp.zeros((n,), bool), old_logp_NxT=old)
-  gap = programs.gap(batch)
-  p = out.prompt_tokens_NxP.shape[1]
-  return {"rows": n, "tokens": int(out.mask_NxR[:n].sum()), **gap,
-          "sampler_logp": out.logp_NxR[:n].tolist(), "old_logp": np.asarray(old)[:, p:].tolist(),
-          "mask": out.mask_NxR[:n].tolist()}
+  rows = (f.name for f in dataclasses.fields(out) if f.name.endswith(("P", "R", "N")))
+  first = dataclasses.replace(out, **{name: getattr(out, name)[:n] for name in rows})
+  gap, old_NxR = sampled_gap(programs, params, first)
+  return {"rows": n, "tokens": int(first.mask_NxR.sum()), **gap,
+          "sampler_logp": first.logp_NxR.tolist(), "old_logp": old_NxR.tolist(),
+          "mask": first.mask_NxR.tolist()}
 
 
 def torch_section(cfg, graphdef, params, engine: Engine, rollout, shape: Shape) -> dict:

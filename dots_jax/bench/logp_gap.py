@@ -22,13 +22,14 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from dots_jax.model import qwen2, variants
 from dots_jax.rl import update
+from dots_jax.rl.batch import groups_from_samples, make_batch
 from dots_jax.sampling.engine import Engine
+from dots_jax.sampling.sampler import SampleOutput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,20 +79,9 @@ def measure_gap(cfg: qwen2.Qwen2Config, graphdef: nnx.GraphDef, params: nnx.Stat
   out = engine.generate(params, prompt_BxP, np.ones_like(prompt_BxP), jax.random.key(seed),
                         num_samples=1, temperature=1.0)
   generate_s = time.perf_counter() - t0
-  tokens = np.concatenate([out.prompt_tokens_NxP, out.tokens_NxR], 1)
-  mask = np.concatenate([out.prompt_mask_NxP, out.mask_NxR], 1)
-  loss_mask = np.concatenate([np.zeros_like(out.prompt_mask_NxP), out.mask_NxR], 1)
-  sampler = np.concatenate([np.zeros(out.prompt_mask_NxP.shape, np.float32), out.logp_NxR], 1)
   optimizer = update.make_optimizer(bench_optimizer_settings(), total_steps=1)
   programs = update.make_update_fn(graphdef, optimizer, update.UpdateConfig())
-  old = programs.old_logp(params, jnp.asarray(tokens), jnp.asarray(mask))
-  batch = update.DeviceBatch(
-      tokens_NxT=jnp.asarray(tokens), mask_NxT=jnp.asarray(mask),
-      loss_mask_NxT=jnp.asarray(loss_mask), behav_logp_NxT=jnp.asarray(sampler),
-      adv_N=jnp.zeros((rows,), jnp.float32), is_replay_N=jnp.zeros((rows,), bool),
-      old_logp_NxT=old)
-  gap = programs.gap(batch)
-  old_NxR = np.asarray(old)[:, prompt_len:]
+  gap, old_NxR = sampled_gap(programs, params, out)
   delta = np.abs(old_NxR - out.logp_NxR) * out.mask_NxR
   quarters = tuple(float(q.sum() / max(m.sum(), 1)) for q, m in
                    zip(np.array_split(delta, 4, axis=1), np.array_split(out.mask_NxR, 4, axis=1)))
@@ -99,6 +89,18 @@ def measure_gap(cfg: qwen2.Qwen2Config, graphdef: nnx.GraphDef, params: nnx.Stat
                      generate_s=round(generate_s, 2), setting=dict(setting or {}))
   arrays = {"sampler_logp_NxR": out.logp_NxR, "old_logp_NxR": old_NxR, "mask_NxR": out.mask_NxR}
   return report, arrays
+
+
+def sampled_gap(programs: update.PolicyUpdate, params: nnx.State, out: SampleOutput
+                ) -> tuple[dict[str, float], np.ndarray]:
+  """The gap figures (`update.behaviour_gap`) of a sampler output's rows, laid out as training
+  lays them out (`groups_from_samples`, `make_batch`, the update's own pi_old), and pi_old of
+  their completion tokens [N, R]."""
+  n, r = out.tokens_NxR.shape
+  groups = groups_from_samples(out, np.zeros(n, np.float32), np.arange(n), 1,
+                               out.prompt_tokens_NxP.shape[1] + r, pad_id=0)
+  batch = programs.device_batch(params, make_batch(groups, np.zeros(n, bool), "grpo"))
+  return programs.gap(batch), np.asarray(batch.old_logp_NxT)[:, -r:]
 
 
 def bench_optimizer_settings() -> Any:
