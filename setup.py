@@ -7,6 +7,7 @@ setup(
     description="RL fine-tuning of Qwen2.5 in JAX/Flax with DOTS, rollout replay and GRESO.",
     python_requires=">=3.10",
     packages=find_packages(include=["dots_jax", "dots_jax.*"]),
+    package_data={"dots_jax.tools": ["gpu_specs/*.txtpb"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
@@ -28,6 +29,11 @@ setup(
         # Accelerator builds of jax for the workers (launch/*.sh install them with INSTALL=1).
         "tpu": ["jax[tpu]>=0.7"],
         "cuda12": ["jax[cuda12]>=0.7"],
+        # The dry run's real compilers on this CPU (`--config.plan_topology`), at jax's own version
+        # (jax's extras pin them): libtpu for TPU topologies; the CUDA plugin for GPUs (h100x8, ...),
+        # apart because once installed it logs a few lines to stderr whenever jax starts.
+        "plan": ["jax[tpu]"],
+        "plan-gpu": ["jax[cuda12-local]"],
         # Learning-curve plots of `python -m dots_jax.compare`.
         "plots": ["matplotlib>=3.8"],
         # Weights & Biases logging (config.log.wandb_project).
@@ -37,8 +43,9 @@ setup(
         "gcs": ["gcsfs>=2024.2"],
         # torch is pinned exactly: 2.13.0 CPU installs from a local file on the dev/CI machines,
         # any other spec pulls a multi-GB CUDA build. Only the parity tests and benchmarks need it.
-        # gcp-storage-emulator: a local bucket server for the gs:// tests.
+        # gcp-storage-emulator: a local bucket server for the gs:// tests. libtpu (the plan extra,
+        # a 213 MB wheel) lets the planner's tests compile for a real TPU topology.
         "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "scipy>=1.11",
-                 "matplotlib>=3.8", "gcsfs>=2024.2", "gcp-storage-emulator>=2024.8"],
+                 "matplotlib>=3.8", "gcsfs>=2024.2", "gcp-storage-emulator>=2024.8", "jax[tpu]"],
     },
 )

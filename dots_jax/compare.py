@@ -91,7 +91,7 @@ def _read_pass_rates(run_dir: str, first: float, last: float) -> dict[str, dict[
   return out
 
 
-def _zero_var_share(curve: dict[str, np.ndarray], part: str) -> float:
+def zero_var_share(curve: dict[str, np.ndarray], part: str) -> float:
   """Mean zero-variance share of the trained groups over the first or last tenth of the logged steps
   (for uniform GRPO: how much of the batch teaches nothing, at the start and as skills saturate)."""
   zv = curve["zero_var"]
@@ -112,6 +112,14 @@ def _accuracy_at(curve: dict[str, np.ndarray], step: float) -> float:
   return float(np.interp(step, curve["step"], curve["accuracy"]))
 
 
+def late_gain_share(curve: dict[str, np.ndarray]) -> float:
+  """Share of a run's held-out gain made in the last third of its steps (NaN without a gain)."""
+  gain = float(curve["accuracy"][-1] - curve["accuracy"][0])
+  two_thirds = curve["step"][0] + (curve["step"][-1] - curve["step"][0]) * 2.0 / 3.0
+  return (float(curve["accuracy"][-1] - _accuracy_at(curve, two_thirds)) / gain if gain > 0
+          else float("nan"))
+
+
 def first_reach(curve: dict[str, np.ndarray], target: float) -> tuple[float, float, float]:
   """(seconds, rollouts, step) at the first evaluation after training started with accuracy >=
   target; NaN if never. The step-0 evaluation never counts: when RL first lowers accuracy (it can,
@@ -128,10 +136,10 @@ def _ratio(a: float, b: float) -> float:
 
 
 def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int = 8,
-            overlap: float = float("nan")) -> dict[str, Any]:
+            overlap: float = float("nan"), *, testbed: bool = True) -> dict[str, Any]:
   """curves[method][seed] -> per-run and per-method results against the same seed's GRPO run, and
-  the testbed/goals blocks (`group_size` G of the runs; `overlap` the number of questions in both
-  the pool and the held-out split, NaN where unknown)."""
+  the goals block, and with `testbed` the tiny testbed's bars (`group_size` G of the runs;
+  `overlap` the number of questions in both the pool and the held-out split, NaN where unknown)."""
   if BASELINE not in curves:
     raise ValueError(f"the comparison needs the uniform baseline {BASELINE!r} among --methods")
   runs: dict[str, dict[str, Any]] = {}
@@ -148,9 +156,11 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int
       if DS in curves and seed in curves[DS]:
         ds = curves[DS][seed]
         ds_target = float(ds["accuracy"][-1])
-        ds_roll = first_reach(curve, ds_target)[1]
+        ds_sec, ds_roll, _ = first_reach(curve, ds_target)
+        ds_own_sec, ds_own_roll, _ = first_reach(ds, ds_target)
         ds_cmp = {"ds_target": ds_target, "rollouts_to_ds_target": ds_roll,
-                  "rollouts_vs_ds": _ratio(ds_roll, first_reach(ds, ds_target)[1])}
+                  "rollouts_vs_ds": _ratio(ds_roll, ds_own_roll),
+                  "seconds_vs_ds": _ratio(ds_sec, ds_own_sec)}
       _, _, base_step = first_reach(base, target)
       runs[method][str(seed)] = {**ds_cmp,
           "initial_accuracy": float(curve["accuracy"][0]),
@@ -167,8 +177,8 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int
           "distinct_questions": curve["distinct_questions"],
           "total_seconds": float(curve["seconds"][-1]),
           "total_rollouts": float(curve["rollouts"][-1]),
-          "zero_var_first": _zero_var_share(curve, "first"),
-          "zero_var_last": _zero_var_share(curve, "last"),
+          "zero_var_first": zero_var_share(curve, "first"),
+          "zero_var_last": zero_var_share(curve, "last"),
       }
   summary = {}
   for method, by_seed in runs.items():
@@ -197,10 +207,11 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int
     }
   if DS in curves:
     for method, m in summary.items():
-      m["rollouts_vs_ds"] = float(np.mean([v["rollouts_vs_ds"] for v in runs[method].values()
-                                           if "rollouts_vs_ds" in v] or [np.nan]))
+      for key in ("rollouts_vs_ds", "seconds_vs_ds"):
+        m[key] = float(np.mean([v[key] for v in runs[method].values() if key in v] or [np.nan]))
   result = {"baseline": BASELINE, "runs": runs, "summary": summary}
-  result["testbed"] = testbed_block(curves, result, group_size, overlap)
+  if testbed:
+    result["testbed"] = testbed_block(curves, result, group_size, overlap)
   result["goals"] = goals_block(result)
   return result
 
@@ -219,17 +230,13 @@ def testbed_block(curves: dict[str, dict[int, dict[str, np.ndarray]]], result: d
   starts = [float(c["accuracy"][0]) for c in grpo.values()]
   finals = [float(c["accuracy"][-1]) for c in grpo.values()]
   gains = np.asarray(finals) - np.asarray(starts)
-  values["grpo_zero_var_end"] = float(np.mean([_zero_var_share(c, "last") for c in grpo.values()]))
+  values["grpo_zero_var_end"] = float(np.mean([zero_var_share(c, "last") for c in grpo.values()]))
   values["grpo_gain"] = float(gains.mean())
   # Needs two seeds at least (NaN fails otherwise); identical seeds would give infinity.
   sd = float(np.std(finals, ddof=1)) if len(finals) > 1 else float("nan")
   values["grpo_gain_over_seed_sd"] = (float(gains.mean() / sd) if sd > 0
                                       else float("inf") if sd == 0 else float("nan"))
-  late = []
-  for c, gain in zip(grpo.values(), gains):
-    two_thirds = c["step"][0] + (c["step"][-1] - c["step"][0]) * 2.0 / 3.0
-    late.append((c["accuracy"][-1] - _accuracy_at(c, two_thirds)) / gain if gain > 0 else np.nan)
-  values["grpo_late_gain_share"] = float(np.min(late))
+  values["grpo_late_gain_share"] = float(np.min([late_gain_share(c) for c in grpo.values()]))
   pool_gains = [c["pool_accuracy"][-1] - c["pool_accuracy"][0] for c in grpo.values()]
   values["heldout_vs_pool_gain"] = _ratio(float(gains.mean()), float(np.mean(pool_gains)))
   moved = [float(np.mean(np.abs(c["pass_rates"]["last"][HELDOUT_SET]
@@ -246,7 +253,7 @@ def testbed_block(curves: dict[str, dict[int, dict[str, np.ndarray]]], result: d
   if "dots" in result["summary"]:
     checked["dots_tracking_error"]["against_observed"] = result["summary"]["dots"]["tracking_error"]
   checked["grpo_zero_var_end"]["observed_start"] = float(
-      np.mean([_zero_var_share(c, "first") for c in grpo.values()]))
+      np.mean([zero_var_share(c, "first") for c in grpo.values()]))
   return checked
 
 
@@ -276,7 +283,7 @@ def markdown_table(result: dict[str, Any]) -> str:
   head = ("| method | final acc (se) | reached | steps to target (vs GRPO) | rollouts to target "
           "(vs GRPO) | seconds to target (vs GRPO) | rollout / update s per step | zero-var "
           "first/last 10% | tracking err exact (observed) | distinct questions |"
-          + (" rollouts vs DS at DS's final acc |" if has_ds else ""))
+          + (" rollouts (seconds) vs DS at DS's final acc |" if has_ds else ""))
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for method, m in result["summary"].items():
     row = (f"| {method} | {m['final_accuracy']:.4f} ({m['final_accuracy_se']:.4f}) | "
@@ -289,7 +296,8 @@ def markdown_table(result: dict[str, Any]) -> str:
            f"{_tracking(m)} | "
            f"{fmt(m['distinct_questions'], '.0f')} |")
     if has_ds:
-      row += f" {fmt(m.get('rollouts_vs_ds', float('nan')), '.2f')} |"
+      row += (f" {fmt(m.get('rollouts_vs_ds', float('nan')), '.2f')} "
+              f"({fmt(m.get('seconds_vs_ds', float('nan')), '.2f')}) |")
     lines.append(row)
   for block in ("testbed", "goals"):
     if block in result:
@@ -300,8 +308,9 @@ def markdown_table(result: dict[str, Any]) -> str:
   lines.append("Target: the same seed's uniform-GRPO final held-out accuracy; seconds are training "
                "wall-clock (evaluation excluded); means over seeds (a seed that never reached the "
                "target makes the mean 'never')."
-               + (" Rollouts vs DS: rollouts to reach the same seed's dynamic-sampling final "
-                  "accuracy over what dynamic sampling needed (GRESO's comparison)." if has_ds else ""))
+               + (" Rollouts (seconds) vs DS: rollouts (seconds) to reach the same seed's "
+                  "dynamic-sampling final accuracy over what dynamic sampling needed (GRESO's "
+                  "comparison)." if has_ds else ""))
   return "\n".join(lines)
 
 

@@ -208,6 +208,25 @@ def base_config() -> ml_collections.ConfigDict:
   # the expected accuracy with no sampling noise, from one forward pass.
   c.eval.exact = False
 
+  # The selection simulator (python -m dots_jax.sim): the model is dots_jax.sim.world's docstring;
+  # each value's source, and the statistics it was calibrated to, are in docs/SIMULATOR.md.
+  # questions: the training set's size (the reference configs set theirs); heldout: the questions
+  # accuracy is measured on. A question uses 1..max_skills of `skills` skills; its logit is
+  # logit_mean - content + idiosyncratic + what its skills add + what training on it added + wander:
+  # content has sds skill_sd (per skill) and visible_sd (per question; the embedding sees both),
+  # idiosyncratic idio_sd (no embedding sees it). skill_lr: what a step whose groups all teach adds
+  # to a skill, scaled by the step's progress n / (n + noise_groups) for n teaching groups; a skill
+  # adds at most skill_cap to a logit (skill_cap * tanh(skill / skill_cap); 0 = no cap).
+  # question_lr: what a teaching visit adds to its own question. drift_sd / drift_steps: sd and
+  # correlation time (steps) of every logit's wander. replay_decay: a replayed group's teaching
+  # weight per step of age. Embeddings: embed_dim wide, embed_noise per coordinate. train_cost:
+  # the time of training one sequence (pi_old + update) in rollout-equivalents.
+  c.sim = ml_collections.ConfigDict(dict(
+      questions=4000, heldout=2000, skills=16, max_skills=3, logit_mean=0.0, skill_sd=2.5,
+      visible_sd=6.0, idio_sd=3.0, skill_lr=0.02, skill_cap=3.0, noise_groups=128.0,
+      question_lr=0.05, drift_sd=0.5, drift_steps=50.0, replay_decay=0.8, embed_dim=64,
+      embed_noise=0.5, train_cost=0.25))
+
   # Checkpoints and logs (dots_jax.rl.checkpoint, dots_jax.rl.metrics).
   # export_hf: also write each checkpoint's policy as a Hugging Face directory <workdir>/hf/<step>.
   # lock_lease_s: a gs:// workdir's writer lease (renewed every third of it): how long a crashed

@@ -2,6 +2,9 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The tests run on the CPU. With libtpu and the CUDA plugin installed (the plan extra) jax would
+# otherwise try both backends first, and a failed CUDA start leaves no compile-only GPU topology.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

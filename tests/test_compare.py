@@ -43,9 +43,11 @@ def test_analysis_against_same_seed_grpo(tmp_path):
   # GRESO's comparison: rollouts to reach dynamic sampling's final accuracy (0.4, at 150 rollouts).
   assert n["ds_target"] == 0.4 and n["rollouts_vs_ds"] == 1.0
   assert f["rollouts_to_ds_target"] == 60 and s["dots_rr"]["rollouts_vs_ds"] == pytest.approx(0.4)
+  # and the seconds: 8 against dynamic sampling's own 15
+  assert s["dots_rr"]["seconds_vs_ds"] == pytest.approx(8 / 15)
   assert g["rollouts_to_ds_target"] == 200
   table = compare.markdown_table(result)
-  assert "| dots_rr |" in table and "(0.40)" in table and "never" in table and "0.75/0.88" in table
+  assert "| dots_rr |" in table and "(0.40)" in table and "0.40 (0.53)" in table and "never" in table and "0.75/0.88" in table
   compare.plot_curves({"grpo": {0: grpo}, "dots_rr": {0: fast}}, str(tmp_path / "c.png"))
   assert os.path.getsize(tmp_path / "c.png") > 1000
 

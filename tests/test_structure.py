@@ -54,7 +54,7 @@ LAYERS = (
     {"difficulty"},
     {"selection"},
     # The job and what stands around it: entry points, run directories, evaluation, tools.
-    {"train", "main", "startup", "workdir", "evaluate", "compare", "tiny", "tools", "bench"},
+    {"train", "main", "startup", "workdir", "evaluate", "compare", "tiny", "tools", "bench", "sim"},
 )
 
 

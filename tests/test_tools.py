@@ -84,6 +84,8 @@ def test_compiled_plan_includes_the_rollout_program():
   out = plan.compiled_programs(c, cfg, {"data": 2, "fsdp": 1, "tensor": 1}, seq=24)
   ratio = out["rollout"]["estimated"] / out["rollout"]["compiled"]
   assert 0.5 <= ratio <= 2.0, out["rollout"]
+  # ... and its prefill (insert) program, which writes prompts into the same slot cache
+  assert out["prefill"]["compiled"] >= out["prefill"]["arguments"] > 0
 
 
 def test_micro_batch_from_a_memory_budget():
@@ -114,31 +116,28 @@ def test_out_of_memory_refusals_are_parsed_and_other_errors_are_not():
 
 
 def test_tpu_topology_plan_reports_a_program_that_does_not_fit_and_finds_one_that_does():
-  """The TPU compiler on compile-only v5e chips (16 GiB): an update whose full-vocabulary logits
-  and attention scores cannot fit is that program's `fits: False` with the compiler's own figures;
-  a smaller micro-batch compiles, fits and needs fewer temporaries; the fit search finds it."""
-  pytest.importorskip("libtpu", reason="the TPU compiler needs libtpu: pip install -e '.[tpu]'")
+  """The TPU compiler on compile-only v5e chips (15.75 GiB): an update whose full-vocabulary logits
+  cannot fit is that program's `fits: False` with the compiler's own figures; the fit search's
+  smaller micro-batch compiles, fits under the margin and needs fewer bytes. (A one-layer model:
+  the logits of 8 rows x 8192 positions x 64000 words per chip are what does not fit.)"""
+  pytest.importorskip("libtpu", reason="the TPU compiler needs libtpu: pip install -e '.[plan]'")
   from dots_jax.model import qwen2
   from dots_jax.tools import topology
-  chips = topology.topology_devices("v5e:2x2")
-  hbm = topology.hbm_bytes(chips[0].device_kind)
-  assert hbm == int(15.75 * 2**30)
+  topo = topology.resolve("v5e:2x2")
+  chips, hbm = topo.devices, topo.hbm_bytes
+  assert hbm == int(15.75 * 2**30) and topo.platform == "tpu"
   c = load_config("tiny", "micro")
   c.rl.batch_questions, c.sampling.group_size, c.rl.mini_batches, c.rl.micro_batch = 8, 4, 1, 0
   c.sampling.slots = 0
-  cfg = qwen2.Qwen2Config(vocab_size=64000, hidden_size=512, intermediate_size=1024,
-                          num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2)
+  cfg = qwen2.Qwen2Config(vocab_size=64000, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
   sizes, seq = {"data": 4, "fsdp": 1, "tensor": 1}, 8192
   whole = plan.compiled_programs(c, cfg, sizes, seq, devices=chips, hbm_bytes=hbm,
                                  only=("update",))["update"]
   assert whole["fits"] is False and whole["wanted"] > whole["available"] == hbm
-  c.rl.micro_batch = 4
-  small = plan.compiled_programs(c, cfg, sizes, seq, devices=chips, hbm_bytes=hbm,
-                                 only=("update",))["update"]
-  assert small["fits"] is True and small["temp"] < whole["wanted"]
-  c.rl.micro_batch = 0
   found = plan.fit_update(c, cfg, sizes, seq, chips, hbm, margin=0.9)
   assert found is not None and found["micro_batch"] < 32 and found["compiled"] <= 0.9 * hbm
+  assert found["compiled"] < whole["wanted"] and found["tried"][0][0] == 32
 
 
 def test_step_roofline_by_hand():
@@ -163,3 +162,68 @@ def test_step_roofline_by_hand():
   assert r.rollout_bound == ("compute" if compute_s >= bandwidth_s else "HBM bandwidth")
   assert r.pi_old_s == pytest.approx(8 * fwd / 2e6) and r.update_s == pytest.approx(3 * 8 * fwd / 2e6)
   assert r.mfu_ceiling == pytest.approx((10 * fwd + 4 * 8 * fwd) / (2e6 * r.step_s))
+
+
+def test_tpu_slice_names_map_to_topologies():
+  from dots_jax.config_common import ConfigError
+  from dots_jax.tools import topology
+  assert topology.tpu_topology_name("v5p-16") == "v5p:2x2x2"  # v5p counts TensorCores, 2 a chip
+  assert topology.tpu_topology_name("v5p-8") == "v5p:2x2x1"
+  assert topology.tpu_topology_name("v6e-8") == "v6e:2x4"
+  assert topology.tpu_topology_name("v5litepod-16") == "v5e:4x4"
+  assert topology.tpu_topology_name("v6e:4x4") == "v6e:4x4"
+  with pytest.raises(ConfigError, match="v5p slices are v5p-8, v5p-16"):
+    topology.tpu_topology_name("v5p-12")
+  with pytest.raises(ConfigError, match="no spec for GPU 'a100'"):
+    topology.resolve("a100x8")
+
+
+def test_fit_search_climbs_the_remat_ladder_when_no_micro_batch_fits(monkeypatch):
+  """Without compiling: an update that fits only under full remat is found there, after the
+  configured setting and the dots-saveable one failed, and the overrides say so."""
+  from dots_jax.model import qwen2
+  c = load_config("tiny", "micro")
+  c.model.remat = False
+  c.plan_topology = "fake"
+  assert plan.remat_candidates(c) == list(plan.REMAT_LADDER)
+  c2 = c.copy_and_resolve_references()
+  c2.model.update(remat=True, remat_policy="nothing_saveable")
+  assert plan.remat_candidates(c2) == [(True, "nothing_saveable")]
+  tried = []
+
+  def fake_update(config, cfg, sizes, seq, devices, hbm, margin):
+    tried.append((dict(sizes)["data"], cfg.remat, cfg.remat_policy))
+    if cfg.remat and cfg.remat_policy == "nothing_saveable" and sizes["data"] == 2:
+      return {"micro_batch": 8, "compiled": 5, "tried": []}
+    return None
+
+  monkeypatch.setattr(plan, "fit_update", fake_update)
+  monkeypatch.setattr(plan, "fit_rollout", lambda *a: None)
+  cfg = qwen2.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+  found = plan.fit_search(c, cfg, {"data": 2, "fsdp": 1, "tensor": 1}, 64, [], 100)
+  assert tried == [(2, False, "nothing_saveable"), (2, True, "dots_with_no_batch_dims_saveable"),
+                   (2, True, "nothing_saveable")]
+  assert found["overrides"] == {"model.remat": True, "model.remat_policy": "nothing_saveable",
+                                "rl.micro_batch": 8}
+
+
+def test_gpu_topology_compiles_the_micro_config_with_the_cuda_plugin():
+  """An H100 described by the shipped spec, no GPU present: the micro config's programs compile
+  with XLA's GPU compiler and are held against the spec's 79.14 GiB."""
+  pytest.importorskip("jax_plugins.xla_cuda12",
+                      reason="the GPU compiler needs the CUDA plugin: pip install -e '.[plan-gpu]'")
+  from dots_jax.model import qwen2
+  from dots_jax.tools import topology
+  topo = topology.resolve("h100x2")
+  assert topo.platform == "cuda" and len(topo.devices) == 2
+  assert topo.hbm_bytes == 84978434048 and "H100" in topo.devices[0].device_kind
+  c = load_config("tiny", "micro")
+  c.sampling.slots = 8  # the slot engine: its decode and prefill programs too
+  cfg = qwen2.Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+  got = plan.compiled_programs(c, cfg, {"data": 2, "fsdp": 1, "tensor": 1}, 32,
+                               devices=topo.devices, hbm_bytes=topo.hbm_bytes, quiet=True)
+  assert {"pi_old", "update", "rollout", "prefill"} <= set(got)
+  assert all(p["fits"] and 0 < p["compiled"] < 2**30 for p in got.values())
+  assert got["update"]["temp"] > 0

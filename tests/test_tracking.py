@@ -53,3 +53,30 @@ def test_round_block_of_exact_predictions_is_the_oracles():
                                budget=11, rng=rng)
   assert blind.signal_estimator == pytest.approx(share.mean(), abs=0.02)
   assert blind.error == pytest.approx(np.abs(p - 0.5).mean(), abs=0.01)
+
+
+def test_probe_figures_by_hand():
+  """The go/no-go figures of `tiny.probe` on hand-made pass rates."""
+  from dots_jax.tiny import probe
+  assert probe.mid_band_share(np.array([0.1, 0.3, 0.31, 0.5, 0.69, 0.7, 0.9, 1.0])) == 3 / 8
+  # G = 1: a group is zero-variance with probability 1 (p^1 + (1 - p)^1 = 1): nothing informative.
+  zz, ii = probe.persistence(np.array([0.2, 0.7]), np.array([0.5, 0.5]), 1)
+  assert zz == 1.0 and np.isnan(ii)
+  # G = 2: z = p^2 + (1 - p)^2. Question A: 1.0 -> 0.5 (z 1 -> 0.5); B: 0.5 -> 0.5 (z 0.5 -> 0.5).
+  zz, ii = probe.persistence(np.array([1.0, 0.5]), np.array([0.5, 0.5]), 2)
+  assert zz == pytest.approx((1 * 0.5 + 0.5 * 0.5) / 1.5)
+  assert ii == pytest.approx((0 * 0.5 + 0.5 * 0.5) / 0.5)
+  # Structure: two groups whose means explain all of the variance at the first evaluation, none of
+  # it at the second (every group holds both values).
+  structure = ["a", "a", "b", "b"]
+  rates = {0: np.array([0.2, 0.2, 0.8, 0.8]), 10: np.array([0.2, 0.8, 0.2, 0.8])}
+  figs = probe.eval_figures(rates, structure, group_size=8)
+  assert [f.step for f in figs] == [0, 10]
+  assert figs[0].structure_r2 == pytest.approx(1.0) and figs[1].structure_r2 == pytest.approx(0.0)
+  assert np.isfinite(figs[0].zero_var_persists) and np.isnan(figs[1].zero_var_persists)
+  curve = {"step": np.array([0.0, 30.0, 60.0, 90.0]), "accuracy": np.array([0.4, 0.5, 0.6, 0.7])}
+  checked = probe.verdict(figs, curve)
+  assert checked["structure_r2_min"]["value"] == pytest.approx(0.0)
+  assert not checked["structure_r2_min"]["pass"]
+  assert checked["heldout_gain"]["value"] == pytest.approx(0.3) and checked["heldout_gain"]["pass"]
+  assert checked["late_gain_share"]["value"] == pytest.approx(1 / 3)

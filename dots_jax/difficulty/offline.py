@@ -28,25 +28,36 @@ from dots_jax.difficulty.labels import Pool, default_out_dir, prepare_pool
 from dots_jax.difficulty.setup import estimator_config, question_embeddings
 
 
-def train_on_pool(config: Any, pool: Pool, log: Callable[[str], None] = print
-                  ) -> DifficultyEstimator:
-  """Fits a fresh estimator on the pool's non-held-out questions (labels of every label policy) and
-  saves it in `pool.out_dir`. `fit.epochs > 0` sets the steps to that many passes over the
-  (policy, question) pairs; the warmup is at most a tenth of the steps, as the official script."""
+def fit_on_labels(config: Any, emb_NxD: np.ndarray, labels_MxN: np.ndarray,
+                  log: Callable[[str], None] = print) -> tuple[DifficultyEstimator, dict[str, Any]]:
+  """A fresh estimator fitted to `labels_MxN` (M policies' observed pass rates of the N questions
+  embedded in `emb_NxD`) with `selection.dots.fit`'s settings: `fit.epochs > 0` sets the steps to
+  that many passes over the (policy, question) pairs; the warmup is at most a tenth of the steps,
+  as the official script. Returns the model and its fit summary."""
   f = config.selection.dots.fit
-  train = ~pool.heldout
-  labels_MxN = pool.all_labels()[:, train]
+  labels_MxN = np.asarray(labels_MxN, np.float32)
+  labels_MxN = labels_MxN[None] if labels_MxN.ndim == 1 else labels_MxN
   steps = epoch_steps(f.epochs, labels_MxN.size, f.batch) if f.epochs > 0 else f.steps
-  model = init_estimator(estimator_config(config, pool.emb.shape[1]), seed=config.seed)
-  losses = fit_estimator(model, pool.emb[train], labels_MxN, steps=steps, lr=f.lr,
+  model = init_estimator(estimator_config(config, emb_NxD.shape[1]), seed=config.seed)
+  losses = fit_estimator(model, emb_NxD, labels_MxN, steps=steps, lr=f.lr,
                          warmup=min(f.warmup, steps // 10), batch=f.batch, ref_size=f.ref_size,
                          seed=config.seed)
   head, tail = np.mean(losses[:50]), np.mean(losses[-50:])
-  log(f"estimator: {steps} steps on {int(train.sum())} questions x {labels_MxN.shape[0]} "
+  log(f"estimator: {steps} steps on {labels_MxN.shape[1]} questions x {labels_MxN.shape[0]} "
       f"policies' labels, BCE {head:.4f} -> {tail:.4f}")
+  return model, {"train_questions": int(labels_MxN.shape[1]), "steps": int(steps),
+                 "bce_first50": float(head), "bce_last50": float(tail)}
+
+
+def train_on_pool(config: Any, pool: Pool, log: Callable[[str], None] = print
+                  ) -> DifficultyEstimator:
+  """Fits a fresh estimator on the pool's non-held-out questions (labels of every label policy) and
+  saves it in `pool.out_dir`."""
+  train = ~pool.heldout
+  model, summary = fit_on_labels(config, pool.emb[train], pool.all_labels()[:, train], log)
   save_estimator(model, pool.out_dir, extra={
-      "train_questions": int(train.sum()), "fit": fit_settings(config), "bce_first50": float(head),
-      "bce_last50": float(tail)})
+      "train_questions": summary["train_questions"], "fit": fit_settings(config),
+      "bce_first50": summary["bce_first50"], "bce_last50": summary["bce_last50"]})
   return model
 
 

@@ -153,9 +153,13 @@ class EpochStream:
     self.seed = int(seed)
     self.epoch = 0
     self.pos = 0
+    self._cached: tuple[int, np.ndarray] | None = None  # (epoch, its order): GRESO takes many times
 
   def _order(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch, 0xE90C]).permutation(self.num_questions)
+    if self._cached is None or self._cached[0] != epoch:
+      order = np.random.default_rng([self.seed, epoch, 0xE90C]).permutation(self.num_questions)
+      self._cached = (epoch, order)
+    return self._cached[1]
 
   def take(self, n: int) -> np.ndarray:
     out = []

@@ -57,6 +57,21 @@ RUN_BARS = (
         "G-sample pass rate where the task has no exact one)"),
 )
 
+# Go / no-go for a candidate base, from one uniform-GRPO run with exact evaluation
+# (`python -m dots_jax.tiny.probe`).
+PROBE_BARS = (
+    Bar("structure_r2_min", 0.5, True, "share of pool pass-rate variance the questions' structure "
+        "explains, lowest over the evaluations"),
+    Bar("mid_band_min", 0.15, True, "share of pool questions with pass rate in (0.3, 0.7), lowest "
+        "over the evaluations"),
+    Bar("zero_var_persists_min", 0.8, True, "of the zero-variance questions at one evaluation, the "
+        "expected share still zero-variance at the next (lowest pair)"),
+    Bar("informative_persists_min", 0.5, True, "of the questions with reward variance at one "
+        "evaluation, the expected share that still has it at the next (lowest pair)"),
+    Bar("heldout_gain", 0.15, True, "uniform GRPO's held-out gain, first to last evaluation"),
+    Bar("late_gain_share", 0.15, True, "share of that gain made in the last third of the run"),
+)
+
 GOALS = (
     Bar("dots_rr_rollout_ratio", 0.50, False,
         "DOTS+RR rollouts to reach GRPO's final accuracy / GRPO's (worst seed)"),

@@ -69,7 +69,8 @@ def planned_mesh(config: ml_collections.ConfigDict, device_count: int | None = N
 def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Prints the plan (mesh, per-device memory, steps, rollouts) without loading weights or data."""
   cfg, source = policy_shape(config)
-  chips = topology.topology_devices(config.plan_topology) if config.plan_topology else None
+  topo = topology.resolve(config.plan_topology) if config.plan_topology else None
+  chips = topo.devices if topo else None
   sizes = planned_mesh(config, len(chips) if chips else None)
   validate_config(config, sizes)
   check_model_mesh(cfg, sizes)
@@ -130,8 +131,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if kind:
     out["roofline"] = roofline_lines(config, cfg, sizes, structure, slots or rows,
                                      roofline.peaks_for(kind, 0.0, 0.0))
-  if chips:
-    out.update(topology_plan(config, cfg, sizes, seq, chips))
+  if topo:
+    out.update(topology_plan(config, cfg, sizes, seq, topo))
   elif config.plan_compile:
     out["programs"] = compiled_programs(config, cfg, sizes, seq)
     peak = max(out["programs"].values(), key=lambda p: p["compiled"])
@@ -171,25 +172,28 @@ def roofline_lines(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
 
 
 def topology_plan(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-                  sizes: Mapping[str, int], seq: int, chips: list[Any]) -> dict[str, Any]:
+                  sizes: Mapping[str, int], seq: int, topo: topology.Topology) -> dict[str, Any]:
   """Every program compiled by the topology's own compiler, each with fits / does NOT fit; when
-  the update does not fit under config.plan_fit_margin x HBM, the micro-batch that does."""
+  the update or the rollout does not fit under config.plan_fit_margin x HBM, the settings that do
+  (`fit_search`)."""
+  chips, hbm = topo.devices, topo.hbm_bytes
   kind = chips[0].device_kind
-  hbm = topology.hbm_bytes(kind)
   n = math.prod(sizes.values())
   if len(chips) != n:
     raise ConfigError(f"config.plan_topology={config.plan_topology!r} has {len(chips)} chips, the "
                       f"mesh {dict(sizes)} needs {n}: set config.mesh to use them all")
   _log(f"topology   {config.plan_topology}: {len(chips)} x {kind}, {hbm / 2**30:.2f} GiB HBM each "
-       "(compiled by the TPU compiler)")
+       f"(compiled by {topo.compiler})")
   programs = compiled_programs(config, cfg, sizes, seq, devices=chips, hbm_bytes=hbm)
   out: dict[str, Any] = {"topology": config.plan_topology, "device_kind": kind,
                          "hbm_bytes": hbm, "programs": programs}
   limit = config.plan_fit_margin * hbm
   fits = lambda p: p is None or (p.get("compiled") is not None and p["compiled"] <= limit)
-  found = None
-  if not (fits(programs["update"]) and fits(programs.get("rollout"))):
-    found = out["fit"] = fit_search(config, cfg, sizes, seq, chips, hbm)
+  found, searched = None, False
+  if not (fits(programs["update"]) and fits(programs.get("rollout"))
+          and fits(programs.get("prefill"))):
+    found, searched = fit_search(config, cfg, sizes, seq, chips, hbm), True
+    out["fit"] = found
   worst = max(programs.items(), key=lambda kv: kv[1].get("compiled") or kv[1].get("wanted"))
   need = (worst[1].get("compiled") or worst[1].get("wanted")) / 2**30
   line = (f"plan {config.plan_topology}: "
@@ -199,6 +203,8 @@ def topology_plan(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
     peak = max(found["update"]["compiled"], (found["rollout"] or {}).get("compiled", 0))
     line += (f"; fits with {' '.join(f'--config.{k}={v}' for k, v in found['overrides'].items())}"
              f" (compiled peak {peak / 2**30:.2f} GiB, {100 * peak / hbm:.0f}%)")
+  elif searched:
+    line += "; no micro-batch, mesh or remat setting found that fits: more chips or tensor sharding"
   _log(line)
   return out
 
@@ -242,6 +248,19 @@ def rollout_estimate(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], engine: E
   return params + cast + kv + logits + outputs
 
 
+def prefill_block_bytes(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], prompts: int,
+                        engine: Engine) -> int:
+  """What a prefill of `prompts` prompts adds to the decode state on each device: their KV cache in
+  every layer (compute dtype) and one layer's float32 activations (residual, attention, MLP).
+  The insert program takes its prompt block whole on every device (the block is not split over
+  the data axes), so this does not shrink with more chips; fewer slots shrink the block."""
+  tokens = prompts * engine.max_prompt_len
+  w = np.dtype(cfg.dtype).itemsize
+  cache = 2 * cfg.num_hidden_layers * tokens * cfg.num_key_value_heads * cfg.head_dim * w
+  layer = tokens * (4 * cfg.hidden_size + 2 * cfg.intermediate_size // sizes["tensor"]) * 4
+  return int(cache + layer)
+
+
 def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                       sizes: Mapping[str, int], seq: int, *, devices: list[Any] | None = None,
                       hbm_bytes: int = 0, only: tuple[str, ...] | None = None,
@@ -277,13 +296,22 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
              "update": lambda: fns.update_fn.lower(state, batch, None)}
   estimates = {name: update_estimate(config, cfg, sizes, seq, grad=name == "update")
                for name in lowered}
-  engine = rollout_engine(config, cfg, graphdef, mesh) if not only or "rollout" in only else None
+  engine = (rollout_engine(config, cfg, graphdef, mesh)
+            if not only or {"rollout", "prefill"} & set(only) else None)
   if engine is not None:  # the slot engine's decode program over its largest cache window
     engine_state = jax.tree.map(attach, jax.eval_shape(engine._empty_arrays), engine._state_sh)
     lowered["rollout"] = lambda: engine._decode.lower(
         params, engine_state, jax.random.key(0), np.float32(1.0), np.float32(1.0), np.int32(0),
         np.bool_(False), window=engine.windows[-1])
     estimates["rollout"] = rollout_estimate(cfg, sizes, engine)
+    # ... and its prefill (insert) program at the largest prompt block, prompts of the longest bucket
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # host inputs: replicated
+    u = max(engine.prefill_sizes(config.sampling.group_size))
+    ints = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=whole)
+    lowered["prefill"] = lambda: engine._insert.lower(
+        params, engine_state, ints(u, engine.max_prompt_len), ints(u, engine.max_prompt_len),
+        ints(engine.slots), ints(engine.slots), ints(engine.slots), ints(engine.slots))
+    estimates["prefill"] = estimates["rollout"] + prefill_block_bytes(cfg, sizes, u, engine)
   out = {}
   for name, lower in lowered.items():
     if only and name not in only:
@@ -317,9 +345,11 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
       verdict = (f"; {'fits' if compiled <= hbm_bytes else 'does NOT fit'} "
                  f"({100 * compiled / hbm_bytes:.0f}% of {hbm_bytes / 2**30:.2f} GiB)"
                  if hbm_bytes else "")
-      _log(f"program    {name}: {compiled / 2**30:.2f} GiB compiled (temporaries "
-           f"{ma.temp_size_in_bytes / 2**30:.2f} GiB), {est / 2**30:.2f} GiB estimated; compiled "
-           f"in {compile_s:.0f} s{verdict}")
+      _log(f"program    {name}: {compiled / 2**30:.2f} GiB compiled (arguments "
+           f"{ma.argument_size_in_bytes / 2**30:.2f}, outputs {ma.output_size_in_bytes / 2**30:.2f}, "
+           f"aliased {ma.alias_size_in_bytes / 2**30:.2f}, temporaries "
+           f"{ma.temp_size_in_bytes / 2**30:.2f}, code {out[name]['generated_code'] / 2**20:.1f} "
+           f"MiB), {est / 2**30:.2f} GiB estimated; compiled in {compile_s:.0f} s{verdict}")
   return out
 
 
@@ -335,28 +365,57 @@ def _out_of_memory(e: Exception) -> dict[str, int] | None:
           "message": str(e).strip().splitlines()[0][:300]}
 
 
+# Remat settings from least to most recompute: (model.remat, model.remat_policy).
+REMAT_LADDER = ((False, "nothing_saveable"), (True, "dots_with_no_batch_dims_saveable"),
+                (True, "nothing_saveable"))
+
+
+def remat_candidates(config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+  """The configured remat setting, then those of the ladder that recompute more."""
+  m = config.model
+  current = (bool(m.remat), m.remat_policy if m.remat else "nothing_saveable")
+  rank = REMAT_LADDER.index(current) if current in REMAT_LADDER else 0
+  return [current] + [r for r in REMAT_LADDER[rank + 1:] if r != current]
+
+
 def fit_search(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                sizes: Mapping[str, int], seq: int, chips: list[Any], hbm: int
                ) -> dict[str, Any] | None:
-  """Settings under config.plan_fit_margin x HBM, found by compiling: the update's micro-batch on
-  the configured mesh, else with the data axis turned into fsdp (parameters and AdamW sharded over
-  the same chips); then the rollout's KV-cache budget on that mesh. Prints the overrides to pass."""
+  """Settings under config.plan_fit_margin x HBM, found by compiling: on the configured mesh, then
+  with the data axis turned into fsdp (parameters and AdamW sharded over the same chips), the
+  update's largest micro-batch under the configured remat, else under each remat policy that
+  recomputes more (`REMAT_LADDER`); then the rollout's KV-cache budget (its slots) on that mesh.
+  Prints the overrides to pass."""
   margin, name = config.plan_fit_margin, config.plan_topology
-  trial = config.copy_and_resolve_references()
-  overrides: dict[str, Any] = {}
-  update_fit = fit_update(trial, cfg, sizes, seq, chips, hbm, margin)
-  if update_fit is None and sizes["data"] > 1:
-    sizes = {**sizes, "data": 1, "fsdp": sizes["fsdp"] * sizes["data"]}
-    trial.mesh.update(data=1, fsdp=sizes["fsdp"])
-    overrides.update({"mesh.data": 1, "mesh.fsdp": sizes["fsdp"]})
-    update_fit = fit_update(trial, cfg, sizes, seq, chips, hbm, margin)
+  meshes = [(dict(sizes), {})]
+  if sizes["data"] > 1:
+    fsdp = {**sizes, "data": 1, "fsdp": sizes["fsdp"] * sizes["data"]}
+    meshes.append((fsdp, {"mesh.data": 1, "mesh.fsdp": fsdp["fsdp"]}))
+  update_fit = None
+  for mesh_sizes, mesh_overrides in meshes:
+    for remat, policy in remat_candidates(config):
+      trial = config.copy_and_resolve_references()
+      trial.mesh.update({k.split(".")[1]: v for k, v in mesh_overrides.items()})
+      trial.model.update(remat=remat, remat_policy=policy)
+      trial_cfg = dataclasses.replace(cfg, remat=remat, remat_policy=policy)
+      update_fit = fit_update(trial, trial_cfg, mesh_sizes, seq, chips, hbm, margin)
+      if update_fit is not None:
+        break
+    if update_fit is not None:
+      break
   if update_fit is None:
-    _log(f"fit search {name}: no micro-batch down to one row per data shard keeps the update under "
-         f"{margin:.0%} of HBM, on {dict(sizes)} either; shard further or shorten sequences")
+    _log(f"fit search {name}: no micro-batch down to one row per data shard, under any remat "
+         f"policy, keeps the update under {margin:.0%} of HBM, on {[m for m, _ in meshes]}; shard "
+         "further (tensor) or shorten sequences")
     return None
+  overrides: dict[str, Any] = dict(mesh_overrides)
+  if (remat, policy) != remat_candidates(config)[0]:
+    overrides["model.remat"] = remat
+    if remat:
+      overrides["model.remat_policy"] = policy
   overrides["rl.micro_batch"] = update_fit["micro_batch"]
   trial.rl.micro_batch = update_fit["micro_batch"]
-  rollout_fit = fit_rollout(trial, cfg, sizes, seq, chips, hbm, margin)
+  rollout_fit = fit_rollout(trial, trial_cfg, mesh_sizes, seq, chips, hbm, margin)
   if rollout_fit is not None:
     key = next(k for k in rollout_fit if k != "compiled")
     overrides[f"sampling.{key}"] = rollout_fit[key]
@@ -392,18 +451,20 @@ def fit_rollout(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                 sizes: Mapping[str, int], seq: int, devices: list[Any], hbm_bytes: int,
                 margin: float) -> dict[str, Any] | None:
   """The largest KV-cache budget (halving config.sampling.kv_budget_gib, or the slots when they are
-  fixed) whose compiled rollout decode stays under `margin` x HBM, or None."""
+  fixed) whose compiled rollout programs, decode and prefill, stay under `margin` x HBM, or None.
+  Fewer slots shrink both: the cache, and the prompt block a prefill takes at once."""
   trial = config.copy_and_resolve_references()
   key = "kv_budget_gib" if trial.sampling.kv_budget_gib > 0 else "slots"
   value = trial.sampling[key]
   while value >= (0.5 if key == "kv_budget_gib" else 1):
     trial.sampling[key] = value
     got = compiled_programs(trial, cfg, sizes, seq, devices=devices, hbm_bytes=hbm_bytes,
-                            only=("rollout",), quiet=True).get("rollout")
-    if got is None:  # no slot engine: the static batch has no decode program to fit
+                            only=("rollout", "prefill"), quiet=True)
+    if not got:  # no slot engine: the static batch has no decode program to fit
       return None
-    if got.get("compiled") is not None and got["compiled"] <= margin * hbm_bytes:
-      return {key: value, "compiled": got["compiled"]}
+    peak = [p.get("compiled") for p in got.values()]
+    if None not in peak and max(peak) <= margin * hbm_bytes:
+      return {key: value, "compiled": max(peak)}
     value = value / 2 if key == "kv_budget_gib" else value // 2
   return None
 

@@ -1,0 +1,193 @@
+"""The selection methods at a config's scale, on the pass-rate simulator (CPU, minutes).
+
+  python -m dots_jax.sim --config=configs/qwen1p5b_math.py --methods=grpo,dots,dots_rr \
+      --seeds=0,1,2 --out=/tmp/sim_dots
+  python -m dots_jax.sim --config=configs/qwen1p5b_greso.py --methods=grpo,ds,greso \
+      --seeds=0,1,2 --out=/tmp/sim_greso
+  python -m dots_jax.sim --config=configs/qwen1p5b_math.py --methods=grpo,dots_rr \
+      --sweep=selection.dots.tau=0.001+0.05+0.2 --out=/tmp/sim_tau   # a sensitivity table
+
+Every (method, seed) runs the config's own strategy, replay buffer and DOTS estimator over the
+simulated pass rates of `config.sim` (`dots_jax.sim.run`), at the config's batch sizes, pool and
+step count; any --config.* override applies (e.g. --config.total_steps=30). Written to --out:
+  * compare.json / compare.md / curves.png: `dots_jax.compare`'s report (steps, rollouts and
+    modelled time to reach uniform GRPO's final held-out accuracy, GRESO vs dynamic sampling,
+    zero-variance share, the estimator's error, distinct questions); time is in rollout-equivalents
+    (`sim.train_cost`), not seconds;
+  * calibration: each statistic the model is calibrated to, its source and the measured value.
+With --sweep=KEY=V1+V2+...: the report for each value, then one table of the methods' ratios by value
+(sweep.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the estimator's few programs need no accelerator
+
+import copy
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from dots_jax import compare, fs
+from dots_jax.config_common import apply_config_arg
+from dots_jax.methods import METHODS, get_method
+from dots_jax.sim.run import fit_dots_estimator, make_world, simulate
+from dots_jax.sim.stats import temporal_consistency
+
+
+# Each calibration statistic: (name in the report, published value, source).
+PUBLISHED = (
+    ("heldout_pearson_observed", "about 0.7",
+     "DOTS (arXiv 2506.05316): the estimator's Pearson on held-out questions"),
+    ("zero_var_was_zero_var", "> 0.9",
+     "GRESO (arXiv 2506.02177): zero-variance prompts that were zero-variance the epoch before"),
+    ("zero_var_revives_next", "about 0.2",
+     "GRESO: once-zero-variance prompts that become informative again"),
+    ("zero_var_first", "rises over training",
+     "both papers: the share of zero-variance groups in uniform GRPO's batches, first 10% of steps"),
+    ("zero_var_last", "rises over training", "the same, last 10% of steps"),
+)
+
+
+def calibration(config: Any, results: dict[str, dict[int, Any]], seeds: list[int]
+                ) -> dict[str, dict[str, Any]]:
+  """Each statistic of `PUBLISHED` (and the rest of `stats.temporal_consistency`), mean over seeds:
+  the visit statistics on dynamic sampling's runs where they ran (GRESO measured its statistics
+  on such training), else uniform GRPO's; the zero-variance share of uniform GRPO's batches; the
+  offline estimator fit's held-out Pearson."""
+  visited = compare.DS if compare.DS in results else compare.BASELINE
+  measured: dict[str, list[float]] = {}
+  for seed in seeds:
+    v = results[visited][seed].visits
+    for k, x in temporal_consistency(v.qid, v.step, v.zero_var).items():
+      measured.setdefault(k, []).append(x)
+    for part in ("first", "last"):
+      measured.setdefault(f"zero_var_{part}", []).append(
+          compare.zero_var_share(results[compare.BASELINE][seed].curve, part))
+    fit = next((res[seed].estimator for m, res in results.items()
+                if get_method(m).source == "dots"), None)
+    if fit is None:  # no DOTS method ran: fit the estimator on this seed's world for the figure
+      fit = fit_dots_estimator(config, make_world(config, seed), seed)[1]
+    for k in ("heldout_pearson_observed", "heldout_pearson_exact"):
+      measured.setdefault(k, []).append(fit[k])
+  source = {name: (value, src) for name, value, src in PUBLISHED}
+  return {k: {"measured": float(np.nanmean(v)), "published": source.get(k, ("-", "-"))[0],
+              "source": source.get(k, ("-", "not published: reported for the reader"))[1],
+              "runs": visited if k in _VISIT_STATS else compare.BASELINE}
+          for k, v in measured.items()}
+
+
+_VISIT_STATS = ("zero_var_was_zero_var", "zero_var_revives_next", "zero_var_revives_ever",
+                "informative_stays")
+
+
+def calibration_table(cal: dict[str, dict[str, Any]]) -> str:
+  lines = ["| statistic | published | source | simulator | measured on |", "|---|---|---|---|---|"]
+  lines += [f"| {k} | {c['published']} | {c['source']} | {c['measured']:.3f} | "
+            f"{c['runs'] if not k.startswith('heldout_pearson') else 'offline fit'} |"
+            for k, c in cal.items()]
+  return "\n".join(lines)
+
+
+def report(config: Any, methods: list[str], seeds: list[int], out: str) -> dict[str, Any]:
+  """Runs every (method, seed), writes the report into `out`; returns compare.json's content."""
+  results: dict[str, dict[int, Any]] = {m: {} for m in methods}
+  seconds: dict[str, float] = {}
+  for method in methods:
+    t0 = time.perf_counter()
+    for seed in seeds:
+      c = copy.deepcopy(config)
+      c.method, c.seed = method, seed
+      results[method][seed] = simulate(c)
+    seconds[method] = time.perf_counter() - t0
+    print(f"{method}: {len(seeds)} seeds in {seconds[method]:.1f} s", flush=True)
+  curves = {m: {s: r.curve for s, r in by_seed.items()} for m, by_seed in results.items()}
+  result = compare.analyze(curves, config.sampling.group_size, testbed=False)
+  # Only the goals whose methods ran (a DOTS-only comparison has no GRESO goal to fail).
+  result["goals"] = {k: g for k, g in result["goals"].items() if np.isfinite(g["value"])}
+  cal = calibration(config, results, seeds)
+  result.update(calibration=cal, seconds=seconds, methods=methods, seeds=seeds,
+                estimator={m: {str(s): r.estimator for s, r in by.items()}
+                           for m, by in results.items() if get_method(m).source == "dots"})
+  fs.makedirs(out)
+  fs.write_text(fs.join(out, "compare.json"), json.dumps(result, indent=1, allow_nan=True))
+  table = (compare.markdown_table(result).replace("seconds to target", "time to target")
+           .replace("rollout / update s per step", "rollout / update time per step")
+           .replace("rollouts (seconds) vs DS", "rollouts (time) vs DS")
+           + "\nTime: modelled, in rollout-equivalents (a trained sequence costs "
+           f"sim.train_cost = {config.sim.train_cost}); held-out accuracy is the exact mean "
+           "pass rate of the simulated held-out questions.\n\nCalibration (means over the "
+           "seeds):\n\n" + calibration_table(cal))
+  fs.write_text(fs.join(out, "compare.md"), table + "\n")
+  compare.plot_curves(curves, fs.join(out, "curves.png"))
+  print(table)
+  print(f"wrote {out}/compare.json, compare.md, curves.png")
+  return result
+
+
+def sweep_table(key: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
+  """One row per (value, method): final accuracy and the ratios against GRPO (and DS, where it
+  ran); columns no method has are left out."""
+  cols = [c for c in ("final_accuracy", "step_ratio", "rollout_ratio", "time_ratio",
+                      "rollouts_vs_ds", "seconds_vs_ds")
+          if any(np.isfinite(m.get(c, np.nan)) for _, r in rows for m in r["summary"].values())]
+  lines = [f"| {key} | method | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+  for value, result in rows:
+    for method, m in result["summary"].items():
+      cells = [f"{m.get(c, float('nan')):.3f}" for c in cols]
+      lines.append(f"| {value} | {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _check(config: Any, methods: list[str], sweep: str) -> None:
+  """Flags and config.sim checked before anything runs: one line naming what is wrong."""
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise ValueError(f"--methods: unknown {unknown}; known: {sorted(METHODS)}")
+  if compare.BASELINE not in methods:
+    raise ValueError(f"--methods must include the baseline {compare.BASELINE!r}")
+  if sweep and "=" not in sweep:
+    raise ValueError(f"--sweep={sweep!r}: expected KEY=V1+V2+..., e.g. selection.dots.tau=0.001+0.05")
+  make_world(config, 0)  # config.sim's values
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  config = _CONFIG.value
+  methods = [m for m in _METHODS.value.split(",") if m]
+  seeds = [int(s) for s in _SEEDS.value.split(",") if s]
+  try:
+    _check(config, methods, _SWEEP.value)
+    if _SWEEP.value:
+      key, values = _SWEEP.value.split("=", 1)
+      configs = [(v, apply_config_arg(copy.deepcopy(config), f"{key}={v}"))
+                 for v in filter(None, values.split("+"))]
+  except ValueError as e:  # ConfigError included
+    sys.exit(f"dots_jax.sim: {e}")
+  if not _SWEEP.value:
+    report(config, methods, seeds, _OUT.value)
+    return
+  rows = []
+  for value, c in configs:
+    print(f"== {key}={value}", flush=True)
+    rows.append((value, report(c, methods, seeds, fs.join(_OUT.value, f"{key}={value}"))))
+  table = sweep_table(key, rows)
+  fs.write_text(fs.join(_OUT.value, "sweep.md"), table + "\n")
+  print(table)
+  print(f"wrote {_OUT.value}/sweep.md")
+
+
+if __name__ == "__main__":  # flags only when run: tests import this module beside dots_jax.main
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/qwen1p5b_math.py")
+  _METHODS = flags.DEFINE_string("methods", "grpo,dots,dots_rr", "methods to simulate (grpo first)")
+  _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "seeds: each its own world and rollout draws")
+  _OUT = flags.DEFINE_string("out", "/tmp/dots_jax_sim", "output directory")
+  _SWEEP = flags.DEFINE_string("sweep", "", "KEY=V1+V2+...: the report for each value of a config key")
+  app.run(main)
