@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   # call is one static batch of all its completions.
   c.sampling.slots = 0
   c.sampling.kv_budget_gib = 0.0
+  # Prompts one prefill call takes at most (0: all the free slots need). Every device prefills the
+  # whole block, so this bounds the rollout's prefill memory (docs/MEMORY.md).
+  c.sampling.prefill_prompts = 0
   c.sampling.engine_steps = 8
   c.sampling.engine_windows = 4
 

@@ -128,6 +128,9 @@ def _verl_run(variant: str) -> ml_collections.ConfigDict:
   c.model.attn_chunk = 512  # never hold [rows, heads, T, T] float32 attention scores
   c.model.scan_layers = True  # one block's program at 28 layers: faster compiles (docs/MEMORY.md)
   c.sampling.engine_steps = 16
+  # Without a bound the first prefill takes slots / G + 1 prompts (220 of 1,024 tokens for the 1.5B
+  # configs) on every device: 87 GiB compiled for 8x H100 (docs/MEMORY.md).
+  c.sampling.prefill_prompts = 64
   c.data.chat_template = True
   c.sampling.group_size = 8
   c.reward.kind = "math"

@@ -64,12 +64,13 @@ class EngineSettings:
   kv_budget_gib: float = 0.0
   steps_per_call: int = 8
   windows: int = 4
+  prefill_prompts: int = 0
 
   @classmethod
   def from_config(cls, config: Any) -> "EngineSettings":
     s = config.sampling
     return cls(slots=s.slots, kv_budget_gib=s.kv_budget_gib, steps_per_call=s.engine_steps,
-               windows=s.engine_windows)
+               windows=s.engine_windows, prefill_prompts=s.prefill_prompts)
 
   def slots_for(self, cfg: Qwen2Config, max_prompt_len: int, max_new_tokens: int,
                 shards: int = 1) -> int:
@@ -107,7 +108,8 @@ class Generator:
       self.sampler = Engine(graphdef, cfg, slots=slots, max_prompt_len=self.buckets[-1],
                             max_new_tokens=max_new_tokens, eos_ids=self.stop_ids,
                             pad_id=self.pad_id, steps_per_call=engine.steps_per_call,
-                            windows=engine.windows, mesh=mesh)
+                            windows=engine.windows, mesh=mesh,
+                            prefill_prompts=engine.prefill_prompts)
     else:
       self.sampler = Sampler(graphdef, cfg, max_prompt_len=self.buckets[-1],
                              max_new_tokens=max_new_tokens, eos_ids=self.stop_ids,

@@ -59,10 +59,12 @@ def test_outputs_do_not_depend_on_slots_or_windows(setup, top_p, top_k):
   graphdef, params, tokens, mask = setup
   key = jax.random.key(3)
   # Slots and windows each differ between any two layouts; the truncated draws need only two.
-  layouts = ((1, 1), (3, 4), (8, 2)) if top_k == 0 else ((1, 1), (3, 4))
-  runs = [_engine(graphdef, slots, windows=w).generate(
+  # The last layout bounds each prefill call to one prompt (several calls fill the slots).
+  layouts = (((1, 1, 0), (3, 4, 0), (8, 2, 0), (8, 2, 1)) if top_k == 0
+             else ((1, 1, 0), (3, 4, 0)))
+  runs = [_engine(graphdef, slots, windows=w, prefill_prompts=pp).generate(
       params, tokens, mask, key, num_samples=G, temperature=1.0, top_p=top_p, top_k=top_k)
-      for slots, w in layouts]
+      for slots, w, pp in layouts]
   for other in runs[1:]:
     np.testing.assert_array_equal(other.tokens_NxR, runs[0].tokens_NxR)
     np.testing.assert_array_equal(other.lengths_N, runs[0].lengths_N)

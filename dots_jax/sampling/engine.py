@@ -80,16 +80,19 @@ class Engine:
 
   def __init__(self, graphdef: nnx.GraphDef, cfg: Qwen2Config, *, slots: int, max_prompt_len: int,
                max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, steps_per_call: int = 8,
-               windows: int = 4, mesh: Mesh | None = None):
-    if slots < 1 or steps_per_call < 1 or windows < 1:
+               windows: int = 4, mesh: Mesh | None = None, prefill_prompts: int = 0):
+    if slots < 1 or steps_per_call < 1 or windows < 1 or prefill_prompts < 0:
       raise ValueError(f"slots ({slots}), steps_per_call ({steps_per_call}) and windows "
-                       f"({windows}) must be >= 1")
+                       f"({windows}) must be >= 1, prefill_prompts ({prefill_prompts}) >= 0")
     shards = data_parallel_size(mesh)
     if slots % shards:
       raise ValueError(f"config.sampling.slots={slots} is not a multiple of the {shards} "
                        "data-parallel shards")
     self.graphdef, self.cfg = graphdef, cfg
     self.slots = slots
+    # Prompts one prefill call takes at most (0: as many as the free slots need). Every chip
+    # prefills the whole block, so it bounds the prefill's memory (docs/MEMORY.md).
+    self.prefill_prompts = int(prefill_prompts)
     self.max_prompt_len, self.max_new_tokens = max_prompt_len, max_new_tokens
     self.eos_ids = tuple(int(e) for e in eos_ids)
     self.pad_id = int(pad_id)
@@ -211,6 +214,8 @@ class Engine:
     """Prompt-block sizes of the insert program: powers of two up to what the slots can take
     (a block of consecutive completions spans at most slots / G + 1 prompts)."""
     most = -(-self.slots // num_samples) + 1
+    if self.prefill_prompts:
+      most = min(most, self.prefill_prompts)
     sizes = {min(2 ** i, most) for i in range(most.bit_length() + 1)}
     return tuple(sorted(sizes))
 
@@ -277,11 +282,19 @@ class Engine:
     m_block = self.slots
     sizes = self.prefill_sizes(g)
     while waiting or (occupant >= 0).any():
-      if waiting and free:
+      while waiting and free:
         # Every free slot takes the next waiting completion; their prompts are prefilled once,
-        # in a block of the smallest size that holds them (padding rows are prefilled too).
-        take = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
-        prompts = list(dict.fromkeys(r // g for r in take))
+        # in a block of the smallest size that holds them (padding rows are prefilled too), at
+        # most sizes[-1] prompts a call: more calls before the next decode when the slots
+        # need more.
+        take, prompts = [], []
+        while waiting and len(take) < len(free):
+          q = waiting[0] // g
+          if q not in prompts:
+            if len(prompts) == sizes[-1]:
+              break
+            prompts.append(q)
+          take.append(waiting.popleft())
         u_block = next(u for u in sizes if u >= len(prompts))
         uniq = {q: i for i, q in enumerate(prompts)}
         slot_M = np.full((m_block,), self.slots, np.int32)

@@ -230,7 +230,7 @@ def rollout_engine(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config, gr
     return None
   return Engine(graphdef, cfg, slots=slots, max_prompt_len=prompt, max_new_tokens=new,
                 eos_ids=(0,), pad_id=0, steps_per_call=settings.steps_per_call,
-                windows=settings.windows, mesh=mesh)
+                windows=settings.windows, mesh=mesh, prefill_prompts=settings.prefill_prompts)
 
 
 def rollout_estimate(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], engine: Engine) -> int:
