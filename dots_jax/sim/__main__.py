@@ -29,7 +29,7 @@ import copy
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from absl import app, flags
@@ -38,7 +38,7 @@ from ml_collections import config_flags
 from dots_jax import compare, fs
 from dots_jax.config_common import apply_config_arg
 from dots_jax.methods import METHODS, get_method
-from dots_jax.sim.run import fit_dots_estimator, make_world, simulate
+from dots_jax.sim.run import Fitted, fit_dots_estimator, make_world, simulate
 from dots_jax.sim.stats import temporal_consistency
 
 
@@ -56,8 +56,8 @@ PUBLISHED = (
 )
 
 
-def calibration(config: Any, results: dict[str, dict[int, Any]], seeds: list[int]
-                ) -> dict[str, dict[str, Any]]:
+def calibration(results: dict[str, dict[int, Any]], seeds: list[int],
+                fitted: Callable[[int], Fitted]) -> dict[str, dict[str, Any]]:
   """Each statistic of `PUBLISHED` (and the rest of `stats.temporal_consistency`), mean over seeds:
   the visit statistics on dynamic sampling's runs where they ran (GRESO measured its statistics
   on such training), else uniform GRPO's; the zero-variance share of uniform GRPO's batches; the
@@ -71,10 +71,7 @@ def calibration(config: Any, results: dict[str, dict[int, Any]], seeds: list[int
     for part in ("first", "last"):
       measured.setdefault(f"zero_var_{part}", []).append(
           compare.zero_var_share(results[compare.BASELINE][seed].curve, part))
-    fit = next((res[seed].estimator for m, res in results.items()
-                if get_method(m).source == "dots"), None)
-    if fit is None:  # no DOTS method ran: fit the estimator on this seed's world for the figure
-      fit = fit_dots_estimator(config, make_world(config, seed), seed)[1]
+    fit = fitted(seed)[1]  # the DOTS runs' own fit; made here when no DOTS method ran
     for k in ("heldout_pearson_observed", "heldout_pearson_exact"):
       measured.setdefault(k, []).append(fit[k])
   source = {name: (value, src) for name, value, src in PUBLISHED}
@@ -100,19 +97,30 @@ def report(config: Any, methods: list[str], seeds: list[int], out: str) -> dict[
   """Runs every (method, seed), writes the report into `out`; returns compare.json's content."""
   results: dict[str, dict[int, Any]] = {m: {} for m in methods}
   seconds: dict[str, float] = {}
+  fits: dict[int, Fitted] = {}
+
+  def fitted(seed: int) -> Fitted:
+    """The offline estimator fit on seed's world, once for every method of the report."""
+    if seed not in fits:
+      c = copy.deepcopy(config)
+      c.seed = seed
+      fits[seed] = fit_dots_estimator(c, make_world(c, seed), seed)
+    return fits[seed]
+
   for method in methods:
     t0 = time.perf_counter()
     for seed in seeds:
       c = copy.deepcopy(config)
       c.method, c.seed = method, seed
-      results[method][seed] = simulate(c)
+      results[method][seed] = simulate(
+          c, fitted=fitted(seed) if get_method(method).source == "dots" else None)
     seconds[method] = time.perf_counter() - t0
     print(f"{method}: {len(seeds)} seeds in {seconds[method]:.1f} s", flush=True)
   curves = {m: {s: r.curve for s, r in by_seed.items()} for m, by_seed in results.items()}
   result = compare.analyze(curves, config.sampling.group_size, testbed=False)
   # Only the goals whose methods ran (a DOTS-only comparison has no GRESO goal to fail).
   result["goals"] = {k: g for k, g in result["goals"].items() if np.isfinite(g["value"])}
-  cal = calibration(config, results, seeds)
+  cal = calibration(results, seeds, fitted)
   result.update(calibration=cal, seconds=seconds, methods=methods, seeds=seeds,
                 estimator={m: {str(s): r.estimator for s, r in by.items()}
                            for m, by in results.items() if get_method(m).source == "dots"})

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from dots_jax.difficulty.estimator import DifficultyEstimator
 from dots_jax.difficulty.offline import fit_on_labels
@@ -85,17 +86,24 @@ def fit_dots_estimator(config: ml_collections.ConfigDict, world: PassRateWorld, 
                  "fit_steps": float(summary["steps"])}
 
 
-def simulate(config: ml_collections.ConfigDict, log: Callable[[str], None] = lambda _: None
-             ) -> SimResult:
-  """`config.method` over the world of `config.seed` for `config.total_steps` steps."""
+Fitted = tuple[DifficultyEstimator, dict[str, float]]  # `fit_dots_estimator`'s result
+
+
+def simulate(config: ml_collections.ConfigDict, log: Callable[[str], None] = lambda _: None,
+             fitted: Fitted | None = None) -> SimResult:
+  """`config.method` over the world of `config.seed` for `config.total_steps` steps. A DOTS method
+  uses `fitted` (the offline stage on this seed's world, shared by the methods of a report), else
+  fits its own."""
   seed, steps = int(config.seed), int(config.total_steps)
   method = get_method(config.method)
   group_size, batch = config.sampling.group_size, config.rl.batch_questions
   world = make_world(config, seed)
   kw, est_figures = {}, {}
   if method.source == "dots":
-    model, est_figures = fit_dots_estimator(config, world, seed, log)
-    kw = dict(embeddings_NxD=world.pool_embeddings(), estimator=model)
+    model, figures = fitted or fit_dots_estimator(config, world, seed, log)
+    est_figures = dict(figures)
+    # Each run its own copy: online fine-tuning (selection.dots.online_finetune) moves the adapters.
+    kw = dict(embeddings_NxD=world.pool_embeddings(), estimator=nnx.clone(model))
   strategy = make_strategy(config, world.num_questions, **kw)
   buffer = ReplayBuffer.from_config(config, total_len=1) if method.replay else None
   heldout = world.heldout_indices()
