@@ -19,9 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
   # With dry_run: the accelerator's memory per device in GiB (e.g. 80 for an H100, 95 for a v5p
   # chip); > 0 prints whether the planned programs fit it. 0: no verdict.
   c.plan_device_gib = 0.0
-  # With dry_run: compile every program with this TPU topology's own compiler on compile-only
-  # devices (e.g. "v5p:2x2x2", "v6e:2x4"; needs libtpu) and report fits / does NOT fit per program;
-  # an update that does not fit under plan_fit_margin x HBM gets the micro-batch that does.
+  # With dry_run: compile every program with the accelerator's own compiler on compile-only devices
+  # of this topology (dots_jax.tools.topology: "v5p:2x2x2", "v6e-8" (libtpu), "h100x8" (the CUDA
+  # plugin)) and report fits / does NOT fit per program; when one does not fit under
+  # plan_fit_margin x HBM, the fit search prints the micro-batch, mesh, remat and KV budget that do.
   c.plan_topology = ""
   # With dry_run: the accelerator whose published peaks give a roofline step time (a device kind
   # of dots_jax.model.roofline.PEAKS, e.g. "H100", "H200", "v5p"); a plan_topology implies its own.

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={args.devices}")
   from dots_jax.config_base import base_config
+  from dots_jax.config_common import policy_runtime
   from dots_jax.model import qwen2
   from dots_jax.tools import plan, topology
   import jax
@@ -50,13 +51,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
   inter = args.intermediate or round(args.hidden * 8960 / 1536)
   rows = []
   for remat, policy in plan.REMAT_LADDER:
+    c.model.update(dtype="bfloat16", remat=remat, remat_policy=policy,
+                   scan_layers=not args.unrolled, attn_chunk=min(512, args.seq))
     cfg = qwen2.Qwen2Config(
         vocab_size=1024, hidden_size=args.hidden, intermediate_size=inter,
         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads, dtype="bfloat16", scan_layers=not args.unrolled,
-        remat=remat, remat_policy=policy, attn_chunk=min(512, args.seq))
-    c.model.update(dtype="bfloat16", remat=remat, remat_policy=policy,
-                   scan_layers=not args.unrolled, attn_chunk=min(512, args.seq))
+        num_key_value_heads=args.kv_heads, **policy_runtime(c))
     t0 = time.perf_counter()
     got = plan.compiled_programs(c, cfg, {"data": n, "fsdp": 1, "tensor": 1}, args.seq,
                                  devices=devices, only=("update",), quiet=True)["update"]

@@ -290,7 +290,7 @@ class Engine:
         take, prompts = [], []
         while waiting and len(take) < len(free):
           q = waiting[0] // g
-          if q not in prompts:
+          if not prompts or q != prompts[-1]:  # a prompt's completions wait side by side
             if len(prompts) == sizes[-1]:
               break
             prompts.append(q)

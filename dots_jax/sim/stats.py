@@ -33,20 +33,12 @@ def temporal_consistency(qid: np.ndarray, step: np.ndarray, zero_var: np.ndarray
   """The module docstring's four shares (NaN where no pair qualifies)."""
   q, before, after = visit_pairs(qid, step, zero_var)
   share = lambda num, den: float(num.sum() / den.sum()) if den.sum() else float("nan")
-  # A question revives "ever" when some zero-variance visit of it is followed, at any later visit,
-  # by one with reward variance: a pair (zero-variance, ...) before a later informative visit.
-  revived = np.zeros(0, np.int64)
-  had_zero = np.unique(q[before])
-  if len(q):
-    # Per question, the last informative visit and the first zero-variance one (pair positions).
-    pos = np.arange(len(q))
-    first_zero = {}
-    for i in pos[before]:
-      first_zero.setdefault(int(q[i]), int(i))
-    last_info = {}
-    for i in pos[~after]:
-      last_info[int(q[i])] = int(i)
-    revived = np.array([k for k, i in first_zero.items() if last_info.get(k, -1) >= i], np.int64)
+  # A question revives "ever" when a pair ending in reward variance comes at or after a pair that
+  # starts with zero variance, both the same question's (pairs are in (question, step) order).
+  pos = np.arange(len(q))
+  last_zero = np.maximum.accumulate(np.where(before, pos, -1)) if len(q) else pos
+  revives = ~after & (last_zero >= 0) & (q[np.maximum(last_zero, 0)] == q)
+  revived, had_zero = np.unique(q[revives]), np.unique(q[before])
   return {
       "zero_var_was_zero_var": share(before & after, after),
       "zero_var_revives_next": share(before & ~after, before),

@@ -99,8 +99,8 @@ class PassRateWorld:
     hard_S = rng.normal(0.0, p.skill_sd, s)
     visible_N = rng.normal(0.0, p.visible_sd, n)
     idio_N = rng.normal(0.0, p.idio_sd, n)
-    self.content_N = self.w_NxS @ hard_S + visible_N
-    self.base_N = p.logit_mean - self.content_N + idio_N
+    content_N = self.w_NxS @ hard_S + visible_N
+    self.base_N = p.logit_mean - content_N + idio_N
     self.skill_S = np.zeros(s)
     self.offset_N = np.zeros(n)
     self.wander_N = rng.normal(0.0, p.drift_sd, n)  # drawn from its stationary distribution

@@ -30,7 +30,8 @@ from dots_jax import compare, fs
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.synthetic import problem_structure
 from dots_jax.tiny.bars import PROBE_BARS, check_all, report_lines
-from dots_jax.tiny.tracking import POOL_SET, explained_share, group_means, pass_rate_steps, signal_share
+from dots_jax.tiny.tracking import (POOL_SET, group_r2, pass_rate_steps, pool_pass_rates,
+                                    signal_share)
 from dots_jax.workdir import read_config
 
 MID_BAND = (0.3, 0.7)
@@ -68,8 +69,8 @@ def eval_figures(rates: dict[int, np.ndarray], structure: list[str], group_size:
     p = rates[step]
     zz, ii = (persistence(p, rates[steps[i + 1]], group_size) if i + 1 < len(steps)
               else (float("nan"), float("nan")))
-    out.append(EvalFigures(step, float(p.mean()), explained_share(p, group_means(p, structure)),
-                           mid_band_share(p), zz, ii))
+    out.append(EvalFigures(step, float(p.mean()), group_r2(p, structure), mid_band_share(p), zz,
+                           ii))
   return out
 
 
@@ -93,13 +94,7 @@ def analyze(workdir: str) -> dict[str, Any]:
   evaluated = load_dataset(config.data, POOL_SET)
   n = min(len(evaluated), config.eval.max_questions or len(evaluated))
   structure = [problem_structure(evaluated[i].problem) for i in range(n)]
-  rates = {}
-  for step in pass_rate_steps(workdir):
-    got = fs.load_npz(fs.join(workdir, "pass_rates", f"{step}.npz"))
-    if POOL_SET not in got or len(got[POOL_SET]) != n:
-      raise ValueError(f"{workdir}/pass_rates/{step}.npz: no {n} {POOL_SET!r} pass rates (the run "
-                       "needs config.eval.exact=True and data.eval_sets with the pool)")
-    rates[step] = got[POOL_SET].astype(np.float64)
+  rates = {step: pool_pass_rates(workdir, step, n) for step in pass_rate_steps(workdir)}
   figures = eval_figures(rates, structure, int(config.sampling.group_size))
   checked = verdict(figures, compare.read_curve(workdir))
   return {"evaluations": [dataclasses.asdict(f) for f in figures], "bars": checked}

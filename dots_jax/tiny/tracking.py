@@ -183,6 +183,18 @@ def pass_rate_steps(workdir: str) -> list[int]:
   return steps
 
 
+def pool_pass_rates(workdir: str, step: int, n: int) -> np.ndarray:
+  """The exact pass rates of the run's `n` evaluated pool questions at evaluation `step`."""
+  path = fs.join(workdir, "pass_rates", f"{step}.npz")
+  rates = fs.load_npz(path)
+  if POOL_SET not in rates:
+    raise ValueError(f"{path} has no {POOL_SET!r} set: add it to config.data.eval_sets")
+  p = rates[POOL_SET].astype(np.float64)
+  if len(p) != n:
+    raise ValueError(f"{path} holds {len(p)} {POOL_SET!r} pass rates, the run evaluated {n}")
+  return p
+
+
 def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: float = 10.0,
                 seed: int = 0, tau: float = 0.0) -> list[StepPredictability]:
   """Every evaluation step of `workdir`; `tau` > 0 replaces selection.dots.tau of the run."""
@@ -205,13 +217,7 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
   rng = np.random.default_rng(seed)
   saved = set(checkpoint_steps(workdir, config))
   for step in pass_rate_steps(workdir):
-    path = fs.join(workdir, "pass_rates", f"{step}.npz")
-    rates = fs.load_npz(path)
-    if POOL_SET not in rates:
-      raise ValueError(f"{path} has no {POOL_SET!r} set: add it to config.data.eval_sets")
-    p = rates[POOL_SET].astype(np.float64)
-    if len(p) != n_eval:
-      raise ValueError(f"{path} holds {len(p)} {POOL_SET!r} pass rates, the run evaluated {n_eval}")
+    p = pool_pass_rates(workdir, step, n_eval)
     preds = reference_predictions(model, pq, e, p, d.ref_size, g, rng, draws)
     preds_exact = reference_predictions(model, pq, e, p, big, 0, rng, draws)
     rule = dict(group_size=g, alpha=d.alpha, tau=tau or d.tau, rng=rng)

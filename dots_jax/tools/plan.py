@@ -397,7 +397,7 @@ def fit_search(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
       trial = config.copy_and_resolve_references()
       trial.mesh.update({k.split(".")[1]: v for k, v in mesh_overrides.items()})
       trial.model.update(remat=remat, remat_policy=policy)
-      trial_cfg = dataclasses.replace(cfg, remat=remat, remat_policy=policy)
+      trial_cfg = dataclasses.replace(cfg, **policy_runtime(trial))
       update_fit = fit_update(trial, trial_cfg, mesh_sizes, seq, chips, hbm, margin)
       if update_fit is not None:
         break
