@@ -78,7 +78,10 @@ _STEP_KEYS = {"effective_frac": "selection/effective_frac",
               "all_correct": "selection/all_correct_frac", "all_wrong": "selection/all_wrong_frac",
               "pred_abs_err": "selection/pred_abs_err",
               "pred_abs_err_exact": "selection/pred_abs_err_exact", "rollout_s": "time/rollout_s",
-              "update_s": "time/update_s", "step_s": "time/step_s"}
+              "update_s": "time/update_s", "step_s": "time/step_s", "train_step": "step",
+              "pred_pearson_exact": "selection/pred_pearson_exact",
+              "signal_share_exact": "selection/signal_share_exact",
+              "pool_signal_share_exact": "selection/pool_signal_share_exact"}
 
 
 def _read_pass_rates(run_dir: str, first: float, last: float) -> dict[str, dict[str, np.ndarray]]:
@@ -99,6 +102,25 @@ def zero_var_share(curve: dict[str, np.ndarray], part: str) -> float:
     return float("nan")
   n = max(1, zv.size // 10)
   return float(zv[:n].mean() if part == "first" else zv[-n:].mean())
+
+
+def estimator_pearson_min(curve: dict[str, np.ndarray]) -> float:
+  """The lowest Pearson r of a source's pool predictions with the exact pass rates at the run's
+  evaluation steps (`selection/pred_pearson_exact`); NaN where nothing was predicted."""
+  steps, r = curve.get("train_step"), curve.get("pred_pearson_exact")
+  if steps is None or r is None:
+    return float("nan")
+  at = np.isin(steps, curve["step"]) & np.isfinite(r)
+  return float(r[at].min()) if at.any() else float("nan")
+
+
+def signal_share_ratio(curve: dict[str, np.ndarray]) -> float:
+  """The trained batches' expected share of groups with reward variance over a uniform batch's,
+  each averaged over the run (both from exact pass rates: `driver.exact_figures`)."""
+  batch, pool = curve.get("signal_share_exact"), curve.get("pool_signal_share_exact")
+  if batch is None or pool is None:
+    return float("nan")
+  return _ratio(_nanmean(batch), _nanmean(pool))
 
 
 def _nanmean(x: np.ndarray) -> float:
@@ -174,6 +196,8 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int
           "update_s_per_step": _nanmean(curve["update_s"]),
           "tracking_error": _nanmean(curve["pred_abs_err"]),
           "tracking_error_exact": _nanmean(curve["pred_abs_err_exact"]),
+          "estimator_pearson_min": estimator_pearson_min(curve),
+          "signal_share_ratio": signal_share_ratio(curve),
           "distinct_questions": curve["distinct_questions"],
           "total_seconds": float(curve["seconds"][-1]),
           "total_rollouts": float(curve["rollouts"][-1]),
@@ -200,6 +224,8 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int
         "update_s_per_step": mean("update_s_per_step"),
         "tracking_error": mean("tracking_error"),
         "tracking_error_exact": mean("tracking_error_exact"),
+        "estimator_pearson_min": mean("estimator_pearson_min"),
+        "signal_share_ratio": mean("signal_share_ratio"),
         "distinct_questions": mean("distinct_questions"),
         "time_saving_pct": 100.0 * (1.0 - mean("time_ratio")),
         "rollout_saving_pct": 100.0 * (1.0 - mean("rollout_ratio")),
@@ -243,15 +269,17 @@ def testbed_block(curves: dict[str, dict[int, dict[str, np.ndarray]]], result: d
                                 - c["pass_rates"]["first"][HELDOUT_SET]) >= MOVED))
            for c in grpo.values() if {"first", "last"} <= set(c["pass_rates"])]
   values["moved_heldout_questions"] = float(np.mean(moved)) if moved else float("nan")
-  if "dots" in result["summary"]:
-    # Against the exact pass rates where the task has them: the observed G-sample pass rate adds
-    # binomial noise no estimator can remove (E|p_obs - p| = 0.14 at p = 0.5, G = 8).
-    dots = result["summary"]["dots"]
-    exact = dots["tracking_error_exact"]
-    values["dots_tracking_error"] = exact if np.isfinite(exact) else dots["tracking_error"]
+  dots_runs = list(result["runs"].get("dots", {}).values())
+  if dots_runs:  # worst seed
+    values["dots_estimator_pearson"] = float(np.min([v["estimator_pearson_min"] for v in dots_runs]))
+    values["dots_signal_share_ratio"] = float(np.min([v["signal_share_ratio"] for v in dots_runs]))
   checked = bars.check_all(bars.BASE_BARS + bars.RUN_BARS, values)
-  if "dots" in result["summary"]:
-    checked["dots_tracking_error"]["against_observed"] = result["summary"]["dots"]["tracking_error"]
+  if dots_runs:
+    # Reported, no longer a bar: the mean |predicted - exact| on the trained batch (the oracle's own
+    # is 0.10-0.11: the policy moves within a round), and against the observed G-sample rate.
+    dots = result["summary"]["dots"]
+    checked["dots_estimator_pearson"]["tracking_error_exact"] = dots["tracking_error_exact"]
+    checked["dots_estimator_pearson"]["tracking_error_observed"] = dots["tracking_error"]
   checked["grpo_zero_var_end"]["observed_start"] = float(
       np.mean([zero_var_share(c, "first") for c in grpo.values()]))
   return checked

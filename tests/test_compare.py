@@ -81,7 +81,8 @@ def test_errors_are_named(tmp_path):
 
 
 def write_testbed_run(root, name, accs, rolls, pool_accs, *, pred_err=None, pred_err_exact=None,
-                      zero_var=0.5, pass_first=None, pass_last=None):
+                      zero_var=0.5, pass_first=None, pass_last=None, pearson=None, signal=None,
+                      pool_signal=None):
   """A run with everything the testbed/goals blocks read: per-step selection and timing metrics,
   evaluations of the held-out set and the pool, and per-question pass rates at the first and last
   evaluation."""
@@ -93,6 +94,10 @@ def write_testbed_run(root, name, accs, rolls, pool_accs, *, pred_err=None, pred
         f.write(json.dumps({"step": 10 * i, "selection/effective_frac": 1 - zero_var,
                             "selection/pred_abs_err": pred_err if pred_err is not None else None,
                             "selection/pred_abs_err_exact": pred_err_exact,
+                            "selection/pred_pearson_exact": (pearson[i - 1] if pearson is not None
+                                                             else None),
+                            "selection/signal_share_exact": signal,
+                            "selection/pool_signal_share_exact": pool_signal,
                             "time/rollout_s": 0.1, "time/update_s": 0.5,
                             "progress/distinct_questions": 40.0 * i}).replace("null", "NaN") + "\n")
       f.write(json.dumps({"step": 10 * i, "eval/accuracy": a, "eval/stderr": 0.01,
@@ -115,8 +120,11 @@ def test_testbed_and_goals_blocks_are_computed_from_the_runs(tmp_path):
     curves["grpo"][s] = write_testbed_run(
         tmp_path, f"grpo_{s}", [0.4, 0.5, 0.55, 0.58, final], rolls, [0.4, 0.5, 0.55, 0.58, final],
         zero_var=0.7, pass_first=p0, pass_last=p1)
+    # one training step between evaluations here, so every step's r is an evaluation's
     curves["dots"][s] = write_testbed_run(tmp_path, f"dots_{s}", [0.4, 0.6, 0.62, 0.63, 0.64],
-                                          rolls, [0.4] * 5, pred_err=0.1 + 0.01 * s)
+                                          rolls, [0.4] * 5, pred_err=0.1 + 0.01 * s,
+                                          pearson=[0.9, 0.8, 0.7 - 0.02 * s, 0.75],
+                                          signal=0.6, pool_signal=0.4 - 0.02 * s)
     curves["dots_rr"][s] = write_testbed_run(tmp_path, f"rr_{s}", [0.4, 0.65, 0.7, 0.7, 0.7],
                                              [0, 50, 100, 150, 200], [0.4] * 5)
     curves["ds"][s] = write_testbed_run(tmp_path, f"ds_{s}", [0.4, 0.5, 0.6, 0.65, 0.7],
@@ -137,7 +145,12 @@ def test_testbed_and_goals_blocks_are_computed_from_the_runs(tmp_path):
   assert tb["heldout_vs_pool_gain"]["value"] == pytest.approx(1.0)
   assert tb["moved_heldout_questions"]["value"] == pytest.approx(2 / 6)
   assert tb["grpo_zero_var_end"]["value"] == pytest.approx(0.7)
-  assert tb["dots_tracking_error"]["value"] == pytest.approx(0.11) and tb["dots_tracking_error"]["pass"]
+  # The worst seed's lowest r (seed 2: 0.66) and its batch-over-uniform signal share (0.6 / 0.4
+  # on seed 0 is the lowest ratio); the batch error is reported beside them, no longer a bar.
+  assert tb["dots_estimator_pearson"]["value"] == pytest.approx(0.66) and tb["dots_estimator_pearson"]["pass"]
+  assert tb["dots_signal_share_ratio"]["value"] == pytest.approx(1.5) and tb["dots_signal_share_ratio"]["pass"]
+  assert tb["dots_estimator_pearson"]["tracking_error_observed"] == pytest.approx(0.11)
+  assert "dots_tracking_error" not in tb
   # Goals: DOTS+RR reaches GRPO's final (step 40, 400 rollouts) at 50 rollouts -> 0.125 worst seed;
   # DOTS reaches 0.60 / 0.61 / 0.62 at step 10 / 20 / 20 -> worst 20 / 40.
   assert goals["dots_rr_rollout_ratio"]["value"] == pytest.approx(50 / 400)
@@ -154,7 +167,8 @@ def test_testbed_and_goals_blocks_are_computed_from_the_runs(tmp_path):
                                         rolls, [0.4] * 5, pred_err=0.3)
   worse = compare.analyze(curves, group_size=8, overlap=3.0)
   assert not worse["goals"]["dots_step_ratio"]["pass"]  # never reached on seed 0: NaN fails
-  assert not worse["testbed"]["dots_tracking_error"]["pass"]
+  assert not worse["testbed"]["dots_estimator_pearson"]["pass"]  # not measured on seed 0: NaN
+  assert not worse["testbed"]["dots_signal_share_ratio"]["pass"]
   assert not worse["testbed"]["pool_heldout_overlap"]["pass"]
   # Where the runs logged the error against exact pass rates, the bar reads it (the observed pass
   # rate's binomial noise is not the estimator's); the observed one is kept beside it.
@@ -162,6 +176,13 @@ def test_testbed_and_goals_blocks_are_computed_from_the_runs(tmp_path):
                                          rolls, [0.4] * 5, pred_err=0.3, pred_err_exact=0.05 * (s + 1))
                     for s in range(3)}
   exact = compare.analyze(curves, group_size=8, overlap=0.0)
-  assert exact["testbed"]["dots_tracking_error"]["value"] == pytest.approx(0.1)
-  assert exact["testbed"]["dots_tracking_error"]["against_observed"] == pytest.approx(0.3)
+  assert exact["testbed"]["dots_estimator_pearson"]["tracking_error_exact"] == pytest.approx(0.1)
+  assert exact["testbed"]["dots_estimator_pearson"]["tracking_error_observed"] == pytest.approx(0.3)
   assert "0.100 (0.300)" in compare.markdown_table(exact)
+  # a DOTS batch no more informative than a uniform one fails the signal bar
+  curves["dots"] = {s: write_testbed_run(tmp_path, f"dots_flat_{s}", [0.4, 0.6, 0.62, 0.63, 0.64],
+                                         rolls, [0.4] * 5, pearson=[0.9] * 4, signal=0.5,
+                                         pool_signal=0.45) for s in range(3)}
+  flat = compare.analyze(curves, group_size=8, overlap=0.0)["testbed"]
+  assert flat["dots_signal_share_ratio"]["value"] == pytest.approx(0.5 / 0.45)
+  assert not flat["dots_signal_share_ratio"]["pass"] and flat["dots_estimator_pearson"]["pass"]

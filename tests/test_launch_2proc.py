@@ -16,9 +16,12 @@ FLAGS = ["--config=configs/tiny.py:micro", "--config.total_steps=2"]
 TIMEOUT_S = 180
 # Wall-clock measurements differ between any two runs; everything else is a function of the inputs.
 TIMING_KEYS = ("time/", "progress/seconds", "eval/seconds", "selection/overhead_s",
-               "rollout/tokens_per_s", "train/tokens_per_s")
-# Reductions over a differently split batch may round differently; these are compared to ~1e-5.
-FLOAT_NOISE_PREFIX = "train/"
+               "selection/diagnostic_s", "rollout/tokens_per_s", "train/tokens_per_s")
+# Reductions over a differently split batch may round differently; these are compared to ~1e-5
+# (the training step's, and the exact pass rates' forward passes).
+FLOAT_NOISE_PREFIX = ("train/", "selection/exact_pass_rate", "selection/signal_share_exact",
+                      "selection/pool_signal_share_exact", "selection/pred_pearson_exact",
+                      "selection/pred_abs_err_exact")
 
 
 def free_port() -> int:

@@ -60,6 +60,8 @@ def test_every_method_runs(cache, tmp_path, method):
   assert (not scored or predicts) if m.filter in ("ds", "greso") else scored == predicts
   if scored:
     assert 0.0 <= records[1]["selection/pred_abs_err_exact"] <= 1.0
+  # ... and every method's step against a uniform batch, in expected reward-variance groups
+  assert 0.0 <= records[1]["selection/pool_signal_share_exact"] <= 1.0
 
 
 def test_tracking_report_reads_a_run(cache, tmp_path):

@@ -9,6 +9,7 @@ from dots_jax.difficulty.fit import fit_estimator
 from dots_jax.selection.base import (EpochStream, Proposal, RolloutRounds, StepContext, group_stats,
                                      step_rng)
 from dots_jax.rollout import Rollouts
+from dots_jax.selection import driver
 from dots_jax.selection.driver import collect_batch
 from dots_jax.methods import METHODS
 from dots_jax.selection.factory import make_strategy
@@ -291,6 +292,18 @@ def test_predictions_are_scored_against_exact_pass_rates_and_the_oracle_selects_
     assert o.metrics["selection/pred_abs_err_exact"] == pytest.approx(0.0, abs=1e-6)
     assert o.metrics["selection/rollouts_reference"] == 0
     assert "selection/pred_abs_err_exact" not in u.metrics
+    # Every strategy's batch against a uniform one in expected reward-variance groups (the pool's
+    # evenly spaced sample), and a predicting source's r with the truth over that sample.
+    sample = np.unique(np.linspace(0, len(p) - 1, min(len(p), driver.EXACT_SAMPLE)).astype(int))
+    share = lambda q: np.mean(1 - q ** G - (1 - q) ** G)
+    for got in (d, o, u):
+      assert got.metrics["selection/signal_share_exact"] == pytest.approx(share(p[got.indices]))
+      assert got.metrics["selection/pool_signal_share_exact"] == pytest.approx(share(p[sample]))
+    assert o.metrics["selection/signal_share_exact"] > u.metrics["selection/pool_signal_share_exact"]
+    assert o.metrics["selection/pred_pearson_exact"] == pytest.approx(1.0)
+    assert d.metrics["selection/pred_pearson_exact"] == pytest.approx(
+        np.corrcoef(dots.source.pred[sample], p[sample])[0, 1])
+    assert "selection/pred_pearson_exact" not in u.metrics
     assert np.abs(p[o.indices] - 0.5).max() < 0.1  # about 80 of the 400 uniform rates lie that close
   assert oracle.source.rounds == 2
   with pytest.raises(RuntimeError, match="exact pass rates"):

@@ -4,7 +4,7 @@ import pytest
 
 from dots_jax.model import variants
 from dots_jax.rl import memory
-from dots_jax.tools import parity, plan
+from dots_jax.tools import compiled, parity, plan
 from config_files import load_config
 from hf_fixtures import make_tiny_hf_checkpoint
 
@@ -110,9 +110,11 @@ def test_micro_batch_from_a_memory_budget():
 def test_out_of_memory_refusals_are_parsed_and_other_errors_are_not():
   msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
          "temporaries (35.13G) exceeds available HBM (31.25G).")
-  got = plan._out_of_memory(RuntimeError(msg))
+  got = compiled.out_of_memory(RuntimeError(msg))
   assert got["wanted"] == int(35.13 * 2**30) and got["available"] == int(31.25 * 2**30)
-  assert plan._out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes do not match")) is None
+  got = compiled.out_of_memory(RuntimeError(msg.replace("35.13G", "1.01T")))
+  assert got["wanted"] == int(1.01 * 2**40)
+  assert compiled.out_of_memory(RuntimeError("INVALID_ARGUMENT: shapes do not match")) is None
 
 
 def test_tpu_topology_plan_reports_a_program_that_does_not_fit_and_finds_one_that_does():
@@ -138,6 +140,48 @@ def test_tpu_topology_plan_reports_a_program_that_does_not_fit_and_finds_one_tha
   found = plan.fit_update(c, cfg, sizes, seq, chips, hbm, margin=0.9)
   assert found is not None and found["micro_batch"] < 32 and found["compiled"] <= 0.9 * hbm
   assert found["compiled"] < whole["wanted"] and found["tried"][0][0] == 32
+
+
+def test_dots_stage_programs_compile_on_one_chip_and_a_backbone_too_large_for_it_does_not_fit():
+  """DOTS methods add the backbone's embedding pass and the estimator's step and prediction,
+  compiled by the TPU compiler for one v5e chip: a backbone whose float32 weights alone exceed the
+  chip's 15.75 GiB (a 4.5B-parameter embedding table) is reported as not fitting, with at least its
+  weights as arguments; the estimator's programs fit; a GRPO run has none of them."""
+  pytest.importorskip("libtpu", reason="the TPU compiler needs libtpu: pip install -e '.[plan]'")
+  from dots_jax.model import qwen2
+  import dataclasses
+  from dots_jax.tools import plan_dots, topology
+  topo = topology.resolve("v5e:2x2")
+  c = load_config("tiny", "micro")
+  c.method = "dots"
+  big = qwen2.Qwen2Config(vocab_size=1_100_000, hidden_size=4096, intermediate_size=128,
+                          num_hidden_layers=1, num_attention_heads=32, num_key_value_heads=8)
+  got = plan.compiled_programs(c, big, {"data": 4, "fsdp": 1, "tensor": 1}, 32,
+                               devices=topo.devices, hbm_bytes=topo.hbm_bytes, quiet=True,
+                               only=tuple(sorted(plan.DOTS_PROGRAMS)))
+  assert set(got) == plan.DOTS_PROGRAMS
+  # the backbone is loaded as `question_embeddings` loads it: float32, unrolled, whatever the run's
+  c.model.update(scan_layers=True, remat=True, dtype="bfloat16")
+  shape, where = plan_dots.backbone_shape(c, dataclasses.replace(big, scan_layers=True, remat=True))
+  assert (shape.dtype, shape.param_dtype, shape.scan_layers, shape.remat) == (
+      "float32", "float32", False, False) and where == "the initial policy"
+  assert got["embed"]["fits"] is False
+  assert (got["embed"].get("arguments") or got["embed"]["wanted"]) >= 1_100_000 * 4096 * 4
+  assert got["estimator_fit"]["fits"] and got["estimator_predict"]["fits"]
+  # the estimator's input is the backbone's width: its first adapter layer is 4096 x 256 per adapter
+  assert got["estimator_fit"]["arguments"] > 2 * 4096 * c.selection.dots.width * 4
+  assert plan_dots.fit_embed(c, big, topo.devices[0], topo.hbm_bytes, 0.9) is None
+  # activations, not weights: long questions in a large batch; the search halves embed_batch
+  wide = qwen2.Qwen2Config(vocab_size=256, hidden_size=4096, intermediate_size=256,
+                           num_hidden_layers=1, num_attention_heads=32, num_key_value_heads=8)
+  c.data.prompt_buckets, c.selection.dots.embed_max_len, c.selection.dots.embed_batch = (2048,), 0, 64
+  found = plan_dots.fit_embed(c, wide, topo.devices[0], topo.hbm_bytes, 0.9)
+  assert found is not None and found["embed_batch"] < 64 and found["compiled"] <= 0.9 * topo.hbm_bytes
+  assert found["tried"][0][0] == 64 and found["tried"][0][1] > 0.9 * topo.hbm_bytes
+  c.method = "grpo"
+  assert not plan.DOTS_PROGRAMS & set(plan.compiled_programs(
+      c, big, {"data": 4, "fsdp": 1, "tensor": 1}, 32, devices=topo.devices,
+      hbm_bytes=topo.hbm_bytes, quiet=True, only=("embed",)))
 
 
 def test_step_roofline_by_hand():

@@ -56,8 +56,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("add3_c2", "+", (3, 3), 2, 3),  # carry chains: the middle skill
     Family("add4_c", "+", (4, 4), 2, 4),  # same skill, longer: transfer target
     Family("add5_c", "+", (5, 5), 3, 5),
+    Family("add6_c", "+", (6, 6), 4, 6),  # the long tail of carry chains
     Family("sub3_b", "-", (3, 3), 1, 3),  # with borrows
     Family("sub4_b", "-", (4, 4), 2, 4),
+    Family("sub5_b", "-", (5, 5), 3, 5),
     Family("add3t", "+", (2, 2, 2)),  # three terms
     Family("mul3x1", "*", (3, 1)),
     Family("mul2x2", "*", (2, 2)),  # out of reach: all-wrong groups

@@ -35,6 +35,13 @@ class GroupStats:
   all_wrong_Q: np.ndarray  # bool
 
 
+def signal_share(p_N: np.ndarray, group_size: int) -> np.ndarray:
+  """Probability that a group of `group_size` samples of a question with pass rate p has reward
+  variance: 1 - p^G - (1 - p)^G."""
+  p = np.asarray(p_N, np.float64)
+  return 1.0 - p ** group_size - (1.0 - p) ** group_size
+
+
 def group_stats(rewards_QxG: np.ndarray) -> GroupStats:
   """Pass rate, zero-variance, all-correct and all-wrong flags of each group."""
   r = np.asarray(rewards_QxG, np.float32)

@@ -117,6 +117,8 @@ class CandidateSource(Protocol):
   """Where a strategy's candidates and predictions come from: `EpochStream` (the plain epoch order)
   or `dots_jax.selection.dots.TargetedSource` (DOTS's and the oracle's pass-rate-targeted order)."""
 
+  num_questions: int  # the pool's size
+
   def take(self, n: int) -> np.ndarray:
     """The next `n` candidate question indices (consumed for the epoch)."""
 

@@ -22,7 +22,9 @@ import numpy as np
 
 from dots_jax.rewards import RewardStats
 from dots_jax.rollout import Rollouts
-from dots_jax.selection.base import Proposal, StepContext, Strategy, group_stats, step_rng
+from dots_jax.rl.batch import signal_share
+from dots_jax.selection.base import (CandidateSource, Proposal, StepContext, Strategy, group_stats,
+                                     step_rng)
 
 RolloutFn = Callable[[np.ndarray, int], Rollouts]
 PassRatesFn = Callable[[np.ndarray], np.ndarray]
@@ -143,20 +145,38 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
       "selection/overhead_s": overhead,
   }
   metrics.update(strat_metrics)
-  if pass_rates is not None and has_pred.any():
-    metrics.update(_exact_errors(pass_rates, indices[has_pred], predicted[has_pred]))
+  if pass_rates is not None and group_size:
+    metrics.update(exact_figures(pass_rates, strategy.source, indices, predicted, group_size))
   return CollectedBatch(chosen_rollouts, indices, predicted, reward_stats, metrics)
 
 
-def _exact_errors(pass_rates: PassRatesFn, indices: np.ndarray, predicted: np.ndarray
-                  ) -> dict[str, float]:
-  """The predictions against the exact pass rates of the same questions. Its time is reported
+# Pool questions whose exact pass rates stand for a uniform batch each step (evenly spaced indices)
+EXACT_SAMPLE = 256
+
+
+def exact_figures(pass_rates: PassRatesFn, source: CandidateSource, indices: np.ndarray,
+                  predicted: np.ndarray, group_size: int) -> dict[str, float]:
+  """The step measured against exact pass rates, without the G-sample noise of observed ones:
+  the trained batch's expected share of groups with reward variance (`signal_share`) beside a
+  uniform batch's (a fixed sample of the pool), and where the source predicts, its error on the
+  batch and the Pearson r of its predictions with the truth over the sample. Its time is reported
   (`selection/diagnostic_s`) so the loop can leave it out of the method's training seconds."""
   t0 = time.perf_counter()
-  exact = np.asarray(pass_rates(indices), np.float64)
-  return {"selection/exact_pass_rate": float(exact.mean()),
-          "selection/pred_abs_err_exact": float(np.abs(predicted - exact).mean()),
-          "selection/diagnostic_s": time.perf_counter() - t0}
+  n = source.num_questions
+  sample = np.unique(np.linspace(0, n - 1, min(n, EXACT_SAMPLE)).astype(np.int64))
+  exact = np.asarray(pass_rates(np.concatenate([indices, sample])), np.float64)
+  batch_p, pool_p = exact[:len(indices)], exact[len(indices):]
+  out = {"selection/exact_pass_rate": _mean(batch_p),
+         "selection/signal_share_exact": _mean(signal_share(batch_p, group_size)),
+         "selection/pool_signal_share_exact": _mean(signal_share(pool_p, group_size))}
+  has_pred = ~np.isnan(predicted)
+  if has_pred.any():
+    out["selection/pred_abs_err_exact"] = float(np.abs(predicted - batch_p)[has_pred].mean())
+  pool_pred = np.asarray(source.predicted(sample), np.float64)
+  if np.isfinite(pool_pred).all() and pool_pred.std() > 0 and pool_p.std() > 0:
+    out["selection/pred_pearson_exact"] = float(np.corrcoef(pool_pred, pool_p)[0, 1])
+  out["selection/diagnostic_s"] = time.perf_counter() - t0
+  return out
 
 
 def _mean(x: np.ndarray) -> float:

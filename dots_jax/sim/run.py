@@ -156,7 +156,8 @@ def simulate(config: ml_collections.ConfigDict, log: Callable[[str], None] = lam
     row = _evaluate(world, heldout, step + 1, rollouts, seconds)
     row.update({k: m.get(f"selection/{k}", np.nan) for k in
                 ("effective_frac", "all_correct_frac", "all_wrong_frac", "pred_abs_err",
-                 "pred_abs_err_exact")})
+                 "pred_abs_err_exact", "pred_pearson_exact", "signal_share_exact",
+                 "pool_signal_share_exact")})
     row.update(rollout_s=step_rollouts, update_s=step_train, step_s=step_rollouts + step_train,
                replayed=float(is_replay_Q.sum()))
     rows.append(row)
@@ -187,7 +188,10 @@ def _evaluate(world: PassRateWorld, heldout: np.ndarray, step: int, rollouts: fl
 _PER_STEP = {"effective_frac": "effective_frac", "all_correct": "all_correct_frac",
              "all_wrong": "all_wrong_frac", "pred_abs_err": "pred_abs_err",
              "pred_abs_err_exact": "pred_abs_err_exact", "rollout_s": "rollout_s",
-             "update_s": "update_s", "step_s": "step_s", "replayed": "replayed"}
+             "update_s": "update_s", "step_s": "step_s", "replayed": "replayed",
+             "train_step": "step", "pred_pearson_exact": "pred_pearson_exact",
+             "signal_share_exact": "signal_share_exact",
+             "pool_signal_share_exact": "pool_signal_share_exact"}
 
 
 def _curve(rows: list[dict[str, float]], distinct: float) -> dict[str, Any]:

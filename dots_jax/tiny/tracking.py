@@ -45,6 +45,7 @@ from dots_jax.difficulty import estimator as est
 from dots_jax.difficulty import embed
 from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.model.hf_io import load_tokenizer
+from dots_jax.rl.batch import signal_share
 from dots_jax.selection.dots import targeted_order
 from dots_jax.workdir import checkpoint_steps, load_trained, read_config
 
@@ -134,12 +135,6 @@ def mean_r(preds: Sequence[np.ndarray], p_N: np.ndarray) -> float:
   """Mean Pearson r between p and each prediction (NaN when every one is constant)."""
   out = [pearson(pred, p_N) for pred in preds]
   return float(np.nanmean(out)) if np.isfinite(out).any() else float("nan")
-
-
-def signal_share(p_N: np.ndarray, group_size: int) -> np.ndarray:
-  """Probability that a group of `group_size` samples has reward variance: 1 - p^G - (1 - p)^G."""
-  p = np.asarray(p_N, np.float64)
-  return 1.0 - p ** group_size - (1.0 - p) ** group_size
 
 
 @dataclasses.dataclass

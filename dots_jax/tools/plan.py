@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
 import sys
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +30,7 @@ from dots_jax.rl.memory import plan, update_config, update_estimate, update_rows
 from dots_jax.rollout import EngineSettings
 from dots_jax.sampling.engine import Engine, slot_cache_bytes
 from dots_jax.startup import check_model_mesh, validate_config
-from dots_jax.tools import topology
+from dots_jax.tools import compiled, plan_dots, topology
 
 def _log(text: str) -> None:
   if jax.process_index() == 0:
@@ -205,6 +203,9 @@ def topology_plan(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
              f" (compiled peak {peak / 2**30:.2f} GiB, {100 * peak / hbm:.0f}%)")
   elif searched:
     line += "; no micro-batch, mesh or remat setting found that fits: more chips or tensor sharding"
+  dots = {n: p for n, p in programs.items() if n in DOTS_PROGRAMS}
+  if dots:
+    line += f"; {plan_dots.dots_verdict(config, cfg, dots, topo)}"
   _log(line)
   return out
 
@@ -261,13 +262,18 @@ def prefill_block_bytes(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], prompt
   return int(cache + layer)
 
 
+# The DOTS stage's programs (`plan_dots`): one chip each, compiled when the method selects with DOTS.
+DOTS_PROGRAMS = {"embed", "estimator_fit", "estimator_predict"}
+
+
 def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                       sizes: Mapping[str, int], seq: int, *, devices: list[Any] | None = None,
                       hbm_bytes: int = 0, only: tuple[str, ...] | None = None,
                       quiet: bool = False) -> dict[str, dict[str, Any]]:
-  """Lowers and compiles pi_old, the update step and (with the slot engine) the rollout decode
-  program (or those named in `only`) with shapes only on a mesh of `sizes` and returns, per
-  program, the per-device bytes of `memory_analysis()` (arguments + outputs - aliased +
+  """Lowers and compiles pi_old, the update step, (with the slot engine) the rollout's decode and
+  prefill programs and (for DOTS methods) the DOTS stage's embedding and estimator programs on the
+  first chip (`plan_dots`), or those named in `only`, with shapes only on a mesh of `sizes`, and
+  returns, per program, the per-device bytes of `memory_analysis()` (arguments + outputs - aliased +
   temporaries) beside `update_estimate`. `devices`: compile-only devices of a real topology
   (`dots_jax.tools.topology`), else this process's (`dots_jax.main` gives a CPU dry run
   host-platform devices when plan_compile is set). With `hbm_bytes`, each program says whether it
@@ -312,57 +318,17 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
         params, engine_state, ints(u, engine.max_prompt_len), ints(u, engine.max_prompt_len),
         ints(engine.slots), ints(engine.slots), ints(engine.slots), ints(engine.slots))
     estimates["prefill"] = estimates["rollout"] + prefill_block_bytes(cfg, sizes, u, engine)
+  if get_method(config.method).source == "dots" and (not only or set(only) & DOTS_PROGRAMS):
+    for name, (lower, est) in plan_dots.dots_programs(config, cfg, devices[0]).items():
+      lowered[name], estimates[name] = lower, est
   out = {}
   for name, lower in lowered.items():
     if only and name not in only:
       continue
-    est = estimates[name]
-    t0 = time.perf_counter()
-    try:
-      ma = lower().compile().memory_analysis()
-    except Exception as e:  # noqa: BLE001 - only the compiler's out-of-memory refusal is a result
-      refusal = _out_of_memory(e)
-      if refusal is None:
-        raise
-      out[name] = {"fits": False, "compiled": None, "estimated": int(est), **refusal,
-                   "compile_s": round(time.perf_counter() - t0, 1)}
-      if not quiet:
-        _log(f"program    {name}: does NOT fit: the compiler needs {refusal['wanted'] / 2**30:.2f} "
-             f"GiB of temporaries, the chip has {refusal['available'] / 2**30:.2f} GiB; "
-             f"{est / 2**30:.2f} GiB estimated")
-      continue
-    compile_s = time.perf_counter() - t0
-    compiled = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
-                + ma.temp_size_in_bytes)
-    out[name] = {"compiled": int(compiled), "estimated": int(est),
-                 "temp": int(ma.temp_size_in_bytes), "arguments": int(ma.argument_size_in_bytes),
-                 "outputs": int(ma.output_size_in_bytes),
-                 "generated_code": int(getattr(ma, "generated_code_size_in_bytes", 0)),
-                 "compile_s": round(compile_s, 1)}
-    if hbm_bytes:
-      out[name]["fits"] = compiled <= hbm_bytes
+    out[name] = compiled.measure_program(lower, estimates[name], hbm_bytes)
     if not quiet:
-      verdict = (f"; {'fits' if compiled <= hbm_bytes else 'does NOT fit'} "
-                 f"({100 * compiled / hbm_bytes:.0f}% of {hbm_bytes / 2**30:.2f} GiB)"
-                 if hbm_bytes else "")
-      _log(f"program    {name}: {compiled / 2**30:.2f} GiB compiled (arguments "
-           f"{ma.argument_size_in_bytes / 2**30:.2f}, outputs {ma.output_size_in_bytes / 2**30:.2f}, "
-           f"aliased {ma.alias_size_in_bytes / 2**30:.2f}, temporaries "
-           f"{ma.temp_size_in_bytes / 2**30:.2f}, code {out[name]['generated_code'] / 2**20:.1f} "
-           f"MiB), {est / 2**30:.2f} GiB estimated; compiled in {compile_s:.0f} s{verdict}")
+      _log(compiled.program_line(name, out[name], hbm_bytes))
   return out
-
-
-def _out_of_memory(e: Exception) -> dict[str, int] | None:
-  """The bytes a compiler's out-of-memory refusal says it wanted and had, or None for any other
-  error ("... required for HLO temporaries (35.13G) exceeds available HBM (31.25G)")."""
-  m = re.search(r"\(([\d.]+)([GMK])\) exceeds available \w+ \(([\d.]+)([GMK])\)", str(e))
-  if "RESOURCE_EXHAUSTED" not in str(e) or m is None:
-    return None
-  scale = {"G": 2**30, "M": 2**20, "K": 2**10}
-  return {"wanted": int(float(m.group(1)) * scale[m.group(2)]),
-          "available": int(float(m.group(3)) * scale[m.group(4)]),
-          "message": str(e).strip().splitlines()[0][:300]}
 
 
 # Remat settings from least to most recompute: (model.remat, model.remat_policy).

@@ -1,0 +1,42 @@
+"""The DOTS stage's programs alone (`tools.plan_dots`), compiled for one chip of a topology: the
+backbone's embedding pass and the estimator's step and prediction, each with fits / does NOT fit,
+and a last line that says whether the stage fits (or the embed_batch that does). The full dry run
+(`--config.dry_run=True`) compiles them with the policy's programs.
+
+  python -m dots_jax.tools.dots_stage --config=configs/qwen7b.py:method=dots_rr \
+      --config.plan_topology=v6e-8
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absl import app
+from ml_collections import config_flags
+
+from dots_jax.tools import plan, plan_dots, topology
+
+
+def main(argv: Any) -> None:
+  del argv
+  config = _CONFIG.value
+  if not config.plan_topology:
+    raise SystemExit("dots_jax.tools.dots_stage: set --config.plan_topology (e.g. v6e-8, h100x8)")
+  topo = topology.resolve(config.plan_topology)
+  cfg, _ = plan.policy_shape(config)
+  sizes = plan.planned_mesh(config, len(topo.devices))
+  backbone, where = plan_dots.backbone_shape(config, cfg)
+  print(f"backbone   {where}: {backbone.num_params() / 1e9:.3f}B params in float32, on one "
+        f"{topo.devices[0].device_kind} of {topo.hbm_bytes / 2**30:.2f} GiB", flush=True)
+  seq = max(config.data.prompt_buckets) + config.sampling.max_new_tokens
+  got = plan.compiled_programs(config, cfg, sizes, seq, devices=topo.devices,
+                               hbm_bytes=topo.hbm_bytes, only=tuple(sorted(plan.DOTS_PROGRAMS)))
+  if not got:
+    raise SystemExit(f"config.method={config.method!r} does not select with DOTS: no DOTS stage")
+  print(f"dots stage {config.plan_topology}: {plan_dots.dots_verdict(config, cfg, got, topo)}",
+        flush=True)
+
+
+if __name__ == "__main__":  # flags only when run: tests import this module
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/qwen7b.py")
+  app.run(main)

@@ -1,0 +1,144 @@
+"""The DOTS stage's programs for the dry run: the backbone's embedding pass and the estimator's
+training step and prediction, lowered with shapes only, as the run places them.
+
+All three run unsharded on one chip (the first): `difficulty.setup.question_embeddings` loads the
+backbone whole in float32 and the estimator is a small module jitted without a mesh. So their
+per-chip bytes do not shrink with a larger slice, and a backbone that does not fit one chip in
+float32 needs `selection.dots.backbone` to name a smaller checkpoint (or the embeddings computed
+once elsewhere and cached under `selection.dots.embed_path`). `plan.compiled_programs` compiles
+them beside the policy's programs when the method selects with DOTS; `python -m
+dots_jax.tools.dots_stage` compiles them alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from dots_jax.config_common import policy_runtime
+from dots_jax.difficulty import embed, estimator, fit
+from dots_jax.difficulty.setup import estimator_config
+from dots_jax.model import hf_io, qwen2
+from dots_jax.tools import compiled
+
+# (lower the program, the per-chip bytes estimated for it) per program name
+Programs = dict[str, tuple[Callable[[], Any], int]]
+
+
+def backbone_shape(config: ml_collections.ConfigDict, policy: qwen2.Qwen2Config
+                   ) -> tuple[qwen2.Qwen2Config, str]:
+  """The embedding backbone's architecture in float32 (as `question_embeddings` loads it):
+  selection.dots.backbone's config.json when it is a local directory, else the policy's shape
+  (the default backbone is the initial policy); and where it came from."""
+  path = config.selection.dots.backbone
+  runtime = dict(dtype="float32", param_dtype="float32")
+  if path and os.path.isdir(path):
+    return qwen2.Qwen2Config.from_hf(hf_io.read_hf_config(path), **runtime), path
+  where = f"{path} (not local: the policy's shape assumed)" if path else "the initial policy"
+  # the run's runtime fields (scanned layers, remat, attention blocks) are not the embedding's
+  fields = qwen2.Qwen2Config.__dataclass_fields__
+  defaults = {k: fields[k].default for k in policy_runtime(config)}
+  return dataclasses.replace(policy, **{**defaults, **runtime}), where
+
+
+def _on(device: Any) -> Callable[[Any], jax.ShapeDtypeStruct]:
+  one = jax.sharding.SingleDeviceSharding(device)
+  return lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one)
+
+
+def _nbytes(tree: Any) -> int:
+  return int(sum(np.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
+
+
+def embed_program(config: ml_collections.ConfigDict, backbone: qwen2.Qwen2Config,
+                  device: Any) -> tuple[Callable[[], Any], int]:
+  """`embed._mean_hidden` over one batch of the longest questions: `embed_batch` rows of the
+  bucket holding the longest prompt (cut at `embed_max_len`)."""
+  d = config.selection.dots
+  longest = max(config.data.prompt_buckets)
+  width = embed._bucket(longest, d.embed_max_len if d.embed_max_len > 0 else longest)
+  graphdef, abstract = qwen2.abstract_model(backbone)
+  place = _on(device)
+  params = jax.tree.map(place, abstract)
+  tokens = mask = place(jax.ShapeDtypeStruct((d.embed_batch, width), np.int32))
+  # weights, then one layer's float32 activations (residual stream, attention, MLP) of the batch
+  rows = d.embed_batch * width
+  est = _nbytes(abstract) + rows * (4 * backbone.hidden_size + 2 * backbone.intermediate_size) * 4
+  return (lambda: embed._mean_hidden.lower(graphdef, params, tokens, mask)), est
+
+
+def estimator_programs(config: ml_collections.ConfigDict, input_dim: int, device: Any) -> Programs:
+  """The estimator's Adam step (the larger of the offline stage's and online fine-tuning's query
+  batch and reference set) and its prediction of one chunk of projected questions."""
+  d = config.selection.dots
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: estimator.init_estimator(estimator_config(config, input_dim))))
+  place = _on(device)
+  params = jax.tree.map(place, abstract)
+  opt_state = jax.tree.map(place, jax.eval_shape(fit._ADAM.init, abstract))
+  f32 = lambda *shape: place(jax.ShapeDtypeStruct(shape, np.float32))
+  batch, refs = max(d.fit.batch, d.online_batch), max(d.fit.ref_size, d.ref_size)
+  key = place(jax.eval_shape(lambda: jax.random.key(0)))
+  weights = _nbytes(abstract)
+  # params, Adam's two moments and the gradient; the adapters' activations of queries + references
+  act = (batch + refs) * (input_dim + 3 * d.width) * 4 * d.layers
+  fit_lower = lambda: fit._train_step.lower(graphdef, params, opt_state, f32(), f32(batch, input_dim),
+                                            f32(batch), f32(refs, input_dim), f32(refs), key)
+  chunk = d.chunk
+  predict_lower = lambda: estimator._predict_projected.lower(
+      graphdef, params, f32(chunk, d.width), f32(d.ref_size, input_dim), f32(d.ref_size))
+  return {"estimator_fit": (fit_lower, 4 * weights + 2 * act),
+          "estimator_predict": (predict_lower, weights + chunk * (d.width + 2 * d.ref_size) * 4)}
+
+
+def dots_programs(config: ml_collections.ConfigDict, policy: qwen2.Qwen2Config,
+                  device: Any) -> Programs:
+  """Every DOTS-stage program, each to be compiled for `device` (one chip)."""
+  backbone, _ = backbone_shape(config, policy)
+  return {"embed": embed_program(config, backbone, device),
+          **estimator_programs(config, backbone.hidden_size, device)}
+
+
+def fit_embed(config: ml_collections.ConfigDict, policy: qwen2.Qwen2Config, device: Any,
+              hbm_bytes: int, margin: float) -> dict[str, Any] | None:
+  """The largest `selection.dots.embed_batch` (halving the config's) whose embedding pass compiles
+  under `margin` x HBM on one chip, or None (the backbone's float32 weights alone are too large:
+  a smaller backbone is the remedy); each candidate is one compile."""
+  backbone, _ = backbone_shape(config, policy)
+  if _nbytes(qwen2.abstract_model(backbone)[1]) > margin * hbm_bytes:
+    return None  # the weights alone
+  trial = config.copy_and_resolve_references()
+  tried = []
+  while trial.selection.dots.embed_batch >= 1:
+    lower, est = embed_program(trial, backbone, device)
+    got = compiled.measure_program(lower, est, hbm_bytes)
+    need = got.get("compiled") or got.get("wanted")
+    tried.append((trial.selection.dots.embed_batch, need))
+    if got.get("compiled") is not None and got["compiled"] <= margin * hbm_bytes:
+      return {"embed_batch": trial.selection.dots.embed_batch, "compiled": got["compiled"],
+              "tried": tried}
+    trial.selection.dots.embed_batch //= 2
+  return None
+
+
+def dots_verdict(config: ml_collections.ConfigDict, policy: qwen2.Qwen2Config,
+                 programs: dict[str, dict[str, Any]], topo: Any) -> str:
+  """Whether the DOTS stage fits one chip under config.plan_fit_margin x HBM; when the embedding
+  pass does not, the embed_batch that does (`fit_embed`), or that the backbone is too large."""
+  limit = config.plan_fit_margin * topo.hbm_bytes
+  unfit = [n for n in sorted(programs) if (programs[n].get("compiled") or float("inf")) > limit]
+  if not unfit:
+    return "the DOTS stage fits one chip"
+  line = f"the DOTS stage's {', '.join(unfit)} does NOT fit one chip (unsharded, float32)"
+  if "embed" in unfit:
+    found = fit_embed(config, policy, topo.devices[0], topo.hbm_bytes, config.plan_fit_margin)
+    line += (f"; fits with --config.selection.dots.embed_batch={found['embed_batch']} (compiled "
+             f"{found['compiled'] / 2**30:.2f} GiB)" if found else
+             "; no embed_batch fits: --config.selection.dots.backbone=<a smaller checkpoint>")
+  return line
