@@ -118,3 +118,19 @@ def test_bad_config_named():
     synthetic.synthetic_rows(_syn(pool_weights=(1.0,)), "train")
   with pytest.raises(ValueError, match="split"):
     synthetic.synthetic_rows(_syn(), "test")
+
+
+def test_skills_preset_draws_its_full_pool_and_never_demonstrates_products():
+  """configs/tiny.py:skills (issue 34's candidate base): 4000 pool and 4000 held-out questions,
+  disjoint, a quarter of each pinned (no-carry 2-digit additions, 2x2-digit products), and an SFT
+  stream with no product in it."""
+  from config_files import load_config
+  syn = load_config("tiny", "skills").data.synthetic
+  train, heldout = (synthetic.synthetic_rows(syn, s) for s in ("train", "heldout"))
+  assert len(train) == len(heldout) == 4000
+  assert not {p for p, _, _ in train} & {p for p, _, _ in heldout}
+  pinned = lambda rows: sum(f in ("add2_nc", "mul2x2") for _, _, f in rows) / len(rows)
+  assert pinned(train) == pinned(heldout) == 0.25
+  stream = list(itertools.islice(synthetic.sft_stream(syn, 0, 0.3, 0.6), 2000))
+  assert not any("*" in p for p, _, _ in stream)
+  assert {f for _, _, f in stream} == set(syn.families) - {"mul2x2"}
