@@ -107,20 +107,15 @@ def zero_var_share(curve: dict[str, np.ndarray], part: str) -> float:
 def estimator_pearson_min(curve: dict[str, np.ndarray]) -> float:
   """The lowest Pearson r of a source's pool predictions with the exact pass rates at the run's
   evaluation steps (`selection/pred_pearson_exact`); NaN where nothing was predicted."""
-  steps, r = curve.get("train_step"), curve.get("pred_pearson_exact")
-  if steps is None or r is None:
-    return float("nan")
-  at = np.isin(steps, curve["step"]) & np.isfinite(r)
+  r = curve["pred_pearson_exact"]
+  at = np.isin(curve["train_step"], curve["step"]) & np.isfinite(r)
   return float(r[at].min()) if at.any() else float("nan")
 
 
 def signal_share_ratio(curve: dict[str, np.ndarray]) -> float:
   """The trained batches' expected share of groups with reward variance over a uniform batch's,
   each averaged over the run (both from exact pass rates: `driver.exact_figures`)."""
-  batch, pool = curve.get("signal_share_exact"), curve.get("pool_signal_share_exact")
-  if batch is None or pool is None:
-    return float("nan")
-  return _ratio(_nanmean(batch), _nanmean(pool))
+  return _ratio(_nanmean(curve["signal_share_exact"]), _nanmean(curve["pool_signal_share_exact"]))
 
 
 def _nanmean(x: np.ndarray) -> float:

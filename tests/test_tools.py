@@ -178,6 +178,10 @@ def test_dots_stage_programs_compile_on_one_chip_and_a_backbone_too_large_for_it
   found = plan_dots.fit_embed(c, wide, topo.devices[0], topo.hbm_bytes, 0.9)
   assert found is not None and found["embed_batch"] < 64 and found["compiled"] <= 0.9 * topo.hbm_bytes
   assert found["tried"][0][0] == 64 and found["tried"][0][1] > 0.9 * topo.hbm_bytes
+  # the dry run hands over the configured batch it already compiled: that one is not compiled again
+  refused = {"compiled": None, "wanted": 123, "fits": False}
+  again = plan_dots.fit_embed(c, wide, topo.devices[0], topo.hbm_bytes, 0.9, configured=refused)
+  assert again["tried"] == [(64, 123)] + found["tried"][1:] and again["embed_batch"] == found["embed_batch"]
   c.method = "grpo"
   assert not plan.DOTS_PROGRAMS & set(plan.compiled_programs(
       c, big, {"data": 4, "fsdp": 1, "tensor": 1}, 32, devices=topo.devices,

@@ -29,9 +29,9 @@ import numpy as np
 from dots_jax import compare, fs
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.synthetic import problem_structure
+from dots_jax.rl.batch import signal_share
 from dots_jax.tiny.bars import PROBE_BARS, check_all, report_lines
-from dots_jax.tiny.tracking import (POOL_SET, group_r2, pass_rate_steps, pool_pass_rates,
-                                    signal_share)
+from dots_jax.tiny.tracking import POOL_SET, group_r2, pass_rate_steps, pool_pass_rates
 from dots_jax.workdir import read_config
 
 MID_BAND = (0.3, 0.7)

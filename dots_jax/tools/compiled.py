@@ -35,6 +35,12 @@ def measure_program(lower: Any, estimate: int, hbm_bytes: int = 0) -> dict[str, 
   return out
 
 
+def within(p: dict[str, Any] | None, limit: float) -> bool:
+  """Whether a measured program (None: not compiled, nothing to fit) compiled to at most `limit`
+  bytes; a refused one never does."""
+  return p is None or (p.get("compiled") is not None and p["compiled"] <= limit)
+
+
 def program_line(name: str, p: dict[str, Any], hbm_bytes: int) -> str:
   """The dry run's line for one measured program."""
   g = lambda n: f"{n / 2**30:.2f}"

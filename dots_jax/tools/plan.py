@@ -185,8 +185,7 @@ def topology_plan(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   programs = compiled_programs(config, cfg, sizes, seq, devices=chips, hbm_bytes=hbm)
   out: dict[str, Any] = {"topology": config.plan_topology, "device_kind": kind,
                          "hbm_bytes": hbm, "programs": programs}
-  limit = config.plan_fit_margin * hbm
-  fits = lambda p: p is None or (p.get("compiled") is not None and p["compiled"] <= limit)
+  fits = lambda p: compiled.within(p, config.plan_fit_margin * hbm)
   found, searched = None, False
   if not (fits(programs["update"]) and fits(programs.get("rollout"))
           and fits(programs.get("prefill"))):
@@ -407,7 +406,7 @@ def fit_update(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
     got = compiled_programs(trial, cfg, sizes, seq, devices=devices, hbm_bytes=hbm_bytes,
                             only=("update",), quiet=True)["update"]
     tried.append((micro, got.get("compiled") or got.get("wanted")))
-    if got.get("compiled") is not None and got["compiled"] <= margin * hbm_bytes:
+    if compiled.within(got, margin * hbm_bytes):
       return {"micro_batch": micro, "compiled": got["compiled"], "tried": tried}
     micro //= 2
   return None
@@ -428,9 +427,8 @@ def fit_rollout(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                             only=("rollout", "prefill"), quiet=True)
     if not got:  # no slot engine: the static batch has no decode program to fit
       return None
-    peak = [p.get("compiled") for p in got.values()]
-    if None not in peak and max(peak) <= margin * hbm_bytes:
-      return {key: value, "compiled": max(peak)}
+    if all(compiled.within(p, margin * hbm_bytes) for p in got.values()):
+      return {key: value, "compiled": max(p["compiled"] for p in got.values())}
     value = value / 2 if key == "kv_budget_gib" else value // 2
   return None
 

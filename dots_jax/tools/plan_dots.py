@@ -106,24 +106,26 @@ def dots_programs(config: ml_collections.ConfigDict, policy: qwen2.Qwen2Config,
 
 
 def fit_embed(config: ml_collections.ConfigDict, policy: qwen2.Qwen2Config, device: Any,
-              hbm_bytes: int, margin: float) -> dict[str, Any] | None:
+              hbm_bytes: int, margin: float, configured: dict[str, Any] | None = None
+              ) -> dict[str, Any] | None:
   """The largest `selection.dots.embed_batch` (halving the config's) whose embedding pass compiles
   under `margin` x HBM on one chip, or None (the backbone's float32 weights alone are too large:
-  a smaller backbone is the remedy); each candidate is one compile."""
+  a smaller backbone is the remedy); each candidate is one compile, except the configured batch
+  when the caller has already measured it (`configured`)."""
   backbone, _ = backbone_shape(config, policy)
   if _nbytes(qwen2.abstract_model(backbone)[1]) > margin * hbm_bytes:
     return None  # the weights alone
   trial = config.copy_and_resolve_references()
-  tried = []
+  tried, got = [], configured
   while trial.selection.dots.embed_batch >= 1:
-    lower, est = embed_program(trial, backbone, device)
-    got = compiled.measure_program(lower, est, hbm_bytes)
-    need = got.get("compiled") or got.get("wanted")
-    tried.append((trial.selection.dots.embed_batch, need))
-    if got.get("compiled") is not None and got["compiled"] <= margin * hbm_bytes:
+    if got is None:
+      got = compiled.measure_program(*embed_program(trial, backbone, device), hbm_bytes)
+    tried.append((trial.selection.dots.embed_batch, got.get("compiled") or got.get("wanted")))
+    if compiled.within(got, margin * hbm_bytes):
       return {"embed_batch": trial.selection.dots.embed_batch, "compiled": got["compiled"],
               "tried": tried}
     trial.selection.dots.embed_batch //= 2
+    got = None
   return None
 
 
@@ -132,12 +134,13 @@ def dots_verdict(config: ml_collections.ConfigDict, policy: qwen2.Qwen2Config,
   """Whether the DOTS stage fits one chip under config.plan_fit_margin x HBM; when the embedding
   pass does not, the embed_batch that does (`fit_embed`), or that the backbone is too large."""
   limit = config.plan_fit_margin * topo.hbm_bytes
-  unfit = [n for n in sorted(programs) if (programs[n].get("compiled") or float("inf")) > limit]
+  unfit = [n for n in sorted(programs) if not compiled.within(programs[n], limit)]
   if not unfit:
     return "the DOTS stage fits one chip"
   line = f"the DOTS stage's {', '.join(unfit)} does NOT fit one chip (unsharded, float32)"
   if "embed" in unfit:
-    found = fit_embed(config, policy, topo.devices[0], topo.hbm_bytes, config.plan_fit_margin)
+    found = fit_embed(config, policy, topo.devices[0], topo.hbm_bytes, config.plan_fit_margin,
+                      configured=programs["embed"])
     line += (f"; fits with --config.selection.dots.embed_batch={found['embed_batch']} (compiled "
              f"{found['compiled'] / 2**30:.2f} GiB)" if found else
              "; no embed_batch fits: --config.selection.dots.backbone=<a smaller checkpoint>")
