@@ -120,12 +120,13 @@ def test_bad_config_named():
     synthetic.synthetic_rows(_syn(), "test")
 
 
-def test_skills_preset_draws_its_full_pool_and_never_demonstrates_products():
-  """configs/tiny.py:skills (issue 34's candidate base): 4000 pool and 4000 held-out questions,
-  disjoint, a quarter of each pinned (no-carry 2-digit additions, 2x2-digit products), and an SFT
-  stream with no product in it."""
+def test_default_base_draws_its_full_pool_and_never_demonstrates_products():
+  """configs/tiny.py (issue 34's two-skill base): 4000 pool and 4000 held-out questions, disjoint,
+  a quarter of each pinned (no-carry 2-digit additions, 2x2-digit products), and an SFT stream
+  with no product in it; the micro preset draws from the same families."""
   from config_files import load_config
-  syn = load_config("tiny", "skills").data.synthetic
+  assert load_config("tiny", "micro").data.synthetic.families == load_config("tiny").data.synthetic.families
+  syn = load_config("tiny").data.synthetic
   train, heldout = (synthetic.synthetic_rows(syn, s) for s in ("train", "heldout"))
   assert len(train) == len(heldout) == 4000
   assert not {p for p, _, _ in train} & {p for p, _, _ in heldout}
