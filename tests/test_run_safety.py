@@ -45,7 +45,7 @@ def test_divergence_stops_before_saving_and_a_failed_start_does_not_block(cache,
   # ... so the sane command runs (today's code refused it: "started with another config").
   assert train.train_and_evaluate(micro(cache), work)["steps"] == 2
   with open(os.path.join(work, "config.json")) as f:
-    assert json.load(f)["rl"]["lr"] == pytest.approx(1e-4)
+    assert json.load(f)["rl"]["lr"] == pytest.approx(2e-5)
   # Resumed on with a diverging learning rate: the newest checkpoint stays the last good one, and
   # allow_config_change says what it let through.
   capsys.readouterr()
@@ -54,10 +54,10 @@ def test_divergence_stops_before_saving_and_a_failed_start_does_not_block(cache,
     train.train_and_evaluate(bad, work)
   out = capsys.readouterr().out
   assert "allow_config_change: resuming with 2 change(s): rl.entropy_coef: 0.0 -> 0.01; rl.lr: " \
-         "0.0001 -> 1000.0" in out, out
+         "2e-05 -> 1000.0" in out, out
   assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["2"]
   with open(os.path.join(work, "config.json")) as f:  # not committed: no checkpoint was made with it
-    assert json.load(f)["rl"]["lr"] == pytest.approx(1e-4)
+    assert json.load(f)["rl"]["lr"] == pytest.approx(2e-5)
 
 
 def _questions(n: int, order=None) -> list[Question]:
@@ -138,6 +138,6 @@ def test_command_line_errors_are_one_line_and_help_lists_the_keys():
   listed = _main("--list_config", "--config=configs/tiny.py:micro")
   assert listed.returncode == 0
   lines = listed.stdout.splitlines()
-  assert "--config.rl.lr=0.0001" in lines and "--config.total_steps=4" in lines
+  assert "--config.rl.lr=2e-05" in lines and "--config.total_steps=4" in lines
   assert lines[-1].startswith("methods (--config.method): dots (") and "dots_rr_greso" in lines[-1]
   np.testing.assert_equal(len(lines) > 100, True)
