@@ -126,12 +126,14 @@ def test_default_base_draws_its_full_pool_and_never_demonstrates_products():
   with no product in it; the micro preset draws from the same families."""
   from config_files import load_config
   assert load_config("tiny", "micro").data.synthetic.families == load_config("tiny").data.synthetic.families
-  syn = load_config("tiny").data.synthetic
+  c = load_config("tiny")
+  syn = c.data.synthetic
   train, heldout = (synthetic.synthetic_rows(syn, s) for s in ("train", "heldout"))
   assert len(train) == len(heldout) == 4000
   assert not {p for p, _, _ in train} & {p for p, _, _ in heldout}
   pinned = lambda rows: sum(f in ("add2_nc", "mul2x2") for _, _, f in rows) / len(rows)
   assert pinned(train) == pinned(heldout) == 0.25
-  stream = list(itertools.islice(synthetic.sft_stream(syn, 0, 0.3, 0.6), 2000))
+  stream = list(itertools.islice(synthetic.sft_stream(syn, 0, c.tiny.sft_carry_drop,
+                                                              c.tiny.sft_borrow_drop), 2000))
   assert not any("*" in p for p, _, _ in stream)
   assert {f for _, _, f in stream} == set(syn.families) - {"mul2x2"}
