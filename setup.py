@@ -7,7 +7,8 @@ setup(
     description="RL fine-tuning of Qwen2.5 in JAX/Flax with DOTS, rollout replay and GRESO.",
     python_requires=">=3.10",
     packages=find_packages(include=["dots_jax", "dots_jax.*"]),
-    package_data={"dots_jax.tools": ["gpu_specs/*.txtpb"]},
+    # The tiny default's base policy (dots_jax.policy.tiny_base: weights, tokenizer, recipe).
+    package_data={"dots_jax": ["assets/tiny_base/*"], "dots_jax.tools": ["gpu_specs/*.txtpb"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",

@@ -73,11 +73,27 @@ def main(argv: list[str]) -> None:
   from dots_jax.rl.checkpoint import CheckpointError
   from dots_jax.rl.update import DivergenceError, NonFiniteError
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value or "")
+    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value or "")
+    if jax.process_index() == 0 and summary.get("workdir") and not summary["preempted"]:
+      for line in next_commands(summary, config_flags.get_config_filename(flags.FLAGS["config"])):
+        print(line, flush=True)
   except ConfigError as e:
     raise app.UsageError(str(e)) from None
   except (CheckpointError, DivergenceError, NonFiniteError) as e:
     sys.exit(f"error: {e}")
+
+
+def next_commands(summary: dict, config_file: str) -> list[str]:
+  """What to run next on a finished run: export, evaluate, compare (console lines)."""
+  w = summary["workdir"].rstrip("/")
+  other = "dots_rr" if summary["method"] == "grpo" else summary["method"]
+  return ["   next:",
+          f"     python -m dots_jax.tools.export --workdir={w} --out={w}_hf   # the policy as a "
+          "Hugging Face directory",
+          f"     python -m dots_jax.evaluate --workdir={w}   # evaluate a checkpoint again "
+          "(--step=S)",
+          f"     python -m dots_jax.compare --config={config_file} --methods=grpo,{other} "
+          f"--seeds={summary['seed']} --workdir={w}_compare   # methods side by side"]
 
 
 def _unknown_override(argv: list[str]) -> str | None:

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from dots_jax import evaluate, fs
+from dots_jax import evaluate, fs, report
 from dots_jax.config_common import policy_runtime
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.prompts import PromptTable
@@ -40,6 +40,7 @@ from dots_jax.workdir import WorkdirLock, check_config, check_data, commit_confi
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) RL fine-tuning in `workdir`; returns the final summary."""
   # ----- setup ------------------------------------------------------------------------------------
+  t_start = time.perf_counter()
   validate_config(config)
   if config.dry_run:
     return dry_run(config)
@@ -47,12 +48,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # One writer: a second run on this workdir stops here.
   lock = WorkdirLock(workdir, lease_s=config.ckpt.lock_lease_s, log=log_line).acquire()
   try:
-    return _train(config, workdir)
+    return _train(config, workdir, t_start)
   finally:
     lock.release()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: str, t_start: float) -> dict[str, Any]:
   """The run itself, once the workdir is this process's (see `train_and_evaluate`)."""
   # config.json is (re)written once a checkpoint made with this config exists (the loop below).
   config_committed = not check_config(config, workdir, log=log_line) and has_config(workdir)
@@ -201,11 +202,33 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
              "model_path": path, "workdir": fs.absolute(workdir)}
   if jax.process_index() == 0:
     evaluate.write_json(fs.join(workdir, "summary.json"), summary)
-  banner(f"done: {config.method} {steps_done} steps, {progress.rollouts:,} rollouts, "
-         f"{progress.seconds:.0f}s training, held-out accuracy {progress.last_eval:.4f}")
+  newest = ckpt.latest_step()
   writer.close()
   ckpt.close()
+  if jax.process_index() == 0:
+    _report(config, workdir, writer.history, progress, steps_done, newest, t_start)
   return summary
+
+
+def _report(config: ml_collections.ConfigDict, workdir: str, history: list[dict[str, Any]],
+            progress: Progress, steps_done: int, checkpoint_step: int | None,
+            t_start: float) -> None:
+  """The run's closing lines: what it showed and where everything is (`dots_jax.report`)."""
+  points = report.eval_points(history)
+  first, last = (points[0], points[-1]) if points else (None, None)
+  eval_set = config.data.eval_sets[0] if config.data.eval_sets else ""
+  gain_se = (report.paired_stderr(workdir, first.step, last.step, eval_set) if points
+             else float("nan"))
+  done = report.RunReport(
+      method=config.method, steps=steps_done, total_steps=config.total_steps,
+      rollouts=progress.rollouts, train_seconds=progress.seconds,
+      wall_seconds=time.perf_counter() - t_start, eval_set=eval_set, first=first, last=last,
+      gain_stderr=gain_se, workdir=fs.absolute(workdir), checkpoint_step=checkpoint_step,
+      curve_png=report.draw_curve(workdir, config.method))
+  lines = done.lines()
+  banner(f"done: {lines[0]}")
+  for line in lines[1:]:
+    log_line(f"   {line}")
 
 
 def _step_record(learned: LearnResult, collected: driver.CollectedBatch, timer: metrics.StepTimer,

@@ -64,6 +64,31 @@ def test_every_method_runs(cache, tmp_path, method):
   assert 0.0 <= records[1]["selection/pool_signal_share_exact"] <= 1.0
 
 
+def test_the_run_ends_by_saying_what_it_showed(cache, tmp_path, capsys):
+  from dots_jax import main as entry
+  from dots_jax import report
+  summary = train.train_and_evaluate(micro(cache, "method=grpo"), str(tmp_path))
+  out = capsys.readouterr().out.splitlines()
+  done = out.index(next(line for line in out if line.startswith("== done: ")))
+  tail = "\n".join(out[done:])
+  records = read_metrics(tmp_path)
+  first, last = records[0], records[-1]
+  with np.load(tmp_path / "pass_rates" / "0.npz") as a, np.load(tmp_path / "pass_rates" / "2.npz") as b:
+    d = b["synthetic_heldout"].astype(np.float64) - a["synthetic_heldout"]
+  assert (f"{first['eval/accuracy']:.4f} +- {first['eval/stderr']:.4f} at step 0 -> "
+          f"{last['eval/accuracy']:.4f} +- {last['eval/stderr']:.4f} at step 2: "
+          f"{last['eval/accuracy'] - first['eval/accuracy']:+.4f} +- "
+          f"{d.std(ddof=1) / np.sqrt(d.size):.4f} (paired over questions)") in tail
+  assert f"grpo: 2/2 steps, {summary['rollouts']:,} rollouts" in out[done]
+  assert f"{tmp_path}/metrics.jsonl" in tail and f"{tmp_path}/checkpoints (newest: step 2)" in tail
+  # matplotlib is in the test extra: the learning curve is drawn
+  assert (tmp_path / report.CURVE_FILE).stat().st_size > 0 and f"{tmp_path}/curve.png" in tail
+  nxt = "\n".join(entry.next_commands(summary, "configs/tiny.py"))
+  assert f"python -m dots_jax.tools.export --workdir={tmp_path} --out={tmp_path}_hf" in nxt
+  assert f"python -m dots_jax.evaluate --workdir={tmp_path}" in nxt
+  assert "python -m dots_jax.compare --config=configs/tiny.py --methods=grpo,dots_rr --seeds=0" in nxt
+
+
 def test_tracking_report_reads_a_run(cache, tmp_path):
   train.train_and_evaluate(micro(cache, "method=grpo"), str(tmp_path))
   rows = tracking.analyze_run(str(tmp_path), draws=1, ref_factor=2)

@@ -8,7 +8,9 @@ options: a changed source file prepares a new copy next to the old one, never ov
 a failure leaves no half-written dataset behind.
 """
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable
@@ -108,8 +110,13 @@ def prepare(name: str, prepared_root: str, key: str,
     # Read and validate everything before TFDS creates any directory: a bad row leaves no trace.
     builder.questions = make_questions()
     try:
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+      # TFDS prints "Downloading and preparing dataset Unknown size ..." for a set nothing is
+      # downloaded for; one line of ours says what happened instead.
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+      print(f"prepared question set {name}: {len(builder.questions[0])} questions in {data_dir} "
+            "(once: later runs read it)", flush=True)
     except FileExistsError:
       # Another job (a parallel comparison run) prepared the same content, identical by key, and
       # renamed its copy into place first.

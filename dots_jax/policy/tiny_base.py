@@ -1,17 +1,27 @@
-"""The embedded default's base policy: made once (tokenizer + tiny Qwen2 + SFT), then cached.
+"""The embedded default's base policy: shipped with the package, or made once from its recipe and cached.
 
 `ensure_tiny_base(config)` returns a Hugging Face directory that `dots_jax.model.hf_io.load_policy`
-loads exactly like a real Qwen2.5 checkpoint. The cache key hashes everything that changes the
-result (the `tiny` section, the synthetic data and the prompt format), so editing any of them makes a
-new base instead of silently reusing a stale one.
+loads exactly like a real Qwen2.5 checkpoint. The base is a fixed artefact of a fixed recipe: the
+`tiny` section, the synthetic families and their SFT weights and drop rates, the prompt format
+(`recipe`). The default recipe's base ships in `dots_jax/assets/tiny_base/` with the recipe's
+fingerprint and the digest of every file; a config whose recipe matches loads it at once. Any other
+recipe (a preset such as `configs/tiny.py:carry`, an override of a `tiny.*` or SFT-stream key) is
+built once into the cache, keyed by its fingerprint, with one line saying how it differs.
+
+  python -m dots_jax.policy.tiny_base --config=configs/tiny.py     # rebuilds the shipped base
+
+(`tests/test_tiny.py` holds the shipped fingerprint to `configs/tiny.py`'s recipe, so a change of the
+default recipe without a rebuilt base fails CI instead of loading a stale base.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from typing import Any, Callable
@@ -25,7 +35,10 @@ from dots_jax.model.qwen2 import Qwen2Config, init_model
 from dots_jax.policy import sft
 from dots_jax.policy.tokenizer import make_char_tokenizer
 
-_DONE = "tiny_base.json"
+INFO_FILE = "tiny_base.json"
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                           "tiny_base")
+_TMP_PREFIX = ".tmp-tiny-"
 
 
 def cache_root(tiny: Any) -> str:
@@ -33,21 +46,91 @@ def cache_root(tiny: Any) -> str:
           or os.path.join(os.path.expanduser("~"), ".cache", "dots_jax"))
 
 
-def tiny_key(config: Any) -> str:
-  """Hash of every setting the base policy depends on (not cache_dir: where it lives is no input)."""
+def recipe(config: Any) -> dict[str, Any]:
+  """Every setting the base policy depends on (not `tiny.cache_dir`: where it lives is no input)."""
   tiny = {k: v for k, v in config.tiny.to_dict().items() if k != "cache_dir"}
   if tiny.get("sft_borrow_drop", -1.0) < 0:  # unset (= sft_carry_drop): bases made before it keep
     tiny.pop("sft_borrow_drop", None)  # their key
-  payload = {"tiny": tiny, "synthetic": config.data.synthetic.to_dict(),
-             "system_prompt": config.data.system_prompt, "chat_template": config.data.chat_template,
-             "max_prompt_tokens": config.data.max_prompt_tokens,
-             "max_new_tokens": config.sampling.max_new_tokens}
-  blob = json.dumps(payload, sort_keys=True, default=list).encode()
-  return hashlib.sha256(blob).hexdigest()[:16]
+  out = {"tiny": tiny, "synthetic": config.data.synthetic.to_dict(),
+         "system_prompt": config.data.system_prompt, "chat_template": config.data.chat_template,
+         "max_prompt_tokens": config.data.max_prompt_tokens,
+         "max_new_tokens": config.sampling.max_new_tokens}
+  return json.loads(json.dumps(out, sort_keys=True, default=list))  # tuples as lists, as stored
+
+
+def recipe_key(rec: dict[str, Any]) -> str:
+  return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tiny_key(config: Any) -> str:
+  """The fingerprint of `config`'s recipe (the cache directory's name, the shipped base's key)."""
+  return recipe_key(recipe(config))
 
 
 def tiny_base_dir(config: Any) -> str:
   return os.path.join(cache_root(config.tiny), f"tiny-{tiny_key(config)}")
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+  """'tiny.sft_steps 3000 -> 20, ...': the leaves that differ (the first `limit`, then a count)."""
+  def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+  def show(v: Any) -> str:
+    return "+".join(map(str, v)) if isinstance(v, list) else "<unset>" if v is None else str(v)
+
+  a, b = flat(old), flat(new)
+  # The `tiny` section first: the base's own settings, then the data and prompt format it is fed.
+  keys = sorted(set(a) | set(b), key=lambda k: (not k.startswith("tiny."), k))
+  diffs = [f"{k.replace('synthetic.', 'data.synthetic.')} {show(a.get(k))} -> {show(b.get(k))}"
+           for k in keys if a.get(k) != b.get(k)]
+  more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+  return ", ".join(diffs[:limit]) + more
+
+
+def _file_digests(directory: str) -> dict[str, str]:
+  """sha256 of every file of a base directory but its info file."""
+  out = {}
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if name != INFO_FILE and os.path.isfile(path):
+      with open(path, "rb") as f:
+        out[name] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedBase:
+  """The base in the package's assets: its directory and what its info file records."""
+
+  path: str
+  info: dict[str, Any]
+
+  @property
+  def key(self) -> str:
+    return self.info["key"]
+
+  def problem(self) -> str | None:
+    """Why the shipped files cannot be used (missing or changed since they were recorded), or None."""
+    recorded = self.info.get("files", {})
+    if not recorded:
+      return "records no file digests"
+    found = _file_digests(self.path)
+    bad = sorted(n for n, h in recorded.items() if found.get(n) != h)
+    return f"has missing or changed files ({', '.join(bad)})" if bad else None
+
+
+def shipped_base(directory: str = SHIPPED_DIR) -> ShippedBase | None:
+  """The shipped base, or None where the package holds none (or its info file does not read)."""
+  try:
+    with open(os.path.join(directory, INFO_FILE)) as f:
+      info = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return ShippedBase(directory, info) if isinstance(info, dict) and "key" in info else None
 
 
 def tiny_model_config(tiny: Any, vocab_size: int, eos_id: int, bos_id: int | None) -> Qwen2Config:
@@ -70,41 +153,106 @@ def answer_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
 
 
 def ensure_tiny_base(config: Any, log: Callable[[str], None] = print) -> str:
-  """Path of the cached tiny base policy for `config`, creating it first if needed.
+  """Path of the base policy for `config`'s recipe: the shipped one when the recipe is the shipped
+  base's and its files verify; else the cached build, made first if needed (one line says why).
 
-  In a multi-process run process 0 creates it and the others wait for the finished directory (it
+  In a multi-process run process 0 builds and the others wait for the finished directory (it
   appears atomically, by rename, only once complete).
   """
+  rec = recipe(config)
+  shipped = shipped_base()
+  if shipped is not None and shipped.key == recipe_key(rec):
+    problem = shipped.problem()
+    if problem is None:
+      return shipped.path
+    why = f"the shipped base {shipped.path} {problem}"
+  elif shipped is not None:
+    why = (f"this recipe differs from the shipped base's "
+           f"({recipe_changes(shipped.info.get('recipe', {}), rec)})")
+  else:
+    why = f"the package ships no base ({SHIPPED_DIR} has no {INFO_FILE})"
   out_dir = tiny_base_dir(config)
-  marker = os.path.join(out_dir, _DONE)
+  marker = os.path.join(out_dir, INFO_FILE)
   if os.path.exists(marker):
+    log(f"== tiny base policy: {why}; using its cached build {out_dir}")
     return out_dir
   if jax.process_index() != 0:
     while not os.path.exists(marker):
       time.sleep(2.0)
     return out_dir
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  log(f"== tiny base policy: creating {out_dir}")
-  tmp = tempfile.mkdtemp(prefix=".tmp-tiny-", dir=os.path.dirname(out_dir))
+  log(f"== tiny base policy: {why}; building it into {out_dir} ({config.tiny.sft_steps} SFT steps, "
+      "once: later runs load it)")
+  build_into(config, out_dir, log)
+  return out_dir
+
+
+def build_into(config: Any, out_dir: str, log: Callable[[str], None] = print,
+               replace: bool = False) -> dict[str, Any]:
+  """Builds the base of `config`'s recipe into `out_dir`, which appears by rename only once complete
+  (with `replace`, an existing `out_dir` is swapped out; without, a finished copy another job made
+  first is kept). Temporary directories that builders killed on this host left behind are
+  removed first. Returns the info file's contents."""
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  remove_stale_tmp(parent)
+  tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=parent)
+  os.chmod(tmp, 0o755)  # a cache (or the package) others read, not a private temporary
   try:
     info = build_tiny_base(config, tmp, log)
-    with open(os.path.join(tmp, _DONE), "w") as f:
-      json.dump(info, f, indent=1)
-    if os.path.exists(marker):  # another job finished first; keep its copy
-      shutil.rmtree(tmp)
-    else:
-      shutil.rmtree(out_dir, ignore_errors=True)
-      os.replace(tmp, out_dir)
+    with open(os.path.join(tmp, INFO_FILE), "w") as f:
+      json.dump(info, f, indent=1, sort_keys=True)
+    if os.path.exists(os.path.join(out_dir, INFO_FILE)) and not replace:
+      shutil.rmtree(tmp)  # another job finished first; keep its copy
+      return info
+    old = None
+    if os.path.exists(out_dir):
+      old = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-", dir=parent)
+      os.replace(out_dir, os.path.join(old, "base"))
+    os.replace(tmp, out_dir)
+    if old is not None:
+      shutil.rmtree(old)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return out_dir
+  return info
+
+
+def remove_stale_tmp(parent: str) -> list[str]:
+  """Removes the temporary build directories under `parent` whose builder on this host is no longer
+  alive (a build killed before its cleanup could run); returns their names."""
+  host = socket.gethostname()
+  removed = []
+  for name in os.listdir(parent):
+    if not name.startswith(_TMP_PREFIX):
+      continue
+    parts = name[len(_TMP_PREFIX):].split("-")
+    if parts[0] == "old":  # a swapped-out copy whose deletion was cut short
+      stale = True
+    else:
+      # <host>-<pid>-<random>; a host name may itself hold dashes. Older builders wrote no pid.
+      pid = parts[-2] if len(parts) >= 3 else ""
+      builder_host = "-".join(parts[:-2])
+      stale = not pid.isdigit() or (builder_host == host and not _alive(int(pid)))
+    if stale:
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+      removed.append(name)
+  return removed
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def build_tiny_base(config: Any, out_dir: str, log: Callable[[str], None] = print
                     ) -> dict[str, Any]:
-  """Tokenizer + random tiny Qwen2 + SFT, written to `out_dir` as a Hugging Face directory."""
-
+  """Tokenizer + random tiny Qwen2 + SFT, written to `out_dir` as a Hugging Face directory; returns
+  the info the directory's info file records (recipe, fingerprint, file digests, SFT summary)."""
   tok_dir = os.path.join(out_dir, "_tokenizer")
   make_char_tokenizer(tok_dir)
   tokenizer = load_tokenizer(tok_dir)
@@ -121,5 +269,27 @@ def build_tiny_base(config: Any, out_dir: str, log: Callable[[str], None] = prin
                      length, log)
   export_policy(cfg, model, out_dir, tokenizer_dir=tok_dir)
   shutil.rmtree(tok_dir)
-  info.update(key=tiny_key(config), num_params=cfg.num_params())
+  info.update(key=tiny_key(config), recipe=recipe(config), num_params=cfg.num_params(),
+              files=_file_digests(out_dir))
   return info
+
+
+def main(argv: Any) -> None:
+  del argv
+  config = _CONFIG.value
+  out = _OUT.value or SHIPPED_DIR
+  print(f"building the tiny base of recipe {tiny_key(config)} into {out}")
+  info = build_into(config, out, log=print, replace=True)
+  print(f"wrote {out}: {len(info['files'])} files, SFT loss {info['sft_final_loss']:.4f} in "
+        f"{info['sft_seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", "configs/tiny.py", "config file whose recipe (tiny.*, data.synthetic, prompt "
+      "format) makes the base")
+  _OUT = flags.DEFINE_string("out", "", "output directory (default: the package's shipped base, "
+                             "dots_jax/assets/tiny_base)")
+  app.run(main)
