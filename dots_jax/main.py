@@ -12,6 +12,10 @@ import importlib.util
 import os
 import sys
 
+# transformers (tokenizers only here) warns at first use that PyTorch is absent: true, and no concern
+# of a JAX job.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 import jax
 from absl import app, flags
 from ml_collections import config_flags
