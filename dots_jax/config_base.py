@@ -200,6 +200,18 @@ def base_config() -> ml_collections.ConfigDict:
       rollout_batch=256, out_dir="", epochs=0, label_policies=()))
   # MoPPS: candidates per step = candidate_factor * batch_questions, drawn from the epoch stream.
   c.selection.mopps.candidate_factor = 16
+  # The tracking difficulty model (dots_jax.difficulty.tracker) of dots_track, dots_track_rr and
+  # greso_track: a label's weight halves every half_life steps; a question's own estimate gains
+  # drift logit variance per step unobserved; the newest max_labels labels are kept; clusters
+  # embedding clusters each recalibrate their own intercept, moving halfway with shrink labels'
+  # worth of evidence; content_floor is the least logit variance of a content prediction. The
+  # round (selection.dots.round_steps) starts with ref_size reference questions (uniform | stratified:
+  # evenly over the clusters); train_refs lets reference groups with reward variance train; the
+  # round's questions are drawn from softmax(signal / tau), signal the posterior chance that a
+  # group has reward variance.
+  c.selection.track = ml_collections.ConfigDict(dict(
+      half_life=8.0, drift=0.02, max_labels=2048, clusters=16, shrink=8.0, content_floor=0.1,
+      ref_size=32, ref_mode="uniform", train_refs=False, tau=0.05))
 
   # Evaluation (dots_jax.evaluate).
   c.eval = ml_collections.ConfigDict(dict(every=25, k=1, temperature=0.0, top_p=1.0,

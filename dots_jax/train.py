@@ -93,7 +93,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, t_start: float) -> d
 
   # ----- selection / replay -----------------------------------------------------------------------
   dots_kwargs = {}
-  if method.source == "dots":
+  if method.needs_estimator:
     emb, estimator = dots_inputs(config, prompts.problems())
     dots_kwargs = dict(embeddings_NxD=emb, estimator=estimator)
   strategy = factory.make_strategy(config, len(prompts), **dots_kwargs)

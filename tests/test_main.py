@@ -55,9 +55,10 @@ def test_every_method_runs(cache, tmp_path, method):
   # MoPPS's posterior means) are scored against them; after a zero-variance filter the micro base's
   # batch can be empty, with nothing to score.
   m = METHODS[method]
-  predicts = m.source in ("dots", "oracle") or m.filter == "mopps"
+  predicts = m.source in ("dots", "oracle", "track") or m.filter == "mopps"
   scored = "selection/pred_abs_err_exact" in records[1]
-  assert (not scored or predicts) if m.filter in ("ds", "greso") else scored == predicts
+  assert ((not scored or predicts) if m.filter in ("ds", "greso", "greso_track")
+          else scored == predicts)
   if scored:
     assert 0.0 <= records[1]["selection/pred_abs_err_exact"] <= 1.0
   # ... and every method's step against a uniform batch, in expected reward-variance groups

@@ -326,7 +326,7 @@ def test_deterministic_and_resumable(method, planted):
 
   def fresh():
     kw = {}
-    if METHODS[method].source == "dots":
+    if METHODS[method].needs_estimator:
       kw = dict(embeddings_NxD=emb, estimator=model)
     return make_strategy(_config(method), len(p), **kw)
 

@@ -54,7 +54,8 @@ LAYERS = (
     {"difficulty"},
     {"selection"},
     # The job and what stands around it: entry points, run directories, evaluation, tools.
-    {"train", "main", "startup", "workdir", "evaluate", "compare", "tiny", "tools", "bench", "sim"},
+    {"train", "main", "startup", "workdir", "evaluate", "compare", "report", "tiny", "tools", "bench",
+     "sim"},
 )
 
 

@@ -111,6 +111,11 @@ def _project_queries(graphdef, params, q_CxD):
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def _project_references(graphdef, params, r_CxD):
+  return nnx.merge(graphdef, params).ref(r_CxD)
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def _predict_projected(graphdef, params, pq_CxH, ref_KxD, labels_K):
   model = nnx.merge(graphdef, params)
   return model.from_projections(pq_CxH, model.ref(ref_KxD), labels_K)
@@ -128,13 +133,23 @@ def _chunk_size(n: int, chunk: int) -> int:
 
 def project_queries(model: DifficultyEstimator, emb_NxD: np.ndarray, chunk: int = 8192) -> np.ndarray:
   """P_q of every question (float32 [N, width]); reusable across rounds while the adapter is fixed."""
+  return _project(_project_queries, model, emb_NxD, chunk)
+
+
+def project_references(model: DifficultyEstimator, emb_NxD: np.ndarray, chunk: int = 8192
+                       ) -> np.ndarray:
+  """P_ref of every question (float32 [N, width]): each as a labelled reference."""
+  return _project(_project_references, model, emb_NxD, chunk)
+
+
+def _project(fn, model: DifficultyEstimator, emb_NxD: np.ndarray, chunk: int) -> np.ndarray:
   graphdef, params = nnx.split(model)
   chunk = _chunk_size(emb_NxD.shape[0], chunk)
   out = np.empty((emb_NxD.shape[0], model.cfg.width), np.float32)
   for s, e in _chunks(emb_NxD.shape[0], chunk):
     block = np.zeros((chunk, emb_NxD.shape[1]), np.float32)  # pad: one compiled shape
     block[:e - s] = emb_NxD[s:e]
-    out[s:e] = np.asarray(_project_queries(graphdef, params, block))[:e - s]
+    out[s:e] = np.asarray(fn(graphdef, params, block))[:e - s]
   return out
 
 

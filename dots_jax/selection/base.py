@@ -24,13 +24,16 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 
 @dataclasses.dataclass
 class Proposal:
-  """Question indices to roll out now. `train=False` marks rollouts used only for labels (DOTS
-  reference sets); `predicted` holds the strategy's predicted pass rates (NaN where it has none)."""
+  """Question indices to roll out now. `train=False` marks reference rollouts, rolled out for their
+  labels (DOTS's reference sets): none of them is trained on unless `trainable`, which lets those
+  with reward variance enter the batch; `predicted` holds the strategy's predicted pass rates (NaN
+  where it has none)."""
 
   indices: np.ndarray
   predicted: np.ndarray
   train: bool = True
   skipped: int = 0  # candidates looked at and declined before settling on `indices`
+  trainable: bool = False  # reference rollouts (train=False) whose groups with reward variance train
 
   def __post_init__(self):
     self.indices = np.asarray(self.indices, np.int64)
@@ -226,6 +229,8 @@ class Strategy:
                        f"{len(proposal.indices)} proposed questions")
     if not proposal.train:
       self.source.observe_prelude(ctx, proposal, rewards_QxG)
+      if proposal.trainable:
+        return ~group_stats(rewards_QxG).zero_var_Q
       return np.zeros(len(proposal.indices), bool)
     self.source.observe_train(proposal.indices, rewards_QxG)
     return self._observe(ctx, proposal, rewards_QxG)

@@ -37,10 +37,16 @@ def targeted_order(pred_N: np.ndarray, alpha: float, tau: float, budget: int,
                    rng: np.random.Generator) -> np.ndarray:
   """Every question once: the first `budget` drawn without replacement from
   softmax(-|pred - alpha| / tau), shuffled, then the rest of the same draw."""
+  return drawn_order(-np.abs(np.asarray(pred_N, np.float64) - alpha) / tau, budget, rng)
+
+
+def drawn_order(logits_N: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+  """Every question once: the first `budget` drawn without replacement from softmax(logits),
+  shuffled (the reference trainer shuffles the block), then the rest of the same draw."""
   # Gumbel top-k == successive sampling without replacement from softmax(logits).
-  logits = -np.abs(np.asarray(pred_N, np.float64) - alpha) / tau
+  logits = np.asarray(logits_N, np.float64)
   order = np.argsort(-(logits + rng.gumbel(size=len(logits))), kind="stable")
-  head = order[:budget][rng.permutation(budget)]  # the reference trainer shuffles the block
+  head = order[:budget][rng.permutation(budget)]
   return np.concatenate([head, order[budget:]])
 
 
@@ -62,6 +68,17 @@ class TargetedSource:
     self.steps_in_round = 0
     self.rounds = 0
     self.pred = np.full(self.num_questions, np.nan, np.float32)
+    # The round in which each question was last rolled out (-1: never): which questions the draw
+    # has stopped drawing (`undrawn`, a diagnostic).
+    self.last_round = np.full(self.num_questions, -1, np.int64)
+
+  def _mark_drawn(self, indices: np.ndarray) -> None:
+    self.last_round[np.asarray(indices, np.int64)] = self.rounds
+
+  def undrawn(self, indices: np.ndarray, rounds: int) -> np.ndarray:
+    """Whether each of `indices` was not rolled out in the last `rounds` rounds (this one included)."""
+    last = self.last_round[np.asarray(indices, np.int64)]
+    return (last < 0) | (self.rounds - last >= rounds)
 
   def _round_due(self, ctx: StepContext) -> bool:
     return ctx.round == 0 and (self.rounds == 0 or self.steps_in_round >= self.round_steps)
@@ -93,7 +110,8 @@ class TargetedSource:
     raise RuntimeError(f"{type(self).__name__} proposed no label-only rollouts")
 
   def observe_train(self, indices: np.ndarray, rewards_QxG: np.ndarray) -> None:
-    del indices, rewards_QxG
+    del rewards_QxG
+    self._mark_drawn(indices)
 
   def end_step(self, ctx: StepContext) -> dict[str, float]:
     del ctx
@@ -103,7 +121,7 @@ class TargetedSource:
   def state_dict(self) -> dict[str, np.ndarray]:
     out = {"order": self.order, "pos": np.asarray(self.pos),
            "steps_in_round": np.asarray(self.steps_in_round), "rounds": np.asarray(self.rounds),
-           "pred": self.pred}
+           "pred": self.pred, "last_round": self.last_round}
     return {k: np.array(v) for k, v in out.items()}
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -115,6 +133,8 @@ class TargetedSource:
     self.pos, self.steps_in_round = int(state["pos"]), int(state["steps_in_round"])
     self.rounds = int(state["rounds"])
     self.pred = pred.copy()
+    if "last_round" in state:  # checkpoints from before the diagnostic have none
+      self.last_round = np.asarray(state["last_round"], np.int64).copy()
 
 
 class OracleSource(TargetedSource):
@@ -201,6 +221,7 @@ class DotsSource(TargetedSource):
     return labels
 
   def observe_train(self, indices: np.ndarray, rewards_QxG: np.ndarray) -> None:
+    super().observe_train(indices, rewards_QxG)
     if self.online_finetune:
       self.seen_idx = np.concatenate([self.seen_idx, indices])
       self.seen_labels = np.concatenate(

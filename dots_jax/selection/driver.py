@@ -84,6 +84,10 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
     skipped_rollouts += proposal.skipped * group_size
     if not proposal.train:
       ref_rollouts += rewards.size
+      # Reference groups with reward variance may train (`Proposal.trainable`): first in the batch.
+      ctx.kept += int(keep.sum())
+      if keep.any():
+        kept_parts.append((len(calls) - 1, np.flatnonzero(keep)))
       continue
     st = group_stats(rewards)
     ctx.train_rounds += 1
@@ -108,7 +112,7 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
       chosen.append((call, rows))
       need -= len(rows)
   if not chosen:  # nothing trainable this step: an empty batch, every optimizer update is skipped
-    chosen.append((spare_parts[0][0], np.zeros((0,), np.int64)))
+    chosen.append((spare_parts[0][0] if spare_parts else len(calls) - 1, np.zeros((0,), np.int64)))
   chosen.sort(key=lambda cr: cr[0])  # rollout order
   chosen_rollouts = Rollouts.concat([calls[c][0].take(rows) for c, rows in chosen])
   rewards_QxG = chosen_rollouts.rewards_QxG
@@ -152,6 +156,9 @@ def collect_batch(strategy: Strategy, rollout_fn: RolloutFn, step: int, num_grou
 
 # Pool questions whose exact pass rates stand for a uniform batch each step (evenly spaced indices)
 EXACT_SAMPLE = 256
+# The predictions' Pearson r is also taken over the sample's questions the draw has not rolled out
+# in this many rounds (sources with rounds): how well the estimator follows what it stopped drawing.
+UNDRAWN_ROUNDS = 5
 
 
 def exact_figures(pass_rates: PassRatesFn, source: CandidateSource, indices: np.ndarray,
@@ -173,10 +180,22 @@ def exact_figures(pass_rates: PassRatesFn, source: CandidateSource, indices: np.
   if has_pred.any():
     out["selection/pred_abs_err_exact"] = float(np.abs(predicted - batch_p)[has_pred].mean())
   pool_pred = np.asarray(source.predicted(sample), np.float64)
-  if np.isfinite(pool_pred).all() and pool_pred.std() > 0 and pool_p.std() > 0:
-    out["selection/pred_pearson_exact"] = float(np.corrcoef(pool_pred, pool_p)[0, 1])
+  if np.isfinite(pool_pred).all():
+    out.update(_pearson("selection/pred_pearson_exact", pool_pred, pool_p))
+    undrawn = getattr(source, "undrawn", None)
+    if undrawn is not None:
+      mask = undrawn(sample, UNDRAWN_ROUNDS)
+      out["selection/undrawn_share"] = float(mask.mean())
+      out.update(_pearson("selection/pred_pearson_undrawn_exact", pool_pred[mask], pool_p[mask]))
   out["selection/diagnostic_s"] = time.perf_counter() - t0
   return out
+
+
+def _pearson(name: str, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+  """{name: Pearson r} where both vary over at least a few questions, else {}."""
+  if len(x) < 8 or x.std() == 0 or y.std() == 0:
+    return {}
+  return {name: float(np.corrcoef(x, y)[0, 1])}
 
 
 def _mean(x: np.ndarray) -> float:

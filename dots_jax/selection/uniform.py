@@ -18,9 +18,11 @@ class UniformStrategy(Strategy):
   name = "uniform"
 
   def _propose(self, ctx: StepContext) -> Proposal | None:
-    if ctx.train_rounds > 0:
+    # What reference groups already filled (`Proposal.trainable`) is not rolled out again.
+    want = ctx.batch_questions - ctx.kept
+    if ctx.train_rounds > 0 or want <= 0:
       return None
-    idx = self.source.take(ctx.batch_questions)
+    idx = self.source.take(want)
     return Proposal(idx, self.source.predicted(idx))
 
   def _observe(self, ctx: StepContext, proposal: Proposal, rewards_QxG: np.ndarray) -> np.ndarray:
