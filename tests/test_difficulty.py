@@ -1,5 +1,6 @@
 """DOTS difficulty estimator and question embeddings, on synthetic data with a planted signal."""
 
+import json
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -248,3 +249,22 @@ def test_auto_estimator_is_made_once_and_refit_when_settings_change(tmp_path, sh
   assert ensure_estimator(c, log=logs.append) == out
   assert os.stat(marker).st_mtime_ns != first
   assert any("reusing" in line for line in logs) and not any("pool rollouts" in l for l in logs)
+
+
+def test_backbone_fingerprint_follows_recorded_weights_not_paths(tmp_path):
+  """The shipped base (its files' digests recorded) has one fingerprint in every install, so its
+  embeddings and estimators are cached once; a checkpoint without digests is told apart by path."""
+  import shutil
+  from dots_jax.policy.tiny_base import SHIPPED_DIR
+  a, b = tmp_path / "a", tmp_path / "b"
+  shutil.copytree(SHIPPED_DIR, a)
+  shutil.copytree(SHIPPED_DIR, b)
+  assert embed.backbone_fingerprint(str(a)) == embed.backbone_fingerprint(SHIPPED_DIR)
+  assert embed.backbone_fingerprint(str(a)) == embed.backbone_fingerprint(str(b))
+  info = json.loads((b / "tiny_base.json").read_text())
+  info["files"]["model.safetensors"] = "0" * 64  # other weights
+  (b / "tiny_base.json").write_text(json.dumps(info))
+  assert embed.backbone_fingerprint(str(a)) != embed.backbone_fingerprint(str(b))
+  for d in (a, b):
+    (d / "tiny_base.json").unlink()
+  assert embed.backbone_fingerprint(str(a)) != embed.backbone_fingerprint(str(b))

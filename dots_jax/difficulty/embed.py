@@ -74,18 +74,35 @@ def embed_texts(model: Qwen2ForCausalLM, tokenizer: Any, texts: Sequence[str], *
 
 
 def backbone_fingerprint(path: str) -> str:
-  """Identifies a checkpoint directory: its absolute path, config.json and weight file sizes."""
+  """Identifies a checkpoint directory: its config.json with, where the directory records the
+  digest of every file (the tiny base's `tiny_base.json`), those digests, so that the same weights
+  anywhere (the package's shipped base in every install and worktree) share their caches; else its
+  absolute path and weight file sizes (hashing a real checkpoint's weights would take minutes)."""
   path = os.path.abspath(path)
-  parts = [path]
   cfg = os.path.join(path, "config.json")
   if not os.path.exists(cfg):
     raise FileNotFoundError(f"backbone {path!r} has no config.json (selection.dots.backbone)")
   with open(cfg) as f:
-    parts.append(f.read())
-  for name in sorted(os.listdir(path)):
-    if name.endswith(".safetensors"):
-      parts.append(f"{name}:{os.path.getsize(os.path.join(path, name))}")
+    parts = [f.read()]
+  digests = _recorded_digests(path)
+  if digests:
+    parts += [f"{name}:{digests[name]}" for name in sorted(digests)]
+  else:
+    parts.insert(0, path)
+    for name in sorted(os.listdir(path)):
+      if name.endswith(".safetensors"):
+        parts.append(f"{name}:{os.path.getsize(os.path.join(path, name))}")
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _recorded_digests(path: str) -> dict[str, str]:
+  """The per-file sha256 a tiny base directory records ({} where it records none)."""
+  try:
+    with open(os.path.join(path, "tiny_base.json")) as f:
+      files = json.load(f).get("files", {})
+  except (OSError, ValueError, AttributeError):
+    return {}
+  return files if isinstance(files, dict) and any(n.endswith(".safetensors") for n in files) else {}
 
 
 def default_cache_dir() -> str:
