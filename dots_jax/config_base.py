@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   # of dots_jax.model.roofline.PEAKS, e.g. "H100", "H200", "v5p"); a plan_topology implies its own.
   c.plan_device = ""
   c.plan_fit_margin = 0.9
-  # Resume a workdir whose config.json differs in more than dots_jax.workdir.RESUMABLE_CHANGES.
+  # Resume a workdir whose config.json differs in more than dots_jax.run.workdir.RESUMABLE_CHANGES.
   c.allow_config_change = False
 
   # Device mesh (dots_jax.model.sharding). -1 = all remaining devices.
@@ -102,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0
   c.sampling.top_k = 0  # 0 = off
   c.sampling.max_new_tokens = 16
-  # The slot engine (dots_jax.sampling.engine): completions stream through `slots` KV-cache rows
+  # The slot engine (dots_jax.rollout.engine): completions stream through `slots` KV-cache rows
   # (or as many as kv_budget_gib GiB of cache holds), engine_steps decode steps per call, attention
   # over the smallest of engine_windows cache windows that covers the live rows; slots are split
   # over the data axes (kv_budget_gib is per device). slots 0 and kv_budget_gib 0: each generate
@@ -153,7 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.guard.max_entropy_rise = 0.5
   c.rl.micro_batch = 0  # sequences per gradient micro-batch; 0 = whole mini-batch (or the budget's)
   # Per-device memory budget of the update (GiB): with micro_batch = 0 the micro-batch is the
-  # largest whose planned bytes fit (dots_jax.rl.memory.update_config); 0 = no budget.
+  # largest whose planned bytes fit (dots_jax.run.memory_plan.update_config); 0 = no budget.
   c.rl.memory_budget_gib = 0.0
   # Positions per vocabulary-projection chunk of the update (0 = all): bounds the logits held in
   # memory to micro_batch x logits_chunk x vocab (dots_jax.rl.logprobs).
@@ -243,10 +243,10 @@ def base_config() -> ml_collections.ConfigDict:
       question_lr=0.05, drift_sd=0.5, drift_steps=50.0, replay_decay=0.8, embed_dim=64,
       embed_noise=0.5, train_cost=0.25))
 
-  # Checkpoints and logs (dots_jax.rl.checkpoint, dots_jax.rl.metrics).
+  # Checkpoints and logs (dots_jax.run.checkpoint, dots_jax.run.metrics).
   # export_hf: also write each checkpoint's policy as a Hugging Face directory <workdir>/hf/<step>.
   # lock_lease_s: a gs:// workdir's writer lease (renewed every third of it): how long a crashed
-  # run's successor waits before taking the workdir over (dots_jax.workdir.WorkdirLock).
+  # run's successor waits before taking the workdir over (dots_jax.run.workdir.WorkdirLock).
   c.ckpt = ml_collections.ConfigDict(dict(every=50, keep=2, async_save=False, export_hf=False,
                                           lock_lease_s=300.0))
   # samples_every: every that many steps the first `samples` completions of the batch go to

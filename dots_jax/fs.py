@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 from etils import epath
@@ -99,6 +101,25 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """`obj` as strict JSON (a non-finite number is written as null: `NaN` is not JSON), atomically."""
+  write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False))
+
+
+def _finite(obj: Any) -> Any:
+  if isinstance(obj, float) or isinstance(obj, np.floating):
+    return float(obj) if np.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: _finite(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite(v) for v in obj]
+  if isinstance(obj, np.integer):
+    return int(obj)
+  if isinstance(obj, np.ndarray):
+    return _finite(obj.tolist())
+  return obj
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

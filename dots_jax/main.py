@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
   # Imported only now: nothing may start a JAX backend before jax.distributed.initialize().
   from dots_jax import train
   from dots_jax.config_common import ConfigError
-  from dots_jax.rl.checkpoint import CheckpointError
+  from dots_jax.run.checkpoint import CheckpointError
   from dots_jax.rl.update import DivergenceError, NonFiniteError
   try:
     summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value or "")

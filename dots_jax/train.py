@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from dots_jax import evaluate, fs, report
+from dots_jax import fs
 from dots_jax.config_common import policy_runtime
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.prompts import PromptTable
@@ -26,15 +26,20 @@ from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.methods import get_method
 from dots_jax.model import hf_io, qwen2, sharding
 from dots_jax.policy import policy_path
-from dots_jax.rl import checkpoint, memory, metrics, update
+from dots_jax.evaluate.benchmarks import Evaluator, eval_generator
+from dots_jax.evaluate.held_out import PolicyEval
+from dots_jax.evaluate.pool_rates import PoolPassRates
+from dots_jax.rl import update
+from dots_jax.run import checkpoint, memory_plan, metrics, report
 from dots_jax.rl.learner import Learner, LearnResult
-from dots_jax.rl.metrics import Progress, banner, log_line
-from dots_jax.rollout import EngineSettings, Generator, Roller
-from dots_jax.selection import driver, factory
-from dots_jax.startup import (check_model_mesh, check_workdir, enable_compilation_cache,
+from dots_jax.rollout.generator import EngineSettings, Generator
+from dots_jax.rollout.roller import Roller
+from dots_jax.run.metrics import Progress, banner, log_line
+from dots_jax.run.startup import (check_model_mesh, check_workdir, enable_compilation_cache,
                               validate_config)
+from dots_jax.run.workdir import WorkdirLock, check_config, check_data, commit_config, has_config
+from dots_jax.selection import driver, factory
 from dots_jax.tools.plan import dry_run
-from dots_jax.workdir import WorkdirLock, check_config, check_data, commit_config, has_config
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -84,9 +89,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, t_start: float) -> d
   # ----- data -------------------------------------------------------------------------------------
   prompts = PromptTable(tokenizer, config.data, load_dataset(config.data, "train"))
   roller = Roller(config, generator, prompts)
-  evaluator = evaluate.Evaluator(config, tokenizer)
-  held_out = evaluate.PolicyEval(
-      config, evaluator, evaluate.eval_generator(config, qcfg, graphdef, tokenizer, mesh), graphdef,
+  evaluator = Evaluator(config, tokenizer)
+  held_out = PolicyEval(
+      config, evaluator, eval_generator(config, qcfg, graphdef, tokenizer, mesh), graphdef,
       mesh, pass_rates_dir=fs.join(workdir, "pass_rates"))
   banner(f"data: {config.data.train} {len(prompts)} prompts ({dict(prompts.counts)}); eval "
          f"{ {k: len(v) for k, v in evaluator.prompts.items()} }")
@@ -98,11 +103,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, t_start: float) -> d
     dots_kwargs = dict(embeddings_NxD=emb, estimator=estimator)
   strategy = factory.make_strategy(config, len(prompts), **dots_kwargs)
   # Exact pass rates of pool questions (synthetic tasks): the predictions' true error, the oracle.
-  pool_rates = evaluate.PoolPassRates.for_config(config, tokenizer, prompts, graphdef, mesh,
+  pool_rates = PoolPassRates.for_config(config, tokenizer, prompts, graphdef, mesh,
                                                  required=method.source == "oracle")
 
   # ----- learner + train state --------------------------------------------------------------------
-  ucfg = memory.update_config(config, qcfg, dict(mesh.shape), roller.total_len)
+  ucfg = memory_plan.update_config(config, qcfg, dict(mesh.shape), roller.total_len)
   optimizer = update.make_optimizer(config.rl, config.total_steps, ucfg.updates_per_step)
   state_sh = update.train_state_shardings(optimizer, params, mesh)
   # The learner copies the initial params as the KL reference before the train state takes them
@@ -201,7 +206,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, t_start: float) -> d
              "final_eval_accuracy": progress.last_eval, "last_reward": progress.last_reward,
              "model_path": path, "workdir": fs.absolute(workdir)}
   if jax.process_index() == 0:
-    evaluate.write_json(fs.join(workdir, "summary.json"), summary)
+    fs.write_json(fs.join(workdir, "summary.json"), summary)
   newest = ckpt.latest_step()
   writer.close()
   ckpt.close()
@@ -213,7 +218,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, t_start: float) -> d
 def _report(config: ml_collections.ConfigDict, workdir: str, history: list[dict[str, Any]],
             progress: Progress, steps_done: int, checkpoint_step: int | None,
             t_start: float) -> None:
-  """The run's closing lines: what it showed and where everything is (`dots_jax.report`)."""
+  """The run's closing lines: what it showed and where everything is (`dots_jax.run.report`)."""
   points = report.eval_points(history)
   first, last = (points[0], points[-1]) if points else (None, None)
   eval_set = config.data.eval_sets[0] if config.data.eval_sets else ""

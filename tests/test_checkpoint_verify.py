@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from dots_jax.rl.checkpoint import CheckpointError, Checkpointer
+from dots_jax.run.checkpoint import CheckpointError, Checkpointer
 
 
 def _state(v: float) -> dict:
@@ -111,7 +111,7 @@ def test_rotation_keeps_the_newest_verified_step(tmp_path, monkeypatch):
   work = _run(tmp_path, steps=(1, 2, 3), keep=1)
   assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["3"]
   assert os.listdir(os.path.join(work, "checkpoints_verified")) == ["3.json"]
-  from dots_jax.rl import checkpoint
+  from dots_jax.run import checkpoint
   real_write = checkpoint.fs.write_text
   monkeypatch.setattr(checkpoint.fs, "write_text",
                       lambda path, text: None if path.endswith("4.json") else real_write(path, text))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dots_jax import compare
-from dots_jax.workdir import commit_config
+from dots_jax.run.workdir import commit_config
 from config_files import load_config
 
 

@@ -122,7 +122,7 @@ def test_online_finetune_changes_adapters_and_survives_resume():
                       ref_size=16, round_steps=1, alpha=0.5, tau=1e-3, chunk=128,
                       online_finetune=True, online_steps=5, online_lr=1e-3, online_batch=16)
 
-  from dots_jax.rollout import Rollouts
+  from dots_jax.rollout.roller import Rollouts
   from dots_jax.selection.driver import collect_batch
   from dots_jax.selection.uniform import UniformStrategy
 

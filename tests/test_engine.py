@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from dots_jax.model import qwen2
-from dots_jax.sampling.engine import Engine, slot_cache_bytes, slots_for_budget
-from dots_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
+from dots_jax.rollout.engine import Engine, slot_cache_bytes, slots_for_budget
+from dots_jax.rollout.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
 
 CFG = qwen2.Qwen2Config(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, rope_theta=1e4,

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from dots_jax.config_base import base_config
-from dots_jax.evaluate import Evaluator, dots_average, flat_metrics, pass_at_k, summarize, write_json
+from dots_jax.evaluate.benchmarks import Evaluator
+from dots_jax.evaluate.scores import dots_average, flat_metrics, pass_at_k, summarize
+from dots_jax.fs import write_json
 from dots_jax.data.question import Question
 from dots_jax.rewards import format_reversed
 from dots_jax.policy.tokenizer import make_char_tokenizer
@@ -159,7 +161,7 @@ def test_evaluate_checkpoint_end_to_end(tmp_path):
   """Real policy + Sampler on a tiny random checkpoint: the CLI's path, in-process (8 CPU devices)."""
   from hf_fixtures import make_tiny_hf_checkpoint
 
-  from dots_jax.evaluate import evaluate_checkpoint
+  from dots_jax.evaluate.benchmarks import evaluate_checkpoint
   path = make_tiny_hf_checkpoint(tmp_path / "ckpt")
   c = base_config()
   c.data.update(train="synthetic", eval_sets=("synthetic_heldout",), chat_template=False,
@@ -181,10 +183,10 @@ def test_exact_scores_equal_the_samplers_log_probs_and_exact_eval_runs(tmp_path)
   from flax import nnx
   from hf_fixtures import make_tiny_hf_checkpoint
 
-  from dots_jax.evaluate import eval_generator, evaluate_checkpoint, exact_fn
+  from dots_jax.evaluate.benchmarks import eval_generator, evaluate_checkpoint, exact_fn
   from dots_jax.model.hf_io import load_policy, load_tokenizer
   from dots_jax.model.sharding import make_mesh
-  from dots_jax.rollout import Decoding
+  from dots_jax.rollout.generator import Decoding
   path = make_tiny_hf_checkpoint(tmp_path / "ckpt")
   c = base_config()
   c.data.update(train="synthetic", eval_sets=("synthetic_heldout",), chat_template=False,
@@ -217,7 +219,7 @@ def test_exact_scores_equal_the_samplers_log_probs_and_exact_eval_runs(tmp_path)
 
 
 def test_summarize_exact():
-  from dots_jax.evaluate import summarize_exact
+  from dots_jax.evaluate.scores import summarize_exact
   m = summarize_exact(np.array([0.0, 0.5, 1.0, 0.5]), k=4)
   assert m["avg@1"] == 0.5 and m["k"] == 1 and m["exact"]
   assert m["pass@2"] == pytest.approx((0 + 0.75 + 1 + 0.75) / 4)

@@ -134,7 +134,7 @@ def test_a_training_file_in_a_bucket_is_read(bucket, tmp_path, monkeypatch):
 
 def test_one_writer_per_bucket_workdir_and_an_expired_lease_is_taken_over(bucket):
   from dots_jax.config_common import ConfigError
-  from dots_jax.workdir import WorkdirLock
+  from dots_jax.run.workdir import WorkdirLock
   work = f"{bucket}/locked_run"
   first = WorkdirLock(work, lease_s=30).acquire()
   with pytest.raises(ConfigError, match=r"locked_run is in use by pid \d+ on .* \(lease until"):

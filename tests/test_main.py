@@ -67,7 +67,7 @@ def test_every_method_runs(cache, tmp_path, method):
 
 def test_the_run_ends_by_saying_what_it_showed(cache, tmp_path, capsys):
   from dots_jax import main as entry
-  from dots_jax import report
+  from dots_jax.run import report
   summary = train.train_and_evaluate(micro(cache, "method=grpo"), str(tmp_path))
   out = capsys.readouterr().out.splitlines()
   done = out.index(next(line for line in out if line.startswith("== done: ")))
@@ -272,7 +272,8 @@ def test_pool_pass_rates_equal_the_exact_evaluation_of_the_pool(cache):
 
   from dots_jax.data.dataset import load_dataset
   from dots_jax.data.prompts import PromptTable
-  from dots_jax.evaluate import Evaluator, PoolPassRates, exact_fn
+  from dots_jax.evaluate.benchmarks import Evaluator, exact_fn
+  from dots_jax.evaluate.pool_rates import PoolPassRates
   from dots_jax.model.hf_io import load_policy, load_tokenizer
   from dots_jax.policy import policy_path
   c = micro(cache)

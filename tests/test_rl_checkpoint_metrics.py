@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dots_jax.rl.batch import groups_from_samples, make_batch
-from dots_jax.rl.checkpoint import Checkpointer
-from dots_jax.rl.metrics import MetricsWriter, StepTimer, batch_stats
+from dots_jax.run.checkpoint import Checkpointer
+from dots_jax.run.metrics import MetricsWriter, StepTimer, batch_stats
 
 
 def test_host_state_round_trip_and_keep(tmp_path):

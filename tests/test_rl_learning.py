@@ -16,7 +16,7 @@ from dots_jax.rl import update
 from dots_jax.rl.batch import groups_from_samples
 from dots_jax.rl.learner import Learner
 from dots_jax.rl.replay import ReplayBuffer
-from dots_jax.sampling.sampler import Sampler
+from dots_jax.rollout.sampler import Sampler
 
 V, EOS, PAD, TARGET = 16, 1, 0, 7
 Q, G, P, R = 8, 8, 3, 4

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dots_jax.rl.batch import Groups
-from dots_jax.rl.checkpoint import Checkpointer
+from dots_jax.run.checkpoint import Checkpointer
 from dots_jax.rl.replay import ReplayBuffer, admit
 
 G, T = 3, 4

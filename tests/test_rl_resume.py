@@ -27,11 +27,11 @@ def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
   from dots_jax.model import qwen2
   from dots_jax.rl import update
   from dots_jax.rl.batch import Groups
-  from dots_jax.rl.checkpoint import Checkpointer
+  from dots_jax.run.checkpoint import Checkpointer
   from dots_jax.rl.learner import Learner
-  from dots_jax.rl.metrics import MetricsWriter
+  from dots_jax.run.metrics import MetricsWriter
   from dots_jax.rl.replay import ReplayBuffer
-  from dots_jax.rl.random_batch import random_batch
+  from dots_jax.bench.random_batch import random_batch
 
   cfg = qwen2.Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                           num_attention_heads=2, num_key_value_heads=1)

@@ -12,10 +12,10 @@ from flax import nnx
 from dots_jax.config_base import base_config
 from dots_jax.model import qwen2
 from dots_jax.rl import losses, update
-from dots_jax.rl.checkpoint import Checkpointer, abstract_like
+from dots_jax.run.checkpoint import Checkpointer, abstract_like
 from dots_jax.rl.logprobs import logprobs_and_entropy
 from dots_jax.rl.batch import RLBatch
-from dots_jax.rl.random_batch import random_batch
+from dots_jax.bench.random_batch import random_batch
 
 CFG = qwen2.Qwen2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                         num_attention_heads=4, num_key_value_heads=2)

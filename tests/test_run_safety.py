@@ -20,8 +20,8 @@ from dots_jax.model import qwen2
 from dots_jax.policy.tokenizer import make_char_tokenizer
 from dots_jax.rewards.__main__ import read_pairs
 from dots_jax.rl.update import DivergenceError
-from dots_jax.startup import check_model_mesh, validate_config
-from dots_jax.workdir import check_data
+from dots_jax.run.startup import check_model_mesh, validate_config
+from dots_jax.run.workdir import check_data
 from test_main import micro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 from dots_jax.model.qwen2 import Qwen2Config, init_model, positions_from_mask, sequence_logprobs
-from dots_jax.sampling.filtering import truncation_mask
-from dots_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
+from dots_jax.rollout.filtering import truncation_mask
+from dots_jax.rollout.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
 from dots_jax.data.prompts import pad_prompts
 
 PAD = 0

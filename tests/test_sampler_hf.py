@@ -10,7 +10,7 @@ from flax import nnx
 
 from dots_jax.model import hf_io
 from dots_jax.model.qwen2 import sequence_logprobs
-from dots_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
+from dots_jax.rollout.sampler import FINISH_LENGTH, FINISH_STOP, Sampler
 from dots_jax.data.prompts import pad_prompts
 from dots_jax.policy import tokenizer as tiny_tokenizer
 from hf_fixtures import make_tiny_hf_checkpoint

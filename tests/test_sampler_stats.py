@@ -8,8 +8,8 @@ from flax import nnx
 from scipy import stats
 
 from dots_jax.model.qwen2 import Qwen2Config, init_model, positions_from_mask
-from dots_jax.sampling.filtering import choose_tokens, draw, truncation_mask
-from dots_jax.sampling.sampler import Sampler
+from dots_jax.rollout.filtering import choose_tokens, draw, truncation_mask
+from dots_jax.rollout.sampler import Sampler
 from dots_jax.data.prompts import pad_prompts
 
 P_ACCEPT = 1e-4  # a correct sampler fails a single test with this probability

@@ -8,7 +8,7 @@ from dots_jax.difficulty.estimator import EstimatorConfig, init_estimator
 from dots_jax.difficulty.fit import fit_estimator
 from dots_jax.selection.base import (EpochStream, Proposal, RolloutRounds, StepContext, group_stats,
                                      step_rng)
-from dots_jax.rollout import Rollouts
+from dots_jax.rollout.roller import Rollouts
 from dots_jax.selection import driver
 from dots_jax.selection.driver import collect_batch
 from dots_jax.methods import METHODS

@@ -49,13 +49,16 @@ def _import_graph() -> dict[str, set[str]]:
 LAYERS = (
     {"dots_jax", "fs", "config_base", "config_common", "methods"},
     {"model"},
-    {"sampling", "rl", "data"},
+    {"rl", "data"},
     {"rollout", "rewards", "exact", "policy"},
     {"difficulty"},
     {"selection"},
-    # The job and what stands around it: entry points, run directories, evaluation, tools.
-    {"train", "main", "startup", "workdir", "evaluate", "compare", "report", "tiny", "tools", "bench",
-     "sim"},
+    # Run infrastructure: checkpoints, metrics, the run directory and its lock, start-up checks,
+    # memory planning, the closing report.
+    {"run"},
+    {"evaluate"},
+    # The job and what stands around it: entry points, the comparison, the testbed and its tools.
+    {"train", "main", "compare", "tiny", "tools", "bench", "sim"},
 )
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from dots_jax.model import variants
-from dots_jax.rl import memory
+from dots_jax.run import memory_plan as memory
 from dots_jax.tools import compiled, parity, plan
 from config_files import load_config
 from hf_fixtures import make_tiny_hf_checkpoint

@@ -12,11 +12,12 @@ import transformers
 from flax import nnx
 
 from config_files import load_config
-from dots_jax import evaluate, train
+from dots_jax import train
+from dots_jax.evaluate import benchmarks as evaluate
 from dots_jax.config_common import ConfigError
 from dots_jax.model import qwen2
 from dots_jax.tools import export
-from dots_jax.workdir import config_changes, load_trained, read_config
+from dots_jax.run.workdir import config_changes, load_trained, read_config
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_a_user_jsonl_with_mapped_fields_trains(run, tmp_path):
 
 def test_an_unreachable_url_is_one_line():
   # gs:// itself is tested end to end in tests/test_gcs.py; a scheme nothing serves fails early.
-  from dots_jax.startup import check_model_path, check_workdir
+  from dots_jax.run.startup import check_model_path, check_workdir
   with pytest.raises(ConfigError, match="--workdir=.*cannot be reached"):
     check_workdir("nosuchscheme://bucket/run")
   with pytest.raises(ConfigError, match="config.model.path=.*cannot be read"):
@@ -222,7 +223,7 @@ def test_wandb_run_continues_on_resume_and_checkpoints_export(run, tmp_path, mon
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
-  from dots_jax.workdir import WorkdirLock
+  from dots_jax.run.workdir import WorkdirLock
   first = WorkdirLock(str(tmp_path)).acquire()
   with pytest.raises(ConfigError, match=rf"in use by pid {os.getpid()} on "):
     WorkdirLock(str(tmp_path)).acquire()

@@ -47,9 +47,9 @@ from dots_jax.model.roofline import (decode_step_bytes, forward_flops, matmul_pa
 from dots_jax.rl import update  # noqa: E402
 from dots_jax.rl.batch import groups_from_samples  # noqa: E402
 from dots_jax.rl.learner import Learner  # noqa: E402
-from dots_jax.rl.random_batch import random_batch  # noqa: E402
+from dots_jax.bench.random_batch import random_batch  # noqa: E402
 from dots_jax.rl.replay import ReplayBuffer  # noqa: E402
-from dots_jax.sampling.engine import Engine  # noqa: E402
+from dots_jax.rollout.engine import Engine  # noqa: E402
 
 @dataclasses.dataclass(frozen=True)
 class Shape:

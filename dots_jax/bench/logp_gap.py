@@ -28,8 +28,8 @@ from flax import nnx
 from dots_jax.model import qwen2, variants
 from dots_jax.rl import update
 from dots_jax.rl.batch import groups_from_samples, make_batch
-from dots_jax.sampling.engine import Engine
-from dots_jax.sampling.sampler import SampleOutput
+from dots_jax.rollout.engine import Engine
+from dots_jax.rollout.sampler import SampleOutput
 
 
 @dataclasses.dataclass(frozen=True)

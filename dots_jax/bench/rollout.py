@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from dots_jax.bench.shapes import add_model_args, random_setup  # noqa: E402
-from dots_jax.sampling.engine import Engine  # noqa: E402
-from dots_jax.sampling.sampler import Sampler  # noqa: E402
+from dots_jax.rollout.engine import Engine  # noqa: E402
+from dots_jax.rollout.sampler import Sampler  # noqa: E402
 
 
 def _parse() -> argparse.Namespace:

@@ -25,7 +25,7 @@ from flax import nnx  # noqa: E402
 from dots_jax.bench.shapes import add_model_args, random_setup  # noqa: E402
 from dots_jax.model.hf_io import export_policy  # noqa: E402
 from dots_jax.model.qwen2 import Qwen2Config  # noqa: E402
-from dots_jax.sampling.sampler import Sampler  # noqa: E402
+from dots_jax.rollout.sampler import Sampler  # noqa: E402
 
 
 def _parse() -> argparse.Namespace:

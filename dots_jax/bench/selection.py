@@ -23,7 +23,7 @@ from dots_jax.config_base import base_config
 from dots_jax.difficulty.estimator import (EstimatorConfig, init_estimator, predict_all,
                                            predict_from_projections, project_queries)
 from dots_jax.methods import METHODS
-from dots_jax.rollout import Rollouts
+from dots_jax.rollout.roller import Rollouts
 from dots_jax.selection.driver import collect_batch
 from dots_jax.selection.factory import make_strategy
 

@@ -38,7 +38,7 @@ from dots_jax.model.hf_io import export_policy
 from dots_jax.rl import update
 from dots_jax.rl.batch import RLBatch
 from dots_jax.rl.logprobs import logprobs_and_entropy
-from dots_jax.rl.random_batch import random_batch
+from dots_jax.bench.random_batch import random_batch
 
 
 def bench_cfg(args: argparse.Namespace, attn_chunk: int | None = None) -> qwen2.Qwen2Config:

@@ -24,7 +24,7 @@ from dots_jax.difficulty import embed
 from dots_jax.difficulty.setup import backbone_path, question_embeddings
 from dots_jax.model.hf_io import load_policy, load_tokenizer
 from dots_jax.rewards import score_batch
-from dots_jax.rollout import Decoding, EngineSettings, Generator
+from dots_jax.rollout.generator import Decoding, EngineSettings, Generator
 from dots_jax.policy import policy_path
 
 

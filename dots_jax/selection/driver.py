@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from dots_jax.rewards import RewardStats
-from dots_jax.rollout import Rollouts
+from dots_jax.rollout.roller import Rollouts
 from dots_jax.rl.batch import signal_share
 from dots_jax.selection.base import (CandidateSource, Proposal, StepContext, Strategy, group_stats,
                                      step_rng)

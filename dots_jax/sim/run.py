@@ -26,7 +26,7 @@ from dots_jax.difficulty.offline import fit_on_labels
 from dots_jax.difficulty.quality import estimator_predict, pearson_with_refs
 from dots_jax.methods import get_method
 from dots_jax.rl.replay import ReplayBuffer, admit, mix_replay
-from dots_jax.rollout import Rollouts
+from dots_jax.rollout.roller import Rollouts
 from dots_jax.selection.base import group_stats
 from dots_jax.selection.dots import DotsSource
 from dots_jax.selection.driver import collect_batch

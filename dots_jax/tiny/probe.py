@@ -32,7 +32,7 @@ from dots_jax.data.synthetic import problem_structure
 from dots_jax.rl.batch import signal_share
 from dots_jax.tiny.bars import PROBE_BARS, check_all, report_lines
 from dots_jax.tiny.tracking import POOL_SET, group_r2, pass_rate_steps, pool_pass_rates
-from dots_jax.workdir import read_config
+from dots_jax.run.workdir import read_config
 
 MID_BAND = (0.3, 0.7)
 

@@ -25,11 +25,11 @@ from dots_jax.data.dataset import load_dataset
 from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.rl.batch import signal_share
 from dots_jax.selection import factory
-from dots_jax.rollout import Rollouts
+from dots_jax.rollout.roller import Rollouts
 from dots_jax.selection.driver import UNDRAWN_ROUNDS, collect_batch
 from dots_jax.selection.dots import TargetedSource, targeted_order
 from dots_jax.tiny.tracking import pass_rate_steps, pearson, pool_pass_rates
-from dots_jax.workdir import read_config
+from dots_jax.run.workdir import read_config
 
 
 @dataclasses.dataclass(frozen=True)

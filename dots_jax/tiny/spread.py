@@ -28,7 +28,7 @@ from dots_jax.policy import policy_path, sft
 from dots_jax.policy.tiny_base import answer_encoder, prompt_encoder
 from dots_jax.rewards import score_batch
 from dots_jax.rl.batch import group_stats
-from dots_jax.rollout import Decoding, Generator
+from dots_jax.rollout.generator import Decoding, Generator
 from dots_jax.tiny import bars
 
 

@@ -47,7 +47,7 @@ from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.model.hf_io import load_tokenizer
 from dots_jax.rl.batch import signal_share
 from dots_jax.selection.dots import targeted_order
-from dots_jax.workdir import checkpoint_steps, load_trained, read_config
+from dots_jax.run.workdir import checkpoint_steps, load_trained, read_config
 
 POOL_SET = "synthetic"
 

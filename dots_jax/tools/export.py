@@ -17,7 +17,7 @@ from flax import nnx
 from dots_jax import fs
 from dots_jax.config_common import ConfigError
 from dots_jax.model import hf_io
-from dots_jax.workdir import holds_run, load_trained
+from dots_jax.run.workdir import holds_run, load_trained
 
 
 def export_workdir(workdir: str, out_dir: str, step: int | None = None,

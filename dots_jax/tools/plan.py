@@ -1,5 +1,5 @@
 """The main job's dry run (`dry_run(config)`, `--config.dry_run=True`): the per-device memory plan of
-`dots_jax.rl.memory` for a config (the state `plan` counts: params, AdamW, grads, a KV cache; the
+`dots_jax.run.memory_plan` for a config (the state `plan` counts: params, AdamW, grads, a KV cache; the
 activations, logits chunks and all-gathered layers `update_estimate` adds), the rollout's decode
 program estimate, and with `plan_compile` XLA's own figures beside them (`compiled_programs`,
 docs/MEMORY.md).
@@ -26,10 +26,10 @@ from dots_jax.model import hf_io, qwen2, roofline, sharding, variants
 from dots_jax.policy.tiny_base import tiny_model_config
 from dots_jax.policy.tokenizer import make_char_tokenizer
 from dots_jax.rl import replay, update
-from dots_jax.rl.memory import plan, update_config, update_estimate, update_rows
-from dots_jax.rollout import EngineSettings
-from dots_jax.sampling.engine import Engine, slot_cache_bytes
-from dots_jax.startup import check_model_mesh, validate_config
+from dots_jax.run.memory_plan import plan, update_config, update_estimate, update_rows
+from dots_jax.rollout.generator import EngineSettings
+from dots_jax.rollout.engine import Engine, slot_cache_bytes
+from dots_jax.run.startup import check_model_mesh, validate_config
 from dots_jax.tools import compiled, plan_dots, topology
 
 def _log(text: str) -> None:

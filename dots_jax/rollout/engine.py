@@ -35,8 +35,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dots_jax.model.qwen2 import KVCache, Qwen2Config, init_cache, positions_from_mask
 from dots_jax.model.sharding import (BATCH_AXES, cache_sharding, data_parallel_size,
                                      to_host)
-from dots_jax.sampling.filtering import choose_tokens
-from dots_jax.sampling.sampler import FINISH_LENGTH, FINISH_STOP, SampleOutput
+from dots_jax.rollout.filtering import choose_tokens
+from dots_jax.rollout.sampler import FINISH_LENGTH, FINISH_STOP, SampleOutput
 
 
 @dataclasses.dataclass(frozen=True)

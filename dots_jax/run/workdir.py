@@ -34,7 +34,8 @@ from dots_jax import fs
 from dots_jax.config_base import base_config
 from dots_jax.config_common import ConfigError, all_keys, policy_runtime
 from dots_jax.model import hf_io, qwen2
-from dots_jax.rl import checkpoint, update
+from dots_jax.rl import update
+from dots_jax.run import checkpoint
 from dots_jax.policy import policy_path
 
 CONFIG_FILE = "config.json"

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dots_jax import fs
+from dots_jax.run import curves
 
 CURVE_FILE = "curve.png"
 
@@ -97,13 +98,12 @@ def draw_curve(workdir: str, method: str) -> str:
     import matplotlib  # noqa: F401  (optional: pip install -e ".[plots]")
   except ImportError:
     return ""
-  from dots_jax import compare  # the comparison's own curve reader and plot
   try:
-    curve = compare.read_curve(workdir)
+    curve = curves.read_curve(workdir)
   except (FileNotFoundError, ValueError):
     return ""
   out = fs.join(workdir, CURVE_FILE)
-  compare.plot_curves({method: {0: curve}}, out)
+  curves.plot_curves({method: {0: curve}}, out)
   return out
 
 

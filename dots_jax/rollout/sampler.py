@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dots_jax.model.qwen2 import KVCache, Qwen2Config, init_cache, positions_from_mask
 from dots_jax.model.sharding import batch_sharding, cache_sharding, to_host
-from dots_jax.sampling.filtering import choose_tokens
+from dots_jax.rollout.filtering import choose_tokens
 
 FINISH_STOP = 0
 FINISH_LENGTH = 1
