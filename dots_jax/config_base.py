@@ -207,11 +207,11 @@ def base_config() -> ml_collections.ConfigDict:
   # worth of evidence; content_floor is the least logit variance of a content prediction. The
   # round (selection.dots.round_steps) starts with ref_size reference questions (uniform | stratified:
   # evenly over the clusters); train_refs lets reference groups with reward variance train; the
-  # round's questions are drawn from softmax(signal / tau), signal the posterior chance that a
-  # group has reward variance.
+  # round's questions are drawn with probability proportional to signal^(1/tau), signal the
+  # posterior chance that a group has reward variance (tau 1: composed as dynamic sampling's batch).
   c.selection.track = ml_collections.ConfigDict(dict(
       half_life=8.0, drift=0.02, max_labels=2048, clusters=16, shrink=8.0, content_floor=0.1,
-      ref_size=32, ref_mode="uniform", train_refs=False, tau=0.05))
+      ref_size=32, ref_mode="uniform", train_refs=False, tau=1.0))
 
   # Evaluation (dots_jax.evaluate).
   c.eval = ml_collections.ConfigDict(dict(every=25, k=1, temperature=0.0, top_p=1.0,

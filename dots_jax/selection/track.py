@@ -4,8 +4,10 @@ posterior that follows the policy, and GRESO's pre-rollout skip decided by the s
 `TrackSource` (methods `dots_track`, `dots_track_rr`): every `round_steps` steps a round starts with
 `ref_size` reference questions (uniformly drawn, as DOTS's, or `stratified`: the same number from
 every embedding cluster, so no family goes unobserved), then `round_steps * batch_questions`
-questions are drawn without replacement from softmax(signal / tau), where signal is the posterior's
-chance that a group of G has reward variance. Every group the run rolls out (references and fresh
+questions are drawn without replacement with probability proportional to signal^(1/tau), where
+signal is the posterior's chance that a group of G has reward variance (tau = 1 draws a batch
+composed as dynamic sampling's, uniform over the questions with reward variance; smaller tau
+concentrates on the surest). Every group the run rolls out (references and fresh
 training groups) updates the model, so a question trained on is tracked by its own groups and one
 the draw neglects by its neighbours' fresh labels: when a family it stopped drawing regresses, its
 signal rises and it is drawn again. With `train_refs`, reference groups that have reward variance
@@ -45,6 +47,13 @@ def stratified_refs(cluster_N: np.ndarray, size: int, rng: np.random.Generator) 
     rest = np.setdiff1d(np.arange(len(cluster_N)), refs)
     refs = np.concatenate([refs, rng.choice(rest, size - len(refs), replace=False)])
   return refs
+
+
+def signal_logits(signal_N: np.ndarray, tau: float) -> np.ndarray:
+  """Draw logits: a question is drawn with probability proportional to signal^(1/tau), its chance of
+  reward variance sharpened (tau = 1: as dynamic sampling's batch, uniform over the questions whose
+  groups have variance, without rolling out the others first)."""
+  return np.log(np.clip(np.asarray(signal_N, np.float64), 1e-12, 1.0)) / tau
 
 
 class TrackSource(TargetedSource):
@@ -87,7 +96,7 @@ class TrackSource(TargetedSource):
     self._start_round(ctx)
 
   def _sample_order(self, ctx: StepContext, batch_questions: int) -> np.ndarray:
-    return drawn_order(self.signal / self.tau,
+    return drawn_order(signal_logits(self.signal, self.tau),
                        min(self.round_steps * batch_questions, self.num_questions), ctx.rng)
 
   def observe_train(self, indices: np.ndarray, rewards_QxG: np.ndarray) -> None:
