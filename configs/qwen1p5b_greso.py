@@ -22,5 +22,4 @@ def get_config(arg: str = ""):
   # Rollouts stream through as many KV-cache slots as 24 GiB per device hold (the slot
   # engine), so the rollout phase fits 80 GB devices beside params and AdamW (dry run).
   c.sampling.kv_budget_gib = 24.0
-  c.sim.questions = 25415  # the training set's rows (python -m dots_jax.sim)
   return apply_config_arg(c, arg)

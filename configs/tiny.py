@@ -7,11 +7,13 @@
 
 Nothing is downloaded: with `model.path` empty the job builds (once, then cached) a character
 tokenizer with Qwen chat tokens and a 3-layer Qwen2 fine-tuned on a synthetic SFT stream disjoint from
-the RL pool (`dots_jax.policy.tiny_base.ensure_tiny_base`), and loads it like any Qwen2.5
-checkpoint. What that base can and cannot do, and why the settings below were chosen:
+the RL pool (`dots_jax.policy.tiny_base`: shipped with the package for the default recipe below,
+else built once and cached), and loads it like any Qwen2.5 checkpoint. What that base can and cannot do, and why the settings below were chosen:
 docs/TESTBED.md (measured with
 `python -m dots_jax.tiny.spread --config=configs/tiny.py --samples`).
 """
+
+import ml_collections
 
 from dots_jax.config_base import base_config
 from dots_jax.config_common import apply_config_arg
@@ -45,7 +47,20 @@ def get_config(arg: str = ""):
   c.data.synthetic.families = ("add2", "add3", "add4", "sub2", "sub3", "sub4_b", "add2_nc", "mul2x2")
   c.data.synthetic.pool_weights = (1.0,) * 8
   c.data.synthetic.sft_weights = (0.5, 1.0, 2.0, 0.5, 1.0, 2.0, 0.5, 0.0)
-  c.tiny.update(sft_steps=3000, sft_schedule_steps=3000, sft_carry_drop=0.3, sft_borrow_drop=0.6)
+  # The base policy's recipe (dots_jax.policy.tiny_base): the default recipe's base ships with the
+  # package (dots_jax/assets/tiny_base); any other recipe is built on first use and cached under
+  # cache_dir (empty = $DOTS_JAX_CACHE or ~/.cache/dots_jax), keyed by a hash of this section,
+  # data.synthetic and the prompt format. init_std ~ 1/sqrt(hidden_size): Qwen's 0.02 is made for
+  # d >= 896 and slows SFT of a width-128 model; rope_theta 1e4 resolves positions in short
+  # sequences better than Qwen's 1e6 (docs/TESTBED.md). sft_carry_drop: probability that an SFT
+  # demonstration drops each carry (dots_jax.data.synthetic.noisy_result), so the base executes the
+  # carry skill unreliably; sft_borrow_drop, when >= 0, sets the borrow's rate apart (subtraction a
+  # second skill of its own; < 0: the carry's).
+  c.tiny = ml_collections.ConfigDict(dict(
+      hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, mlp_ratio=4, max_positions=256,
+      rope_theta=10_000.0, init_std=0.088,
+      sft_steps=3000, sft_schedule_steps=3000, sft_batch=128, sft_lr=2e-3, sft_warmup=50, seed=0,
+      sft_carry_drop=0.3, sft_borrow_drop=0.6, cache_dir=""))
 
   c.sampling.group_size = 8
   c.sampling.temperature = 1.0

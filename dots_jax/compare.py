@@ -312,41 +312,60 @@ def run_one(config_arg: str, overrides: list[str], method: str, seed: int, run_d
   subprocess.run(cmd, check=True)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-  import argparse
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--config", default="configs/tiny.py")
-  p.add_argument("--methods", default="grpo,dots,dots_rr,greso,ds")
-  p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--workdir", default="/tmp/dots_jax_compare")
-  p.add_argument("--analyze_only", action="store_true")
-  args, overrides = p.parse_known_args(argv)
-  bad = [o for o in overrides if not o.startswith("--config.")]
-  if bad:
-    p.error(f"unknown arguments {bad} (only --config.* overrides are passed to the runs)")
-  methods = [m for m in args.methods.split(",") if m]
-  seeds = [int(s) for s in args.seeds.split(",") if s]
+def compare(config_file: str, methods: list[str], seeds: list[int], workdir: str, *,
+            analyze_only: bool = False, overrides: list[str] | None = None) -> dict[str, Any]:
+  """Runs (or, with `analyze_only`, re-reads) every (method, seed) of the comparison in `workdir`
+  and writes compare.json, compare.md and curves.png there; returns compare.json's content."""
+  overrides = list(overrides or [])
   if BASELINE not in methods:
-    p.error(f"--methods must include the baseline {BASELINE!r}")
-  fs.makedirs(args.workdir)
+    raise ValueError(f"--methods must include the baseline {BASELINE!r}")
+  fs.makedirs(workdir)
   curves: dict[str, dict[int, dict[str, np.ndarray]]] = {m: {} for m in methods}
   for seed in seeds:  # seed-major: a partial comparison still has complete pairs with GRPO
     for method in methods:
-      run_dir = fs.join(args.workdir, f"{method}_s{seed}")
-      if not args.analyze_only:
-        run_one(args.config, overrides, method, seed, run_dir)
+      run_dir = fs.join(workdir, f"{method}_s{seed}")
+      if not analyze_only:
+        run_one(config_file, overrides, method, seed, run_dir)
       curves[method][seed] = read_curve(run_dir)
-  group_size, overlap = _run_setup(fs.join(args.workdir, f"{BASELINE}_s{seeds[0]}"))
+  group_size, overlap = _run_setup(fs.join(workdir, f"{BASELINE}_s{seeds[0]}"))
   result = analyze(curves, group_size, overlap)
-  result.update(config=args.config, overrides=overrides, methods=methods, seeds=seeds)
-  fs.write_text(fs.join(args.workdir, "compare.json"), json.dumps(result, indent=1, allow_nan=True))
+  result.update(config=config_file, overrides=overrides, methods=methods, seeds=seeds)
+  fs.write_text(fs.join(workdir, "compare.json"), json.dumps(result, indent=1, allow_nan=True))
   table = markdown_table(result)
-  fs.write_text(fs.join(args.workdir, "compare.md"), table + "\n")
-  plot_curves(curves, fs.join(args.workdir, "curves.png"))
+  fs.write_text(fs.join(workdir, "compare.md"), table + "\n")
+  plot_curves(curves, fs.join(workdir, "curves.png"))
   print(table)
-  print(f"wrote {args.workdir}/compare.json, compare.md, curves.png")
+  print(f"wrote {workdir}/compare.json, compare.md, curves.png")
   return result
 
 
+def main(argv: list[str]) -> None:
+  from absl import app, flags
+  f = flags.FLAGS
+  try:
+    compare(f.config, [m for m in f.methods.split(",") if m],
+            [int(s) for s in f.seeds.split(",") if s], f.workdir, analyze_only=f.analyze_only,
+            overrides=_OVERRIDES)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
+_OVERRIDES: list[str] = []  # the --config.* arguments, passed to every run unparsed
+
+
+def _parse(argv: list[str]) -> list[str]:
+  """absl's parsing of this tool's flags; --config.KEY=VALUE overrides go to the runs as they are."""
+  from absl import flags
+  _OVERRIDES.extend(a for a in argv[1:] if a.startswith("--config."))
+  return flags.FLAGS([a for a in argv if not a.startswith("--config.")])
+
+
 if __name__ == "__main__":
-  main()
+  from absl import app, flags
+  flags.DEFINE_string("config", "configs/tiny.py", "the runs' config file (with :arg); "
+                      "--config.KEY=VALUE overrides go to every run")
+  flags.DEFINE_string("methods", "grpo,dots,dots_rr,greso,ds", "methods, the baseline grpo among them")
+  flags.DEFINE_string("seeds", "0,1,2", "seeds, each a run of every method")
+  flags.DEFINE_string("workdir", "/tmp/dots_jax_compare", "where the runs and the report go")
+  flags.DEFINE_bool("analyze_only", False, "re-read finished runs; run nothing")
+  app.run(main, flags_parser=_parse)

@@ -1,7 +1,9 @@
-"""The one place every default lives. `configs/*.py` start from `base_config()` and override.
+"""The one place every default of a training run lives. `configs/*.py` start from `base_config()`
+and override; `dots_jax.run.settings.read` turns a config into each part's typed settings.
 
-Each section is owned by one package (named in its comment); code reads `config.section.key` and never
-supplies its own fallback default.
+Each section is owned by one package (named in its comment). The tools keep their own settings: the
+dry run's are `python -m dots_jax.tools.plan`'s flags, the simulator's `dots_jax/sim/settings.py`,
+and the tiny base's recipe is `configs/tiny.py`'s `tiny` section (a run without model.path needs it).
 """
 
 import ml_collections
@@ -10,24 +12,10 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.method = "grpo"  # grpo | dots | dots_rr | greso | ds | mopps | dots_rr_greso | oracle (dots_jax.methods)
+  # grpo | ds | greso | mopps | dots | dots_rr | dots_track | dots_track_rr | greso_track | ...
+  # (dots_jax.methods; `python -m dots_jax.main --list_config` lists them all)
+  c.method = "grpo"
   c.total_steps = 100
-  c.dry_run = False  # build with shapes only and print the plan
-  # With dry_run: also compile pi_old and the update step ahead of time on the configured mesh
-  # (simulated on CPU) and print each program's compiled per-device bytes beside the estimate.
-  c.plan_compile = False
-  # With dry_run: the accelerator's memory per device in GiB (e.g. 80 for an H100, 95 for a v5p
-  # chip); > 0 prints whether the planned programs fit it. 0: no verdict.
-  c.plan_device_gib = 0.0
-  # With dry_run: compile every program with the accelerator's own compiler on compile-only devices
-  # of this topology (dots_jax.tools.topology: "v5p:2x2x2", "v6e-8" (libtpu), "h100x8" (the CUDA
-  # plugin)) and report fits / does NOT fit per program; when one does not fit under
-  # plan_fit_margin x HBM, the fit search prints the micro-batch, mesh, remat and KV budget that do.
-  c.plan_topology = ""
-  # With dry_run: the accelerator whose published peaks give a roofline step time (a device kind
-  # of dots_jax.model.roofline.PEAKS, e.g. "H100", "H200", "v5p"); a plan_topology implies its own.
-  c.plan_device = ""
-  c.plan_fit_margin = 0.9
   # Resume a workdir whose config.json differs in more than dots_jax.run.workdir.RESUMABLE_CHANGES.
   c.allow_config_change = False
 
@@ -81,21 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.pool_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0)
   c.data.synthetic.sft_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 
-  # The tiny base policy (dots_jax.policy.tiny_base): created on first use when model.path is
-  # empty, cached under cache_dir (empty = $DOTS_JAX_CACHE or ~/.cache/dots_jax) keyed by a hash of
-  # this section and data.synthetic.
-  # init_std ~ 1/sqrt(hidden_size): Qwen's 0.02 is made for d >= 896 and slows SFT of a width-128
-  # model; rope_theta 1e4 resolves positions in short sequences better than Qwen's 1e6
-  # (docs/TESTBED.md). sft_carry_drop: probability that an SFT demonstration drops each carry/borrow
-  # (dots_jax.data.synthetic.noisy_result), so the base executes the carry skill unreliably;
-  # sft_borrow_drop, when >= 0, sets the borrow's rate apart (subtraction a second skill of its own).
-  c.tiny = ml_collections.ConfigDict(dict(
-      hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, mlp_ratio=4, max_positions=256,
-      rope_theta=10_000.0, init_std=0.088,
-      sft_steps=1200, sft_schedule_steps=1200, sft_batch=128, sft_lr=2e-3, sft_warmup=50, seed=0,
-      sft_carry_drop=0.0, sft_borrow_drop=-1.0, cache_dir=""))
-
-  # Rollouts (dots_jax.sampling).
+  # Rollouts (dots_jax.rollout).
   c.sampling = ml_collections.ConfigDict()
   c.sampling.group_size = 8  # G completions per question
   c.sampling.temperature = 1.0
@@ -205,13 +179,14 @@ def base_config() -> ml_collections.ConfigDict:
   # drift logit variance per step unobserved; the newest max_labels labels are kept; clusters
   # embedding clusters each recalibrate their own intercept, moving halfway with shrink labels'
   # worth of evidence; content_floor is the least logit variance of a content prediction. The
-  # round (selection.dots.round_steps) starts with ref_size reference questions (uniform | stratified:
-  # evenly over the clusters); train_refs lets reference groups with reward variance train; the
-  # round's questions are drawn with probability proportional to signal^(1/tau), signal the
-  # posterior chance that a group has reward variance (tau 1: composed as dynamic sampling's batch).
+  # round (selection.dots.round_steps) starts with ref_size reference questions (uniform |
+  # stratified: evenly over the clusters); train_refs lets reference groups with reward variance
+  # train; the round's questions are drawn by what the posterior says about reward variance (draw
+  # "variance": softmax(E[p (1 - p)] / tau); "signal": in proportion to signal^(1/tau), signal the
+  # chance that a group has reward variance, tau 1 composing the batch as dynamic sampling's).
   c.selection.track = ml_collections.ConfigDict(dict(
       half_life=8.0, drift=0.02, max_labels=2048, clusters=16, shrink=8.0, content_floor=0.1,
-      ref_size=32, ref_mode="uniform", train_refs=False, tau=1.0))
+      ref_size=32, ref_mode="uniform", train_refs=False, draw="variance", tau=0.05))
 
   # Evaluation (dots_jax.evaluate).
   c.eval = ml_collections.ConfigDict(dict(every=25, k=1, temperature=0.0, top_p=1.0,
@@ -223,25 +198,6 @@ def base_config() -> ml_collections.ConfigDict:
   # exact: score the one correct completion instead of sampling (synthetic sets, temperature 1):
   # the expected accuracy with no sampling noise, from one forward pass.
   c.eval.exact = False
-
-  # The selection simulator (python -m dots_jax.sim): the model is dots_jax.sim.world's docstring;
-  # each value's source, and the statistics it was calibrated to, are in docs/SIMULATOR.md.
-  # questions: the training set's size (the reference configs set theirs); heldout: the questions
-  # accuracy is measured on. A question uses 1..max_skills of `skills` skills; its logit is
-  # logit_mean - content + idiosyncratic + what its skills add + what training on it added + wander:
-  # content has sds skill_sd (per skill) and visible_sd (per question; the embedding sees both),
-  # idiosyncratic idio_sd (no embedding sees it). skill_lr: what a step whose groups all teach adds
-  # to a skill, scaled by the step's progress n / (n + noise_groups) for n teaching groups; a skill
-  # adds at most skill_cap to a logit (skill_cap * tanh(skill / skill_cap); 0 = no cap).
-  # question_lr: what a teaching visit adds to its own question. drift_sd / drift_steps: sd and
-  # correlation time (steps) of every logit's wander. replay_decay: a replayed group's teaching
-  # weight per step of age. Embeddings: embed_dim wide, embed_noise per coordinate. train_cost:
-  # the time of training one sequence (pi_old + update) in rollout-equivalents.
-  c.sim = ml_collections.ConfigDict(dict(
-      questions=4000, heldout=2000, skills=16, max_skills=3, logit_mean=0.0, skill_sd=2.5,
-      visible_sd=6.0, idio_sd=3.0, skill_lr=0.02, skill_cap=3.0, noise_groups=128.0,
-      question_lr=0.05, drift_sd=0.5, drift_steps=50.0, replay_decay=0.8, embed_dim=64,
-      embed_noise=0.5, train_cost=0.25))
 
   # Checkpoints and logs (dots_jax.run.checkpoint, dots_jax.run.metrics).
   # export_hf: also write each checkpoint's policy as a Hugging Face directory <workdir>/hf/<step>.

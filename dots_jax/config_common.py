@@ -12,16 +12,44 @@ Where each value comes from (file and line of the official scripts) is in docs/R
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from typing import Any, Callable
+import json
+from typing import Any, Callable, TypeVar
 
 import ml_collections
 
 from dots_jax.config_base import base_config
 
 
+T = TypeVar("T")
+
+
 class ConfigError(ValueError):
   """A configuration that cannot run; the message says which key to change and how."""
+
+
+def section(cls: type[T], node: Any, **given: Any) -> T:
+  """The frozen settings dataclass `cls` of one config section: every field read from `node` by
+  name (sequences as tuples), those in `given` as given (nested sections, derived values). A field
+  the section lacks is a ConfigError naming it."""
+  values = {}
+  for f in dataclasses.fields(cls):
+    if f.name in given:
+      values[f.name] = given[f.name]
+      continue
+    if f.name not in node:
+      raise ConfigError(f"the config has no key {f.name!r} for {cls.__name__} (a config file that "
+                        "does not start from config_base.base_config()?)")
+    v = node[f.name]
+    values[f.name] = tuple(v) if isinstance(v, list) else v
+  return cls(**values)
+
+
+def as_json(settings: Any) -> str:
+  """A settings dataclass as the sorted JSON its config section's `to_json(sort_keys=True)` gives
+  (fingerprints keep their values)."""
+  return json.dumps(dataclasses.asdict(settings), sort_keys=True)
 
 
 def policy_runtime(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -51,20 +51,6 @@ def main(argv: list[str]) -> None:
     # Orbax and JAX log through absl at INFO; at that level they drown the progress lines.
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  if config.dry_run and config.plan_topology and not os.environ.get("JAX_PLATFORMS"):
-    # The topology's chips are compile-only devices; the default backend stays this CPU.
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    jax.config.update("jax_platforms", "cpu")
-  elif config.dry_run and config.plan_compile and not os.environ.get("JAX_PLATFORMS"):
-    # Compile for the configured mesh on this machine's CPU: as many host devices as it names.
-    n = 1
-    for axis in ("data", "fsdp", "tensor"):
-      n *= max(1, config.mesh[axis])
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={n}").strip()
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    jax.config.update("jax_platforms", "cpu")
   if _CPU_COLLECTIVES.value:
     jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
   if _COORDINATOR.value:

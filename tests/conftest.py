@@ -37,3 +37,10 @@ def micro_cache(shared_tiny):
   yield shared_tiny
   jax.config.update("jax_compilation_cache_dir", old)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
+
+
+def reward_settings(**overrides):
+  """`config.reward`'s settings (config_base's defaults), with `overrides`."""
+  from dots_jax.config_base import base_config
+  from dots_jax.rewards import RewardSettings
+  return RewardSettings(**{**base_config().reward.to_dict(), **overrides})

@@ -58,8 +58,8 @@ def test_main_analyze_only_writes_outputs(tmp_path):
     write_run(tmp_path, f"greso_s{seed}", [0.1, 0.45], [0, 6], [0, 40])
   # The runs' recorded config gives G and the pool/held-out overlap of the testbed block.
   commit_config(load_config("tiny", "micro"), str(tmp_path / "grpo_s0"))
-  result = compare.main(["--methods=grpo,greso", "--seeds=0,1", f"--workdir={tmp_path}",
-                         "--analyze_only"])
+  result = compare.compare("configs/tiny.py", ["grpo", "greso"], [0, 1], str(tmp_path),
+                           analyze_only=True)
   assert result["summary"]["greso"]["rollout_ratio"] == pytest.approx(0.4)
   for name in ("compare.json", "compare.md", "curves.png"):
     assert (tmp_path / name).exists()
@@ -76,8 +76,8 @@ def test_errors_are_named(tmp_path):
   run = write_run(tmp_path, "x", [0.1], [0], [0])
   with pytest.raises(ValueError, match="baseline 'grpo'"):
     compare.analyze({"dots": {0: compare.read_curve(run)}})
-  with pytest.raises(SystemExit):
-    compare.main(["--methods=dots", f"--workdir={tmp_path}", "--analyze_only"])
+  with pytest.raises(ValueError, match="baseline 'grpo'"):
+    compare.compare("configs/tiny.py", ["dots"], [0], str(tmp_path), analyze_only=True)
 
 
 def write_testbed_run(root, name, accs, rolls, pool_accs, *, pred_err=None, pred_err_exact=None,

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from dots_jax.run.settings import data_settings
 from dots_jax.config_base import base_config
 from dots_jax.data.dataset import load_dataset
 from dots_jax.data.question import Question, field_mapper, read_questions
@@ -68,7 +69,7 @@ def test_rows_without_id_and_meta(tmp_path):
 def test_load_dataset_random_access(tmp_path):
   c = _cfg(tmp_path, train="math_train")
   _write(tmp_path / "manual" / "math_train.jsonl", GOOD)
-  qs = load_dataset(c, "train")
+  qs = load_dataset(data_settings(c), "train")
   assert len(qs) == 20 and qs.name == "math_train"
   assert qs[7] == Question("q7", 7, "What is 7+1?", "8", {"level": 1})
   assert [q.index for q in qs.get_batch([19, 3, 3, 0])] == [19, 3, 3, 0]
@@ -97,47 +98,47 @@ def test_builds_are_deterministic(tmp_path):
 def test_bad_source_leaves_prepared_data_intact(tmp_path):
   c = _cfg(tmp_path, train="math_train")
   src = _write(tmp_path / "manual" / "math_train.jsonl", GOOD)
-  good = load_dataset(c, "train")
+  good = load_dataset(data_settings(c), "train")
   prepared_before = sorted(os.listdir(c.prepared_dir))
   _write(src, GOOD[:5] + ['{"problem": "p"}'] + GOOD[5:])
   with pytest.raises(ValueError, match=f"{src}:6: missing field 'answer'"):
-    load_dataset(c, "train")
+    load_dataset(data_settings(c), "train")
   assert sorted(os.listdir(c.prepared_dir)) == prepared_before  # nothing half-written beside it
   assert good[19].answer == "20"  # the earlier copy is untouched and still readable
   c.skip_bad_rows = True
-  skipped = load_dataset(c, "train")
+  skipped = load_dataset(data_settings(c), "train")
   assert len(skipped) == 20 and skipped.metadata["skipped"] == {"missing_field": 1}
-  assert load_dataset(c, "train").num_skipped == 1  # the count survives a reload
+  assert load_dataset(data_settings(c), "train").num_skipped == 1  # the count survives a reload
 
 
 def test_json_array_orz_and_parquet_sources(tmp_path):
   c = _cfg(tmp_path)
   (tmp_path / "manual" / "deepscaler.json").write_text(json.dumps(
       [{"problem": "p1", "answer": "1", "solution": "s"}, {"problem": "p2", "answer": "2"}]))
-  ds = load_dataset(c, "deepscaler")
+  ds = load_dataset(data_settings(c), "deepscaler")
   assert [ds[i].id for i in range(2)] == ["deepscaler-1", "deepscaler-2"]
   assert ds[0].meta == {"solution": "s"}
   (tmp_path / "manual" / "orz_math_57k_collected.json").write_text(json.dumps(
       [[{"from": "human", "value": "1+1?"}, {"from": "assistant", "ground_truth": {"value": "2"}}],
        [{"from": "human", "value": "2+2?"}]]))
   with pytest.raises(ValueError, match=r"orz_math_57k_collected.json:2: expected \["):
-    load_dataset(c, "orz57k")
+    load_dataset(data_settings(c), "orz57k")
   c.skip_bad_rows = True
-  orz = load_dataset(c, "orz57k")
+  orz = load_dataset(data_settings(c), "orz57k")
   assert len(orz) == 1 and (orz[0].problem, orz[0].answer) == ("1+1?", "2")
   import pyarrow as pa
   import pyarrow.parquet as pq
   pq.write_table(pa.table({"question": ["q1", "q2"], "final_answer": ["a", "b"], "difficulty": [5.0, 6.5]}),
                  tmp_path / "manual" / "deepmath_103k.parquet")
-  dm = load_dataset(c, "deepmath103k")
+  dm = load_dataset(data_settings(c), "deepmath103k")
   assert (dm[1].problem, dm[1].answer, dm[1].meta) == ("q2", "b", {"difficulty": 6.5})
 
 
 def test_missing_file_says_where_to_get_it(tmp_path):
   with pytest.raises(FileNotFoundError, match="DeepMath-103K"):
-    load_dataset(_cfg(tmp_path), "deepmath103k")
+    load_dataset(data_settings(_cfg(tmp_path)), "deepmath103k")
   with pytest.raises(ValueError, match="unknown dataset 'nope'"):
-    load_dataset(_cfg(tmp_path), "nope")
+    load_dataset(data_settings(_cfg(tmp_path)), "nope")
 
 
 EXPECTED_ROWS = {"math500": 500, "gsm8k_test": 1319, "minerva_math": 272, "olympiadbench": 675,
@@ -155,7 +156,7 @@ def shared_cfg(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ROWS))
 def test_shared_benchmarks_load(shared_cfg, name):
-  qs = load_dataset(shared_cfg, name)
+  qs = load_dataset(data_settings(shared_cfg), name)
   assert len(qs) == EXPECTED_ROWS[name] and qs.num_skipped == 0
   with open(os.path.join(shared_data_dir(shared_cfg), SOURCES[name].files[0]), encoding="utf-8") as f:
     first = json.loads(f.readline())
@@ -166,17 +167,17 @@ def test_shared_benchmarks_load(shared_cfg, name):
 def test_synthetic_sets_are_deterministic(tmp_path):
   c = _cfg(tmp_path, train="synthetic")
   c.synthetic.update(train_size=60, heldout_size=30)
-  train = load_dataset(c, "train")
-  heldout = load_dataset(c, "synthetic_heldout")
+  train = load_dataset(data_settings(c), "train")
+  heldout = load_dataset(data_settings(c), "synthetic_heldout")
   assert (len(train), len(heldout)) == (60, 30)
   assert {train[i].problem for i in range(60)}.isdisjoint({heldout[i].problem for i in range(30)})
   c2 = _cfg(tmp_path, train="synthetic", prepared_dir=str(tmp_path / "other"))
   c2.synthetic.update(train_size=60, heldout_size=30)
-  again = load_dataset(c2, "train")
+  again = load_dataset(data_settings(c2), "train")
   assert [again[i] for i in range(60)] == [train[i] for i in range(60)]
   c2.synthetic.seed += 1
   c2.prepared_dir = str(tmp_path / "third")
-  assert [q.problem for q in load_dataset(c2, "train").get_batch(range(60))] != \
+  assert [q.problem for q in load_dataset(data_settings(c2), "train").get_batch(range(60))] != \
       [train[i].problem for i in range(60)]
 
 

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
 from config_files import load_config
 from dots_jax.bench import device
@@ -19,8 +20,10 @@ PEAK_TFLOPS, HBM_TBPS = 1.0, 0.05
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
   out = tmp_path_factory.mktemp("device") / "device.json"
-  device.main(["--micro", f"--peak_tflops={PEAK_TFLOPS}", f"--hbm_tbps={HBM_TBPS}",
-               f"--out={out}"])
+  fv = flags.FlagValues()
+  device.define_flags(fv)
+  fv(["device", "--micro", f"--peak_tflops={PEAK_TFLOPS}", f"--hbm_tbps={HBM_TBPS}", f"--out={out}"])
+  device.run(fv)
   with open(out) as f:
     return json.load(f)
 
@@ -96,8 +99,8 @@ def test_the_suite_imports_nothing_a_bare_accelerator_image_lacks():
 
 def test_full_shape_is_the_reference_configs():
   c = load_config("qwen1p5b_math", "")
-  import argparse
-  full = device.Shape.for_args(argparse.Namespace(micro=False, quick=False, variant="Math-1.5B"))
+  import types
+  full = device.Shape.for_args(types.SimpleNamespace(micro=False, quick=False, variant="Math-1.5B"))
   assert full.group == c.sampling.group_size
   assert full.cap == c.sampling.max_new_tokens
   assert full.logits_chunk == c.rl.logits_chunk and full.attn_chunk == c.model.attn_chunk

@@ -200,8 +200,8 @@ def test_dots_source_samples_near_alpha_from_predictions():
 def test_evaluate_pool_reports_trained_above_raw_on_planted_signal(tmp_path):
   from dots_jax.config_base import base_config
   from dots_jax.difficulty.quality import evaluate_pool
-  from dots_jax.difficulty.labels import Pool
-  from dots_jax.difficulty.offline import train_on_pool
+  from dots_jax.difficulty.offline import Pool, train_on_pool
+  from dots_jax.run import settings
 
   emb, labels, _ = _planted(n=900, d=32, seed=4)
   # the raw embedding carries the signal in one direction among noise dimensions
@@ -210,8 +210,9 @@ def test_evaluate_pool_reports_trained_above_raw_on_planted_signal(tmp_path):
   c = base_config()
   c.selection.dots.update(width=64, dropout=0.0)
   c.selection.dots.fit.update(steps=250, lr=2e-3, warmup=25, batch=64, ref_size=48)
-  model = train_on_pool(c, pool, log=lambda _: None)
-  report = evaluate_pool(c, pool, model, log=lambda _: None)
+  stage = settings.read(c).stage
+  model = train_on_pool(stage, pool, log=lambda _: None)
+  report = evaluate_pool(stage, pool, model, log=lambda _: None)
   assert (tmp_path / "estimator.json").exists()
   assert report["heldout_questions"] == 200
   assert report["pearson_trained"] > 0.75
@@ -224,8 +225,13 @@ def test_auto_estimator_is_made_once_and_refit_when_settings_change(tmp_path, sh
   import os
 
   from config_files import load_config
-  from dots_jax.difficulty.offline import load_or_init_estimator
-  from dots_jax.difficulty.offline import ensure_estimator
+  from dots_jax.difficulty.offline import ensure_estimator, load_or_init_estimator
+  from dots_jax.policy import policy_path
+  from dots_jax.run import settings
+
+  def stage(c):
+    s = settings.read(c)
+    return settings.dots_stage(s, policy_path(s.model.path, s.tiny, log=lambda _: None))
 
   c = load_config("tiny", "micro")
   c.tiny.cache_dir = str(shared_tiny / "tiny")  # the session's micro base (conftest)
@@ -235,20 +241,21 @@ def test_auto_estimator_is_made_once_and_refit_when_settings_change(tmp_path, sh
   c.selection.dots.fit.update(pool=96, heldout=32, group=4, steps=20, warmup=2, batch=16,
                               ref_size=16, rollout_batch=64)
   logs = []
-  out = ensure_estimator(c, log=logs.append)
+  out = ensure_estimator(stage(c), log=logs.append)
   assert out.startswith(str(tmp_path / "estimators"))
   marker = os.path.join(out, "estimator.json")
   first = os.stat(marker).st_mtime_ns
-  assert any("pool rollouts" in line for line in logs)
-  assert ensure_estimator(c, log=logs.append) == out and os.stat(marker).st_mtime_ns == first
-  est = load_or_init_estimator(c, input_dim=32)
+  assert any("labelling the pool" in line for line in logs)
+  assert ensure_estimator(stage(c), log=logs.append) == out and os.stat(marker).st_mtime_ns == first
+  est = load_or_init_estimator(stage(c), input_dim=32)
   assert est.cfg.width == 32
 
   c.selection.dots.fit.steps = 25
   logs.clear()
-  assert ensure_estimator(c, log=logs.append) == out
+  assert ensure_estimator(stage(c), log=logs.append) == out
   assert os.stat(marker).st_mtime_ns != first
-  assert any("reusing" in line for line in logs) and not any("pool rollouts" in l for l in logs)
+  assert any("pool labels from" in line for line in logs)
+  assert not any("labelling the pool" in line for line in logs)
 
 
 def test_backbone_fingerprint_follows_recorded_weights_not_paths(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dots_jax.config_base import base_config
+from dots_jax.run import settings
 from dots_jax.evaluate.benchmarks import Evaluator
 from dots_jax.evaluate.scores import dots_average, flat_metrics, pass_at_k, summarize
 from dots_jax.fs import write_json
@@ -73,6 +74,12 @@ class _FakeSet:
     return [self.rows[i] for i in indices]
 
 
+def make_evaluator(c, tok, sets):
+  """The job's Evaluator for config `c`, from its typed settings."""
+  s = settings.read(c)
+  return Evaluator(tok, s.data, s.eval, s.reward, sets=sets)
+
+
 def test_evaluator_with_fake_generate(tmp_path):
   tok = make_char_tokenizer()
   c = base_config()
@@ -82,7 +89,7 @@ def test_evaluator_with_fake_generate(tmp_path):
   synthetic = _FakeSet("synthetic_heldout", [("12+3=", "15"), ("7+8=", "15"), ("99+1=", "100"),
                                              ("123456789+123=", "123456912")])  # last is too long: dropped
   math_set = _FakeSet("math500", [("half of 1?", "\\frac{1}{2}"), ("2+2?", "4")])
-  evaluator = Evaluator(c, tok, sets={"synthetic_heldout": synthetic, "math500": math_set})
+  evaluator = make_evaluator(c, tok, sets={"synthetic_heldout": synthetic, "math500": math_set})
   assert evaluator.prompt_counts["synthetic_heldout"] == {"total": 4, "kept": 3, "dropped": 1}
   by_prompt = {p.problem: p.answer for s in (synthetic, math_set) for p in s.rows}
   calls = []
@@ -135,7 +142,7 @@ def test_evaluator_breaks_accuracy_down_by_meta_group():
       out.append([gold, gold] if problem in right else [gold, "0"] if problem == "5*5=" else ["0", "0"])
     return out
 
-  report = Evaluator(c, tok, sets={"synthetic_heldout": qs}).run(generate, jax.random.key(0))
+  report = make_evaluator(c, tok, sets={"synthetic_heldout": qs}).run(generate, jax.random.key(0))
   groups = report["sets"]["synthetic_heldout"]["groups"]
   assert {g: (v["n"], v["accuracy"]) for g, v in groups.items()} == {
       "add": (2, 0.5), "sub": (1, 1.0), "(none)": (1, 0.5)}
@@ -143,7 +150,7 @@ def test_evaluator_breaks_accuracy_down_by_meta_group():
   flat = flat_metrics(report)
   assert flat["eval/synthetic_heldout/group/add"] == 0.5
   c.eval.group_by = ""
-  report = Evaluator(c, tok, sets={"synthetic_heldout": qs}).run(generate, jax.random.key(0))
+  report = make_evaluator(c, tok, sets={"synthetic_heldout": qs}).run(generate, jax.random.key(0))
   assert "groups" not in report["sets"]["synthetic_heldout"]
 
 
@@ -152,7 +159,7 @@ def test_evaluator_rejects_wrong_number_of_completions():
   c = base_config()
   c.data.update(chat_template=False, max_prompt_tokens=12)
   c.eval.update(k=2, batch=8)
-  ev = Evaluator(c, tok, sets={"synthetic_heldout": _FakeSet("synthetic_heldout", [("1+1=", "2")])})
+  ev = make_evaluator(c, tok, sets={"synthetic_heldout": _FakeSet("synthetic_heldout", [("1+1=", "2")])})
   with pytest.raises(ValueError, match="expected 2 per prompt"):
     ev.run(lambda prompts, k, rng: [["2"]] * len(prompts), jax.random.key(0))
 
@@ -161,7 +168,7 @@ def test_evaluate_checkpoint_end_to_end(tmp_path):
   """Real policy + Sampler on a tiny random checkpoint: the CLI's path, in-process (8 CPU devices)."""
   from hf_fixtures import make_tiny_hf_checkpoint
 
-  from dots_jax.evaluate.benchmarks import evaluate_checkpoint
+  from dots_jax.evaluate.__main__ import evaluate_checkpoint
   path = make_tiny_hf_checkpoint(tmp_path / "ckpt")
   c = base_config()
   c.data.update(train="synthetic", eval_sets=("synthetic_heldout",), chat_template=False,
@@ -183,10 +190,11 @@ def test_exact_scores_equal_the_samplers_log_probs_and_exact_eval_runs(tmp_path)
   from flax import nnx
   from hf_fixtures import make_tiny_hf_checkpoint
 
-  from dots_jax.evaluate.benchmarks import eval_generator, evaluate_checkpoint, exact_fn
+  from dots_jax.evaluate.__main__ import evaluate_checkpoint
+  from dots_jax.exact import exact_logprob_fn
   from dots_jax.model.hf_io import load_policy, load_tokenizer
   from dots_jax.model.sharding import make_mesh
-  from dots_jax.rollout.generator import Decoding
+  from dots_jax.rollout.generator import Generator
   path = make_tiny_hf_checkpoint(tmp_path / "ckpt")
   c = base_config()
   c.data.update(train="synthetic", eval_sets=("synthetic_heldout",), chat_template=False,
@@ -198,11 +206,13 @@ def test_exact_scores_equal_the_samplers_log_probs_and_exact_eval_runs(tmp_path)
   tok = load_tokenizer(path)
   graphdef, params = nnx.split(model)
   prompts = [tok.encode(p, add_special_tokens=False) for p in ("12+3=", "7+8=", "99+1=", "5=")] * 2
-  out = eval_generator(c, qcfg, graphdef, tok, mesh).generate(params, prompts, 1, jax.random.key(3),
-                                                             Decoding.evaluation(c))
+  s = settings.read(c)
+  generator = Generator(graphdef, qcfg, tok, prompt_buckets=s.data.prompt_buckets,
+                        max_new_tokens=s.eval.max_new_tokens, mesh=mesh, engine=s.engine)
+  out = generator.generate(params, prompts, 1, jax.random.key(3), s.eval.decoding)
   completions = [out.tokens_NxR[r, :out.lengths_N[r]].tolist() for r in range(len(prompts))]
   want = np.asarray([(out.logp_NxR[r] * out.mask_NxR[r]).sum() for r in range(len(prompts))])
-  got = exact_fn(c, graphdef, params, mesh)(prompts, completions)
+  got = exact_logprob_fn(graphdef, params, length=16 + 4, batch=8, mesh=mesh)(prompts, completions)
   np.testing.assert_allclose(got, want, atol=1e-4)
   assert got.shape == (8,) and np.all(got < 0)
 
@@ -215,7 +225,7 @@ def test_exact_scores_equal_the_samplers_log_probs_and_exact_eval_runs(tmp_path)
     evaluate_checkpoint(c, path)
   c.eval.temperature, c.data.eval_sets = 1.0, ("math500",)
   with pytest.raises(ValueError, match="synthetic sets only"):
-    Evaluator(c, tok, sets={"math500": _FakeSet("math500", [("2+2?", "4")])})
+    make_evaluator(c, tok, sets={"math500": _FakeSet("math500", [("2+2?", "4")])})
 
 
 def test_summarize_exact():

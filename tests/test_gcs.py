@@ -18,9 +18,11 @@ pytest.importorskip("gcsfs", reason="gs:// needs gcsfs: pip install -e '.[gcs]'"
 pytest.importorskip("gcp_storage_emulator", reason="the gs:// tests need gcp-storage-emulator "
                     "(test extra)")
 
+from dots_jax.run.settings import data_settings
 from dots_jax import compare, fs, train  # noqa: E402
 from dots_jax.model import hf_io  # noqa: E402
 from dots_jax.policy.tiny_base import ensure_tiny_base  # noqa: E402
+from dots_jax.run import settings  # noqa: E402
 from test_main import micro  # noqa: E402
 
 BUCKET = "dots-test"
@@ -76,7 +78,7 @@ def _records(workdir):
 
 def test_a_run_on_a_bucket_resumes_exactly_and_reads_its_policy_from_it(bucket, micro_cache,
                                                                         tmp_path):
-  base = ensure_tiny_base(_micro(micro_cache), log=lambda s: None)
+  base = ensure_tiny_base(settings.read(_micro(micro_cache)).tiny, log=lambda s: None)
   fs.upload_dir(base, f"{bucket}/base")
   remote = {"model.path": f"{bucket}/base"}
   workdir = f"{bucket}/runs/grpo"
@@ -105,7 +107,7 @@ def test_a_run_on_a_bucket_resumes_exactly_and_reads_its_policy_from_it(bucket, 
 
 
 def test_an_exported_policy_round_trips_through_a_bucket(bucket, micro_cache, tmp_path):
-  base = ensure_tiny_base(_micro(micro_cache), log=lambda s: None)
+  base = ensure_tiny_base(settings.read(_micro(micro_cache)).tiny, log=lambda s: None)
   qcfg, model = hf_io.load_policy(base)
   out = hf_io.export_policy(qcfg, model, f"{bucket}/export", tokenizer_dir=base)
   assert out == f"{bucket}/export" and fs.isfile(f"{bucket}/export/config.json")
@@ -128,7 +130,7 @@ def test_a_training_file_in_a_bucket_is_read(bucket, tmp_path, monkeypatch):
   c.update(train=f"{bucket}/data/mine.jsonl", problem_field="q", answer_field="a",
            prepared_dir=str(tmp_path / "prepared"), shared_dir=str(tmp_path / "none"))
   monkeypatch.setenv("DOTS_JAX_CACHE", str(tmp_path / "cache"))  # where the copy goes
-  qs = load_dataset(c, "train")
+  qs = load_dataset(data_settings(c), "train")
   assert len(qs) == 5 and qs[2].problem == "What is 2+1?" and qs[2].answer == "3"
 
 

@@ -170,12 +170,18 @@ def test_config_arg_parsing():
     load_config("tiny", "rl.nope=1")
 
 
+def dry_run(c, **plan_flags):
+  """The job's dry run (`python -m dots_jax.tools.plan`) of config `c`, with the tool's flags."""
+  from dots_jax.tools import plan
+  flags = dict(topology="", device_gib=0.0, compile=False, device="", fit_margin=0.9)
+  return plan.dry_run(c, plan.PlanSettings(**{**flags, **plan_flags}))
+
+
 @pytest.mark.parametrize("name", ["qwen1p5b_math", "qwen3b", "qwen7b"])
 def test_dry_run_plans_real_models_on_cpu(name, capsys):
   c = load_config(name, "method=dots_rr")
-  c.dry_run = True
   c.mesh.update(data=2, fsdp=16, tensor=1)
-  plan = train.train_and_evaluate(c, "")
+  plan = dry_run(c)
   assert plan["mesh"] == {"data": 2, "fsdp": 16, "tensor": 1}
   assert plan["rows_per_step"] == 512 * 8
   assert 0 < plan["memory"]["params"] < plan["memory"]["total"]
@@ -190,16 +196,14 @@ def test_reference_configs_fit_their_devices(name, mesh, device_gib, capsys):
   """The shipped slot and micro-batch settings fit the devices the README names (the planner's
   estimate per device); a device too small for the rollout's KV cache is refused in the verdict."""
   c = load_config(name, "method=dots_rr")
-  c.dry_run, c.plan_device_gib = True, device_gib
   c.mesh.update(tensor=1, **mesh)
-  plan = train.train_and_evaluate(c, "")
+  plan = dry_run(c, device_gib=device_gib)
   out = capsys.readouterr().out
   assert f"fits a {device_gib} GiB device" in out, out
   assert plan["estimated_peak"] <= device_gib * 2**30
   # Peak memory no longer grows with the step's rows: the slots bound the KV cache.
   assert plan["memory"]["rollout_kv_cache"] <= c.sampling.kv_budget_gib * 2**30
-  c.plan_device_gib = plan["estimated_peak"] / 2**30 * 0.9
-  train.train_and_evaluate(c, "")
+  dry_run(c, device_gib=plan["estimated_peak"] / 2**30 * 0.9)
   assert "does NOT fit" in capsys.readouterr().out
 
 
@@ -243,8 +247,7 @@ def test_reference_settings_match_greso_script():
 ])
 def test_dry_run_prints_the_published_step_structure(name, method, expect, capsys):
   c = load_config(name, f"method={method}")
-  c.dry_run = True
-  plan = train.train_and_evaluate(c, "")
+  plan = dry_run(c)
   out = capsys.readouterr().out
   for text in expect:
     assert text in out, (text, out)
@@ -252,13 +255,11 @@ def test_dry_run_prints_the_published_step_structure(name, method, expect, capsy
 
 
 def test_dry_run_compiles_pi_old_and_the_update(capsys):
-  """plan_compile: both programs are lowered and compiled with shapes only; the last line gives the
+  """--compile: both programs are lowered and compiled with shapes only; the last line gives the
   larger one's compiled bytes beside the planner's estimate."""
   import re
   c = load_config("tiny")
-  c.dry_run = True
-  c.plan_compile = True
-  plan = train.train_and_evaluate(c, "")
+  plan = dry_run(c, compile=True)
   assert set(plan["programs"]) == {"pi_old", "update"}
   assert all(p["compiled"] > 0 and p["estimated"] > 0 for p in plan["programs"].values())
   last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -272,24 +273,31 @@ def test_pool_pass_rates_equal_the_exact_evaluation_of_the_pool(cache):
 
   from dots_jax.data.dataset import load_dataset
   from dots_jax.data.prompts import PromptTable
-  from dots_jax.evaluate.benchmarks import Evaluator, exact_fn
+  from dots_jax.evaluate.benchmarks import Evaluator
   from dots_jax.evaluate.pool_rates import PoolPassRates
+  from dots_jax.exact import exact_logprob_fn
   from dots_jax.model.hf_io import load_policy, load_tokenizer
   from dots_jax.policy import policy_path
+  from dots_jax.run import settings
   c = micro(cache)
-  path = policy_path(c, log=lambda s: None)
+  s = settings.read(c)
+  path = policy_path(s.model.path, s.tiny, log=lambda _: None)
   tokenizer = load_tokenizer(path)
   _, model = load_policy(path)
   graphdef, params = nnx.split(model)
-  prompts = PromptTable(tokenizer, c.data, load_dataset(c.data, "train"))
-  rates = PoolPassRates.for_config(c, tokenizer, prompts, graphdef).at(params)
-  evaluator = Evaluator(c, tokenizer)
-  evaluator.run(None, jax.random.key(0), exact=exact_fn(c, graphdef, params))
+  prompts = PromptTable(tokenizer, s.data, load_dataset(s.data, "train"))
+  length = max(s.data.prompt_buckets) + s.decoding.max_new_tokens
+  rates = PoolPassRates(tokenizer, prompts, graphdef, train_set=s.data.train, length=length,
+                        rows=s.batch_questions).at(params)
+  evaluator = Evaluator(tokenizer, s.data, s.eval, s.reward)
+  evaluator.run(None, jax.random.key(0), exact=exact_logprob_fn(
+      graphdef, params, length=max(s.data.prompt_buckets) + s.eval.max_new_tokens,
+      batch=s.eval.batch))
   want = evaluator.pass_rates["synthetic"]
   got = rates(np.arange(len(want)))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   assert 0.0 < got.mean() < 1.0
-  c.eval.exact = False  # no exact pass rates to score with: refused by name where required
-  assert PoolPassRates.for_config(c, tokenizer, prompts, graphdef) is None
+  # no exact pass rates to score with: refused by name where required
+  assert not PoolPassRates.available(s.data.train, exact_eval=False)
   with pytest.raises(ConfigError, match="eval.exact"):
-    PoolPassRates.for_config(c, tokenizer, prompts, graphdef, required=True)
+    PoolPassRates.require("oracle", s.data.train, exact_eval=False)

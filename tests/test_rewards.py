@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from conftest import reward_settings
 
 from dots_jax.rewards import format_reversed, parse_reversed, score, score_batch
 from dots_jax.rewards.extract import final_answer, last_boxed
@@ -92,14 +93,14 @@ PERTURBED = [
 
 def test_equivalent_forms_score_one():
   responses = [f"Thus the answer is $\\boxed{{{p}}}$." for _, p in EQUIVALENT]
-  scores, stats = score_batch(responses, [g for g, _ in EQUIVALENT], timeout_s=10, workers=WORKERS)
+  scores, stats = score_batch(responses, [g for g, _ in EQUIVALENT], reward_settings(timeout_s=10, workers=WORKERS))
   failed = [pair for pair, s in zip(EQUIVALENT, scores) if s != 1.0]
   assert not failed, (failed, stats.counts)
 
 
 def test_perturbed_answers_score_zero():
   responses = [f"\\boxed{{{p}}}" for _, p in PERTURBED]
-  scores, stats = score_batch(responses, [g for g, _ in PERTURBED], timeout_s=10, workers=WORKERS)
+  scores, stats = score_batch(responses, [g for g, _ in PERTURBED], reward_settings(timeout_s=10, workers=WORKERS))
   passed = [pair for pair, s in zip(PERTURBED, scores) if s != 0.0]
   assert not passed, passed
   assert stats.counts["mismatch"] == len(PERTURBED)
@@ -108,14 +109,14 @@ def test_perturbed_answers_score_zero():
 def test_reasons_are_counted_and_scores_are_float32():
   responses = ["\\boxed{5}", "\\boxed{ 5 }", "\\boxed{5.0}", "\\boxed{\\sqrt{25}}", "no box",
                "\\boxed{5", "\\boxed{6}", 17]
-  scores, stats = score_batch(responses, ["5"] * len(responses), timeout_s=10, workers=WORKERS)
+  scores, stats = score_batch(responses, ["5"] * len(responses), reward_settings(timeout_s=10, workers=WORKERS))
   assert scores.dtype == np.float32
   assert scores.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
   assert stats.counts == {"exact": 2, "numeric": 1, "verified": 1, "no_box": 1, "unbalanced_box": 1,
                           "mismatch": 1, "bad_input": 1}
   assert stats.total == len(responses)
   assert stats.as_dict()["reward/exact"] == 2.0
-  _, more = score_batch(["\\boxed{}", "\\boxed{ $ $ }"], ["\\text{}", "5"], timeout_s=10, workers=WORKERS)
+  _, more = score_batch(["\\boxed{}", "\\boxed{ $ $ }"], ["\\text{}", "5"], reward_settings(timeout_s=10, workers=WORKERS))
   assert more.counts == {"empty_answer": 2}
   merged = stats.merge(more)
   assert merged.total == len(responses) + 2 and merged.counts["empty_answer"] == 2
@@ -123,7 +124,7 @@ def test_reasons_are_counted_and_scores_are_float32():
 
 def test_duplicate_answers_are_verified_once():
   responses = ["\\boxed{\\frac{2}{\\sqrt{2}}}"] * 6 + ["\\boxed{2^{1/2}}"] * 2
-  scores, stats = score_batch(responses, ["\\sqrt{2}"] * 8, timeout_s=10, workers=WORKERS)
+  scores, stats = score_batch(responses, ["\\sqrt{2}"] * 8, reward_settings(timeout_s=10, workers=WORKERS))
   assert scores.tolist() == [1.0] * 8
   assert stats.verify_calls == 2
 
@@ -137,47 +138,44 @@ def test_duplicate_answers_are_verified_once():
     ("\\frac{1}{3}", "0.333333", "verified"),  # unequal decimals go to math-verify's rounding
 ])
 def test_rational_fast_path(gold, answer, reason):
-  scores, stats = score_batch([f"\\boxed{{{answer}}}"], [gold], timeout_s=10, workers=WORKERS)
+  scores, stats = score_batch([f"\\boxed{{{answer}}}"], [gold], reward_settings(timeout_s=10, workers=WORKERS))
   assert stats.counts == {reason: 1}
   assert scores[0] == (reason != "mismatch")
 
 
 def test_too_long_answer_is_not_parsed():
-  scores, stats = score_batch(["\\boxed{" + "1+" * 600 + "1}"], ["1201"], timeout_s=10, workers=WORKERS,
-                              max_answer_chars=1000)
+  scores, stats = score_batch(["\\boxed{" + "1+" * 600 + "1}"], ["1201"], reward_settings(timeout_s=10, workers=WORKERS, max_answer_chars=1000))
   assert scores.tolist() == [0.0] and stats.counts == {"too_long": 1}
 
 
 def test_timeout_kills_and_replaces_stuck_worker():
   hostile = "\\boxed{9^{9^{9^{9^{9}}}}}"
   t0 = time.perf_counter()
-  scores, stats = score_batch([hostile, "\\boxed{\\frac{1}{2}}"], ["3", "0.5"], timeout_s=0.5,
-                              workers=WORKERS)
+  scores, stats = score_batch([hostile, "\\boxed{\\frac{1}{2}}"], ["3", "0.5"], reward_settings(timeout_s=0.5, workers=WORKERS))
   elapsed = time.perf_counter() - t0
   assert scores.tolist() == [0.0, 1.0]
   assert stats.counts["timeout"] == 1 and stats.workers_replaced == 1
   assert elapsed < 10  # 0.5 s limit + kill; spawning the replacement does not block the batch
   # The pool still works after a replacement.
-  scores, _ = score_batch(["\\boxed{\\sqrt{4}}"], ["2"], timeout_s=5, workers=WORKERS)
+  scores, _ = score_batch(["\\boxed{\\sqrt{4}}"], ["2"], reward_settings(timeout_s=5, workers=WORKERS))
   assert scores.tolist() == [1.0]
 
 
 def test_inline_mode_without_workers():
-  scores, stats = score_batch(["\\boxed{\\sqrt{4}}", "\\boxed{3}"], ["2", "4"], timeout_s=5,
-                              workers=0)
+  scores, stats = score_batch(["\\boxed{\\sqrt{4}}", "\\boxed{3}"], ["2", "4"], reward_settings(timeout_s=5, workers=0))
   assert scores.tolist() == [1.0, 0.0] and stats.verify_calls == 1
 
 
 def test_score_single():
-  assert score("The answer is \\boxed{\\dfrac{1}{2}}", "\\frac12") == 1.0
-  assert score("The answer is \\boxed{3}", "4") == 0.0
+  assert score("The answer is \\boxed{\\dfrac{1}{2}}", "\\frac12", reward_settings()) == 1.0
+  assert score("The answer is \\boxed{3}", "4", reward_settings()) == 0.0
 
 
 def test_unknown_kind_and_length_mismatch_raise():
   with pytest.raises(ValueError, match="config.reward.kind"):
-    score_batch(["a"], ["b"], kind="nope")
+    score_batch(["a"], ["b"], reward_settings(kind="nope"))
   with pytest.raises(ValueError, match="2 responses but 1 golds"):
-    score_batch(["a", "b"], ["c"])
+    score_batch(["a", "b"], ["c"], reward_settings())
 
 
 def test_reversed_digits_format_and_score():
@@ -191,12 +189,12 @@ def test_reversed_digits_format_and_score():
   assert parse_reversed("1200") is None  # "0021": a leading zero is not a canonical integer
   golds = ["120", "120", "120", "-45", "-45", "7", "x"]
   completions = ["021", " 021 ", "21", "54-", "45", "abc", "x"]
-  scores, stats = score_batch(completions, golds, kind="reversed_digits")
+  scores, stats = score_batch(completions, golds, reward_settings(kind="reversed_digits"))
   assert scores.tolist() == [1, 1, 0, 1, 0, 0, 0]
   assert stats.counts == {"exact": 3, "mismatch": 2, "parse_fail": 1, "bad_input": 1}
   # The format and the reward agree on every answer the generator can produce.
   for n in [0, 5, 10, 99, 1000, -1, -300]:
-    s, _ = score_batch([format_reversed(str(n))], [str(n)], kind="reversed_digits")
+    s, _ = score_batch([format_reversed(str(n))], [str(n)], reward_settings(kind="reversed_digits"))
     assert s[0] == 1.0
 
 

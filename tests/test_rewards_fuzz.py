@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from conftest import reward_settings
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,13 +27,13 @@ HOSTILE = st.one_of(
 @pytest.fixture(autouse=True, scope="module")
 def warm_pool():
   """Start the pool outside the timed calls (its one-off start imports sympy: seconds)."""
-  scores, _ = score_batch(["\\boxed{x+1}"], ["1+x"], timeout_s=30, workers=WORKERS)
+  scores, _ = score_batch(["\\boxed{x+1}"], ["1+x"], reward_settings(timeout_s=30, workers=WORKERS))
   assert scores.tolist() == [1.0]
 
 
 def _bounded(responses, golds):
   t0 = time.perf_counter()
-  scores, stats = score_batch(responses, golds, timeout_s=TIMEOUT_S, workers=WORKERS)
+  scores, stats = score_batch(responses, golds, reward_settings(timeout_s=TIMEOUT_S, workers=WORKERS))
   elapsed = time.perf_counter() - t0
   assert scores.shape == (len(responses),) and set(scores.tolist()) <= {0.0, 1.0}
   assert stats.total == len(responses)

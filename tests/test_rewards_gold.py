@@ -12,6 +12,7 @@ import numpy as np
 import os
 
 import pytest
+from conftest import reward_settings
 
 from dots_jax.data.sources import shared_data_dir
 from dots_jax.config_base import base_config
@@ -35,7 +36,7 @@ def _golds(name: str) -> list[str]:
 def test_every_gold_scores_one_against_itself(name):
   golds = _golds(name)
   responses = [f"Reasoning... so the final answer is $\\boxed{{{g}}}$." for g in golds]
-  scores, stats = score_batch(responses, golds, timeout_s=10, workers=2)
+  scores, stats = score_batch(responses, golds, reward_settings(timeout_s=10, workers=2))
   failing = [(i, g) for i, (g, s) in enumerate(zip(golds, scores)) if s != 1.0]
   assert not failing, (len(failing), failing[:10], stats.counts)
 
@@ -62,8 +63,7 @@ def _perturb(gold: str) -> str | None:
 def test_perturbed_golds_score_zero(name):
   golds = _golds(name)[::5][:SAMPLE_PER_FILE * 2]
   pairs = [(g, p) for g in golds if (p := _perturb(g)) is not None]
-  scores, stats = score_batch([f"\\boxed{{{p}}}" for _, p in pairs], [g for g, _ in pairs],
-                              timeout_s=10, workers=2)
+  scores, stats = score_batch([f"\\boxed{{{p}}}" for _, p in pairs], [g for g, _ in pairs], reward_settings(timeout_s=10, workers=2))
   accepted = [pair for pair, s in zip(pairs, scores) if s != 0.0]
   assert not accepted, (len(accepted), accepted[:10], stats.counts)
 
@@ -72,9 +72,9 @@ def test_format_score_for_boxed_but_wrong_answers():
   """GRESO's reward: 1 correct, 0.1 with a \\boxed{} answer that is wrong, 0 without one."""
   from dots_jax.rewards import score_batch
   responses = ["so \\boxed{4}", "so \\boxed{5}", "the answer is 4", "\\boxed{4"]
-  scores, stats = score_batch(responses, ["4"] * 4, workers=0, format_score=0.1)
+  scores, stats = score_batch(responses, ["4"] * 4, reward_settings(workers=0, format_score=0.1))
   np.testing.assert_allclose(scores, [1.0, 0.1, 0.0, 0.0])
-  plain, _ = score_batch(responses, ["4"] * 4, workers=0)
+  plain, _ = score_batch(responses, ["4"] * 4, reward_settings(workers=0))
   np.testing.assert_allclose(plain, [1.0, 0.0, 0.0, 0.0])
   with pytest.raises(ValueError, match="format_score"):
-    score_batch(responses, ["4"] * 4, workers=0, format_score=1.0)
+    score_batch(responses, ["4"] * 4, reward_settings(workers=0, format_score=1.0))

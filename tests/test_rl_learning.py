@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from dots_jax.config_base import base_config
+from dots_jax.run import settings
 from dots_jax.model import qwen2
 from dots_jax.rl import update
 from dots_jax.rl.batch import groups_from_samples
@@ -32,8 +33,8 @@ def machinery():
   config.rl.clip_eps_high = 0.28
   config.rl.mini_batches = 2
   graphdef, params = nnx.split(qwen2.init_model(CFG, 0))
-  ucfg = update.UpdateConfig.from_config(config)
-  opt = update.make_optimizer(config.rl, total_steps=STEPS, updates_per_step=ucfg.updates_per_step)
+  ucfg = settings.read(config).update
+  opt = update.make_optimizer(settings.read(config).optimizer, total_steps=STEPS, updates_per_step=ucfg.updates_per_step)
   fn = update.make_update_fn(graphdef, opt, ucfg)
   sampler = Sampler(graphdef, CFG, max_prompt_len=P, max_new_tokens=R, eos_ids=(EOS,), pad_id=PAD)
   return params, opt, fn, sampler

@@ -24,6 +24,7 @@ def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
   from flax import nnx
 
   from dots_jax.config_base import base_config
+  from dots_jax.run import settings
   from dots_jax.model import qwen2
   from dots_jax.rl import update
   from dots_jax.rl.batch import Groups
@@ -42,8 +43,8 @@ def run_job(workdir: str, steps: int, kill_after: int | None = None) -> dict:
   config.rl.schedule = "cosine"
   config.rl.warmup_steps = 1
   graphdef, params = nnx.split(qwen2.init_model(cfg, 0))
-  ucfg = update.UpdateConfig.from_config(config)
-  opt = update.make_optimizer(config.rl, total_steps=steps, updates_per_step=ucfg.updates_per_step)
+  ucfg = settings.read(config).update
+  opt = update.make_optimizer(settings.read(config).optimizer, total_steps=steps, updates_per_step=ucfg.updates_per_step)
   fn = update.make_update_fn(graphdef, opt, ucfg)
   state = update.init_train_state(params, opt, seed=0)
   buffer = ReplayBuffer(capacity=3, group_size=G, total_len=P + R, batch_groups=Q,

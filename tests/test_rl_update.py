@@ -10,8 +10,9 @@ import pytest
 from flax import nnx
 
 from dots_jax.config_base import base_config
+from dots_jax.run import settings
 from dots_jax.model import qwen2
-from dots_jax.rl import losses, update
+from dots_jax.rl import update
 from dots_jax.run.checkpoint import Checkpointer, abstract_like
 from dots_jax.rl.logprobs import logprobs_and_entropy
 from dots_jax.rl.batch import RLBatch
@@ -36,8 +37,8 @@ def rl_config(**over):
 
 def setup(config, seed=0):
   graphdef, params = nnx.split(qwen2.init_model(CFG, seed))
-  ucfg = update.UpdateConfig.from_config(config)
-  opt = update.make_optimizer(config.rl, total_steps=10, updates_per_step=ucfg.updates_per_step)
+  ucfg = settings.read(config).update
+  opt = update.make_optimizer(settings.read(config).optimizer, total_steps=10, updates_per_step=ucfg.updates_per_step)
   return graphdef, params, opt, ucfg
 
 
@@ -195,7 +196,7 @@ def test_kl_reference_and_split_errors():
 
 
 def test_schedule_warmup_then_cosine():
-  rl = rl_config(schedule="cosine", warmup_steps=2, lr=1.0, min_lr_ratio=0.1).rl
+  rl = settings.read(rl_config(schedule="cosine", warmup_steps=2, lr=1.0, min_lr_ratio=0.1)).optimizer
   sched = update.lr_schedule(rl, total_steps=6, updates_per_step=2)
   vals = [float(sched(i)) for i in range(13)]
   assert vals[0] == 0.0 and vals[2] == pytest.approx(0.5) and vals[4] == pytest.approx(1.0)
@@ -319,8 +320,8 @@ def test_remat_update_matches_and_runs_inside_the_micro_batch_loops():
   states = []
   for remat in (False, True):
     graphdef, params = nnx.split(qwen2.init_model(dataclasses.replace(CFG, remat=remat), 0))
-    ucfg = update.UpdateConfig.from_config(config)
-    opt = update.make_optimizer(config.rl, total_steps=10, updates_per_step=ucfg.updates_per_step)
+    ucfg = settings.read(config).update
+    opt = update.make_optimizer(settings.read(config).optimizer, total_steps=10, updates_per_step=ucfg.updates_per_step)
     fn = update.make_update_fn(graphdef, opt, ucfg)
     state = update.init_train_state(params, opt, seed=0)
     state, _ = fn(state, fn.device_batch(state.params, batch))

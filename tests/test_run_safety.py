@@ -21,6 +21,7 @@ from dots_jax.policy.tokenizer import make_char_tokenizer
 from dots_jax.rewards.__main__ import read_pairs
 from dots_jax.rl.update import DivergenceError
 from dots_jax.run.startup import check_model_mesh, validate_config
+from dots_jax.run.settings import data_settings
 from dots_jax.run.workdir import check_data
 from test_main import micro
 
@@ -67,21 +68,20 @@ def _questions(n: int, order=None) -> list[Question]:
 
 def test_a_changed_training_file_is_refused_on_resume():
   tok = make_char_tokenizer()
-  data = load_config("tiny", "micro").data
+  data = data_settings(load_config("tiny", "micro").data)
   table = lambda qs: PromptTable(tok, data, qs).fingerprint
   saved = table(_questions(60))
   assert table(_questions(60)) == saved
   fewer, shuffled = table(_questions(40)), table(_questions(60, order=list(range(60))[::-1]))
   assert fewer["rows"] == 40 and shuffled["rows"] == 60 and shuffled["sha256"] != saved["sha256"]
-  config = load_config("tiny", "micro")
   with pytest.raises(ConfigError, match="training data changed since this run started: .* now "
                                         "gives 40 questions .* made on 60"):
-    check_data(saved, fewer, config)
+    check_data(saved, fewer, "synthetic", allow_change=False)
   lines = []
-  config.allow_config_change = True
-  check_data(saved, shuffled, config, log=lines.append)
+  check_data(saved, shuffled, "synthetic", allow_change=True, log=lines.append)
   assert len(lines) == 1 and "allow_config_change: resuming on other training data" in lines[0]
-  check_data(None, fewer, config)  # checkpoints from before fingerprints are not checked
+  # checkpoints from before fingerprints are not checked
+  check_data(None, fewer, "synthetic", allow_change=False)
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -12,7 +12,8 @@ from dots_jax.rollout.roller import Rollouts
 from dots_jax.selection import driver
 from dots_jax.selection.driver import collect_batch
 from dots_jax.methods import METHODS
-from dots_jax.selection.factory import make_strategy
+from dots_jax.run import settings
+from dots_jax.selection import factory
 from dots_jax.selection.greso import GresoStrategy
 from dots_jax.selection.mopps import MoppsStrategy
 from dots_jax.selection.uniform import DynamicSamplingStrategy
@@ -238,6 +239,13 @@ def _planted_dots_inputs(n=400, d=16, seed=0):
 @pytest.fixture(scope="module")
 def planted():
   return _planted_dots_inputs()
+
+
+def make_strategy(config, num_questions, **kw):
+  """The job's strategy for `config`, built from its typed settings as the job builds it."""
+  s = settings.read(config)
+  return factory.make_strategy(config.method, s.selection, num_questions, seed=s.seed,
+                               group_size=s.group_size, **kw)
 
 
 def _config(method, **sel):

@@ -16,18 +16,29 @@ from dots_jax.rl import replay
 from dots_jax.selection import base as selection_base, dots, greso, mopps, uniform
 from dots_jax.sim import run as sim_run
 from dots_jax.sim.stats import temporal_consistency, visit_pairs
+from dots_jax.sim.settings import sim_config
 from dots_jax.sim.world import PassRateWorld, WorldParams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def small_sim():
+  """A scaled-down world: 2000 questions; a few hundred steps move as far as a reference run's
+  thousand."""
+  sim = sim_config()
+  sim.update(questions=2000, heldout=500, skill_lr=0.1)
+  return sim
+
+
+def simulate(config):
+  return sim_run.simulate(config, small_sim())
+
+
 def small_config(method="grpo", seed=0, steps=40):
-  """A scaled-down simulation: 2000 questions, 64 a step, a small estimator fitted quickly."""
+  """A scaled-down run: 64 questions a step, a small estimator fitted quickly."""
   c = base_config()
   c.method, c.seed, c.total_steps = method, seed, steps
   c.rl.batch_questions = 64
-  c.sim.questions, c.sim.heldout = 2000, 500
-  c.sim.skill_lr = 0.1  # a few hundred steps move as far as a reference run's thousand
   c.replay.capacity = 64
   d = c.selection.dots
   d.update(ref_size=64, round_steps=2, width=64, layers=2, chunk=4096)
@@ -36,9 +47,9 @@ def small_config(method="grpo", seed=0, steps=40):
 
 
 def world_params(**kw):
-  c = base_config()
-  c.sim.update(kw)
-  return WorldParams.from_config(c.sim)
+  sim = sim_config()
+  sim.update(kw)
+  return WorldParams.from_config(sim)
 
 
 # ----- the statistics' arithmetic, on hand-made visits -----
@@ -100,7 +111,7 @@ def test_a_stale_replayed_group_teaches_less():
 
 
 def test_bad_world_parameters_are_refused():
-  with pytest.raises(ValueError, match="config.sim.replay_decay"):
+  with pytest.raises(ValueError, match="sim.replay_decay"):
     world_params(replay_decay=1.5)
   with pytest.raises(ValueError, match="max_skills"):
     world_params(max_skills=40)
@@ -127,7 +138,7 @@ def test_the_simulator_calls_the_trainers_strategies_and_replay(monkeypatch):
   spy(selection_base.EpochStream, "take")
   spy(replay.ReplayBuffer, "mix")
   for method in ("grpo", "ds", "greso", "mopps", "dots_rr"):
-    sim_run.simulate(small_config(method, steps=4))
+    simulate(small_config(method, steps=4))
   assert called == {"UniformStrategy._propose", "DynamicSamplingStrategy._observe",
                     "GresoStrategy._observe", "MoppsStrategy._observe",
                     "DotsSource.observe_prelude", "EpochStream.take", "ReplayBuffer.mix"}
@@ -144,7 +155,7 @@ def test_the_simulator_calls_the_trainers_strategies_and_replay(monkeypatch):
 
 @pytest.fixture(scope="module")
 def runs():
-  return {m: sim_run.simulate(small_config(m, steps=steps))
+  return {m: simulate(small_config(m, steps=steps))
           for m, steps in (("grpo", 300), ("ds", 300), ("dots", 40))}
 
 
@@ -176,7 +187,7 @@ def test_selection_buys_what_it_should(runs):
 def test_the_command_writes_the_report_and_a_sweep(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   common = [sys.executable, "-m", "dots_jax.sim", "--config=configs/tiny.py",
-            "--config.total_steps=6", "--config.sim.questions=1000", "--config.sim.heldout=200",
+            "--config.total_steps=6", "--sim.questions=1000", "--sim.heldout=200",
             # the calibration's estimator fit, small
             "--config.selection.dots.fit.steps=30", "--config.selection.dots.fit.pool=512",
             "--config.selection.dots.width=32", "--seeds=0,1"]
@@ -198,15 +209,15 @@ def test_the_command_writes_the_report_and_a_sweep(tmp_path):
 
 def test_bad_flags_are_one_line_errors():
   from dots_jax.sim import __main__ as sim_main
-  c = small_config()
+  sim = small_sim()
   for methods, sweep, says in ((["grpo", "foo"], "", "--methods: unknown ['foo']"),
                                (["ds"], "", "must include the baseline 'grpo'"),
                                (["grpo"], "selection.dots.tau", "expected KEY=V1+V2+...")):
     with pytest.raises(ValueError, match=re.escape(says)):
-      sim_main._check(c, methods, sweep)
+      sim_main._check(sim, methods, sweep)
   proc = subprocess.run([sys.executable, "-m", "dots_jax.sim", "--config=configs/tiny.py",
-                         "--config.sim.replay_decay=2"], cwd=ROOT,
+                         "--sim.replay_decay=2"], cwd=ROOT,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
   assert proc.returncode == 1
-  assert proc.stderr.strip().splitlines()[-1] == ("dots_jax.sim: config.sim.replay_decay must be in "
+  assert proc.stderr.strip().splitlines()[-1] == ("dots_jax.sim: sim.replay_decay must be in "
                                                   "[0, 1], got 2.0")

@@ -3,6 +3,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import reward_settings
 
 from dots_jax.config_base import base_config
 from dots_jax.data import synthetic
@@ -104,10 +105,10 @@ def test_sft_stream_disjoint_from_pool_and_heldout():
 def test_reversed_target_scores_one():
   rows = synthetic.synthetic_rows(_syn(), "heldout")[:40]
   golds = [a for _, a, _ in rows]
-  scores, _ = score_batch([format_reversed(a) for a in golds], golds, kind="reversed_digits",
-                          workers=0)
+  scores, _ = score_batch([format_reversed(a) for a in golds], golds,
+                          reward_settings(kind="reversed_digits", workers=0))
   assert scores.tolist() == [1.0] * len(rows)
-  wrong, _ = score_batch(golds, golds, kind="reversed_digits", workers=0)
+  wrong, _ = score_batch(golds, golds, reward_settings(kind="reversed_digits", workers=0))
   assert wrong.mean() < 0.2  # only palindromes survive normal order
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from dots_jax.config_base import base_config
+from dots_jax.run import settings
 from dots_jax.data.synthetic import synthetic_rows
 from dots_jax.model.hf_io import load_policy, load_tokenizer
 from dots_jax.policy import tiny_base as base
@@ -18,8 +18,12 @@ from dots_jax.tiny import spread
 from config_files import load_config
 
 
+def recipe(c):
+  return settings.read(c).tiny
+
+
 def micro(tmp_path):
-  c = base_config()
+  c = load_config("tiny")
   c.tiny.update(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_ratio=2,
                 sft_steps=30, sft_schedule_steps=30, sft_batch=32, sft_warmup=2,
                 cache_dir=str(tmp_path / "cache"))
@@ -32,20 +36,20 @@ def micro(tmp_path):
 
 def test_key_tracks_inputs_not_location(tmp_path):
   c = micro(tmp_path)
-  key = base.tiny_key(c)
+  key = recipe(c).key
   c.tiny.cache_dir = "/elsewhere"
-  assert base.tiny_key(c) == key
+  assert recipe(c).key == key
   c.tiny.sft_steps += 1
-  assert base.tiny_key(c) != key
+  assert recipe(c).key != key
   c.tiny.sft_steps -= 1
   c.data.synthetic.seed += 1
-  assert base.tiny_key(c) != key
+  assert recipe(c).key != key
 
 
 def test_made_once_then_loaded_like_qwen(tmp_path, monkeypatch):
   c = micro(tmp_path)
   said = []
-  path = base.ensure_tiny_base(c, log=said.append)
+  path = base.ensure_tiny_base(recipe(c), log=said.append)
   # One line says why this recipe is not the shipped base, naming what differs.
   why = [s for s in said if "differs from the shipped base's" in s]
   assert len(why) == 1 and "tiny.hidden_size 128 -> 32" in why[0], said
@@ -58,10 +62,10 @@ def test_made_once_then_loaded_like_qwen(tmp_path, monkeypatch):
   assert cfg.eos_ids == (tok.eos_token_id,) and cfg.vocab_size == len(tok)
   with open(os.path.join(path, "tiny_base.json")) as f:
     info = json.load(f)
-  assert info["key"] == base.tiny_key(c) and info["sft_final_loss"] < 4.0  # log(100) = 4.6
+  assert info["key"] == recipe(c).key and info["sft_final_loss"] < 4.0  # log(100) = 4.6
   # Cached: a second call must not rebuild.
   monkeypatch.setattr(base, "build_tiny_base", lambda *a, **k: pytest.fail("rebuilt"))
-  assert base.ensure_tiny_base(c) == path
+  assert base.ensure_tiny_base(recipe(c)) == path
   assert not [d for d in os.listdir(os.path.dirname(path)) if d.startswith(".tmp-")]
 
   # Exact pass rates are probabilities; zero-variance shares follow from them.
@@ -87,12 +91,12 @@ def test_the_shipped_base_is_the_default_recipe():
   shipped = base.shipped_base()
   assert shipped is not None, f"no shipped base in {base.SHIPPED_DIR}"
   default = load_config("tiny")
-  assert shipped.key == base.tiny_key(default), (
+  assert shipped.key == recipe(default).key, (
       "configs/tiny.py's base recipe changed (" + base.recipe_changes(shipped.info["recipe"],
-                                                                       base.recipe(default))
+                                                                       recipe(default).as_dict())
       + "): rebuild the shipped base with `python -m dots_jax.policy.tiny_base "
       "--config=configs/tiny.py`")
-  assert shipped.info["recipe"] == base.recipe(default)
+  assert shipped.info["recipe"] == recipe(default).as_dict()
   assert shipped.problem() is None
   assert set(shipped.info["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
 
@@ -102,7 +106,7 @@ def test_the_default_loads_the_shipped_base_without_building(tmp_path, monkeypat
   c.tiny.cache_dir = str(tmp_path / "cache")
   monkeypatch.setattr(base, "build_tiny_base", lambda *a, **k: pytest.fail("built"))
   said = []
-  assert base.ensure_tiny_base(c, log=said.append) == base.SHIPPED_DIR and not said
+  assert base.ensure_tiny_base(recipe(c), log=said.append) == base.SHIPPED_DIR and not said
   cfg, _ = load_policy(base.SHIPPED_DIR)
   assert cfg.hidden_size == c.tiny.hidden_size and cfg.num_hidden_layers == c.tiny.num_layers
   assert not (tmp_path / "cache").exists()
@@ -111,17 +115,17 @@ def test_the_default_loads_the_shipped_base_without_building(tmp_path, monkeypat
 def test_a_damaged_shipped_base_is_built_from_its_recipe(tmp_path, monkeypatch):
   c = micro(tmp_path)
   shipped_dir = str(tmp_path / "assets" / "tiny_base")
-  base.build_into(c, shipped_dir, log=lambda s: None)
+  base.build_into(recipe(c), shipped_dir, log=lambda s: None)
   monkeypatch.setattr(base, "SHIPPED_DIR", shipped_dir)
   monkeypatch.setattr(base, "shipped_base", lambda: base.ShippedBase(
       shipped_dir, json.load(open(os.path.join(shipped_dir, base.INFO_FILE)))))
-  assert base.ensure_tiny_base(c, log=lambda s: pytest.fail(s)) == shipped_dir
+  assert base.ensure_tiny_base(recipe(c), log=lambda s: pytest.fail(s)) == shipped_dir
   with open(os.path.join(shipped_dir, "model.safetensors"), "r+b") as f:
     f.seek(-4, os.SEEK_END)
     f.write(b"\0\0\0\0")
   said = []
-  path = base.ensure_tiny_base(c, log=said.append)
-  assert path == base.tiny_base_dir(c) and os.path.isfile(os.path.join(path, base.INFO_FILE))
+  path = base.ensure_tiny_base(recipe(c), log=said.append)
+  assert path == base.tiny_base_dir(recipe(c)) and os.path.isfile(os.path.join(path, base.INFO_FILE))
   assert "has missing or changed files (model.safetensors)" in said[0], said
 
 
@@ -129,8 +133,8 @@ def test_the_builder_gives_the_same_bytes_twice(tmp_path):
   c = micro(tmp_path)
   c.tiny.update(sft_steps=8, sft_schedule_steps=8)
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  info_a = base.build_into(c, a, log=lambda s: None)
-  info_b = base.build_into(c, b, log=lambda s: None)
+  info_a = base.build_into(recipe(c), a, log=lambda s: None)
+  info_b = base.build_into(recipe(c), b, log=lambda s: None)
   assert info_a["files"] == info_b["files"] and "model.safetensors" in info_a["files"]
   for name in info_a["files"]:
     with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:

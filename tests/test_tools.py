@@ -4,6 +4,7 @@ import pytest
 
 from dots_jax.model import variants
 from dots_jax.run import memory_plan as memory
+from dots_jax.run import settings
 from dots_jax.tools import compiled, parity, plan
 from config_files import load_config
 from hf_fixtures import make_tiny_hf_checkpoint
@@ -40,17 +41,17 @@ def test_plan_data_axis_replicates_and_tensor_splits():
 
 
 def test_plan_cli(capsys, tmp_path):
-  out = plan.main(["--variant=7B", "--mesh=data:1,fsdp:8,tensor:1", "--batch=64", "--seq=2048"])
+  out = plan.state_plan("7B", "", "data:1,fsdp:8,tensor:1", 64, 2048, "bfloat16", "float32")
   text = capsys.readouterr().out
   assert "7.616B params" in text and f"{out['total']:,d} B" in text
   ckpt = make_tiny_hf_checkpoint(tmp_path)
-  tiny = plan.main([f"--hf_dir={ckpt}", "--param_dtype=bfloat16"])
+  tiny = plan.state_plan("", str(ckpt), "data:1,fsdp:1,tensor:1", 1, 2048, "bfloat16", "bfloat16")
   assert tiny["params"] == 2 * tiny["param_count"]
 
 
 def test_parity_cli(capsys, tmp_path):
   ckpt = make_tiny_hf_checkpoint(tmp_path, tie=True, num_attention_heads=4, num_key_value_heads=1)
-  result = parity.main([f"--hf_dir={ckpt}"])
+  result = parity.run_parity(str(ckpt))
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert last.startswith("max_abs_logit_diff ")
   assert float(last.split()[-1]) == pytest.approx(result["max"], rel=1e-2)
@@ -99,12 +100,14 @@ def test_micro_batch_from_a_memory_budget():
   sizes = {"data": 8, "fsdp": 1, "tensor": 1}
   seq = max(c.data.prompt_buckets) + c.sampling.max_new_tokens
   c.rl.micro_batch = 0
-  estimate = lambda m: memory.update_estimate(c, cfg, sizes, seq, grad=True, micro_batch=m)
-  c.rl.memory_budget_gib = (estimate(64) + estimate(128)) / 2 / 2**30  # 64 fits, 128 does not
-  assert memory.update_config(c, cfg, sizes, seq).micro_batch == 64
-  c.rl.memory_budget_gib = estimate(8) * 0.99 / 2**30
+  ucfg = settings.read(c).update
+  rows = memory.update_rows(c.rl.batch_questions, c.sampling.group_size, 8)
+  estimate = lambda m: memory.update_estimate(ucfg, cfg, sizes, seq, rows, grad=True,
+                                              micro_batch=m)
+  budget = (estimate(64) + estimate(128)) / 2 / 2**30  # 64 fits, 128 does not
+  assert memory.fit_micro_batch(ucfg, cfg, sizes, seq, rows, budget).micro_batch == 64
   with pytest.raises(ConfigError, match="rl.memory_budget_gib"):
-    memory.update_config(c, cfg, sizes, seq)
+    memory.fit_micro_batch(ucfg, cfg, sizes, seq, rows, estimate(8) * 0.99 / 2**30)
 
 
 def test_out_of_memory_refusals_are_parsed_and_other_errors_are_not():
@@ -232,7 +235,6 @@ def test_fit_search_climbs_the_remat_ladder_when_no_micro_batch_fits(monkeypatch
   from dots_jax.model import qwen2
   c = load_config("tiny", "micro")
   c.model.remat = False
-  c.plan_topology = "fake"
   assert plan.remat_candidates(c) == list(plan.REMAT_LADDER)
   c2 = c.copy_and_resolve_references()
   c2.model.update(remat=True, remat_policy="nothing_saveable")
@@ -249,7 +251,9 @@ def test_fit_search_climbs_the_remat_ladder_when_no_micro_batch_fits(monkeypatch
   monkeypatch.setattr(plan, "fit_rollout", lambda *a: None)
   cfg = qwen2.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64,
                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-  found = plan.fit_search(c, cfg, {"data": 2, "fsdp": 1, "tensor": 1}, 64, [], 100)
+  found = plan.fit_search(c, cfg, {"data": 2, "fsdp": 1, "tensor": 1}, 64, [], 100,
+                          plan.PlanSettings(topology="fake", device_gib=0.0, compile=False,
+                                            device="", fit_margin=0.9))
   assert tried == [(2, False, "nothing_saveable"), (2, True, "dots_with_no_batch_dims_saveable"),
                    (2, True, "nothing_saveable")]
   assert found["overrides"] == {"model.remat": True, "model.remat_policy": "nothing_saveable",

@@ -12,8 +12,10 @@ import transformers
 from flax import nnx
 
 from config_files import load_config
+from dots_jax.run import settings
+from dots_jax.run.settings import data_settings
 from dots_jax import train
-from dots_jax.evaluate import benchmarks as evaluate
+from dots_jax.evaluate import __main__ as evaluate
 from dots_jax.config_common import ConfigError
 from dots_jax.model import qwen2
 from dots_jax.tools import export
@@ -75,7 +77,7 @@ def test_allow_config_change_resumes_anyway(tmp_path, run):
 
 def test_export_loads_in_transformers_with_the_trained_logits(run, tmp_path):
   root, workdir = run
-  out = export.main(["--workdir", workdir, "--out", str(tmp_path / "hf"), "--step", "2"])
+  out = export.export_workdir(workdir, str(tmp_path / "hf"), 2)
   trained = load_trained(workdir, 2)
   ours = nnx.merge(trained.graphdef, trained.params)
   tokens = np.array([[3, 5, 7, 9, 11, 2]], np.int32)
@@ -87,8 +89,8 @@ def test_export_loads_in_transformers_with_the_trained_logits(run, tmp_path):
   np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4)
   tok = transformers.AutoTokenizer.from_pretrained(out)  # the tokenizer files travel along
   assert tok.decode(tok("12+3=", add_special_tokens=False)["input_ids"]) == "12+3="
-  with pytest.raises(SystemExit):
-    export.main(["--workdir", workdir, "--out", str(tmp_path / "x"), "--step", "7"])
+  with pytest.raises(ConfigError, match="step 7"):
+    export.export_workdir(workdir, str(tmp_path / "x"), 7)
 
 
 def test_evaluate_a_workdir_checkpoint(run):
@@ -110,21 +112,21 @@ def test_a_user_jsonl_with_mapped_fields_trains(run, tmp_path):
   from dots_jax.policy import policy_path
   root, _ = run
   c = micro(root)
-  heldout = load_dataset(c.data, "synthetic_heldout")
+  heldout = load_dataset(data_settings(c.data), "synthetic_heldout")
   rows = [{"q": x.problem, "a": x.answer, "uid": f"u{i}"} for i, x in enumerate(heldout.get_batch(range(40)))]
   path = tmp_path / "mine.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
   c.data.update(train=str(path), problem_field="q", answer_field="a", id_field="uid")
-  qs = load_dataset(c.data, "train")
+  qs = load_dataset(data_settings(c.data), "train")
   assert len(qs) == 40 and qs[3].id == "u3" and qs[3].problem == rows[3]["q"]
-  c.model.path = policy_path(c)
+  c.model.path = policy_path("", settings.read(c).tiny)
   summary = train.train_and_evaluate(c, str(tmp_path / "w"))
   assert summary["steps"] == 2 and summary["rollouts"] > 0
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"q": "1+1"}) + "\n")
   c.data.train = str(bad)
   with pytest.raises(ValueError, match=r"bad\.jsonl:2.*'a'"):
-    load_dataset(c.data, "train")
+    load_dataset(data_settings(c.data), "train")
 
 
 def test_an_unreachable_url_is_one_line():

@@ -18,13 +18,12 @@ Random bfloat16-compute weights at a released variant's shapes (nothing is downl
   5. three end-to-end dots_rr steps (reference-set rollouts at the first, then fresh + replayed
      groups through the learner): step time split into rollout / pi_old / update.
 Peaks come from `PEAKS` by device kind (overridable by --peak_tflops / --hbm_tbps); with none
-known the fractions are null. Imports only jax, flax, optax, numpy (+ torch, transformers for 4).
+known the fractions are null. Imports only jax, flax, optax, numpy, absl (+ torch, transformers for 4).
 The last line reads `device suite: <kind> ... done in <s> s`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -34,6 +33,7 @@ from typing import Any, Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -78,7 +78,7 @@ class Shape:
   e2e_ref_prompts: int
 
   @staticmethod
-  def for_args(args: argparse.Namespace) -> "Shape":
+  def for_args(args: Any) -> "Shape":
     # The reference config (configs/qwen1p5b_math.py): G=8, answers up to 3072 tokens, prompts in
     # buckets of 256/512/1024, remat, scanned layers, logits in chunks of 256 positions, attention
     # in blocks of 512 queries (tests/test_device.py holds the two together); its micro-batches of
@@ -377,17 +377,25 @@ def table(report: dict) -> list[str]:
   return lines
 
 
-def main(argv: list[str] | None = None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--variant", default="Math-1.5B")
-  p.add_argument("--quick", action="store_true", help="a ~2-minute cut")
-  p.add_argument("--micro", action="store_true", help="tiny shapes: seconds on CPU (tests)")
-  p.add_argument("--peak_tflops", type=float, default=0.0, help="override the table's bf16 peak")
-  p.add_argument("--hbm_tbps", type=float, default=0.0, help="override the table's HBM bandwidth")
-  p.add_argument("--skip_torch", action="store_true")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default="device.json")
-  args = p.parse_args(argv)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """This benchmark's flags (on `fv`; tests parse their own)."""
+  flags.DEFINE_string("variant", 'Math-1.5B', 'variant', flag_values=fv)
+  flags.DEFINE_bool("quick", False, 'a ~2-minute cut', flag_values=fv)
+  flags.DEFINE_bool("micro", False, 'tiny shapes: seconds on CPU (tests)', flag_values=fv)
+  flags.DEFINE_float("peak_tflops", 0.0, "override the table's bf16 peak", flag_values=fv)
+  flags.DEFINE_float("hbm_tbps", 0.0, "override the table's HBM bandwidth", flag_values=fv)
+  flags.DEFINE_bool("skip_torch", False, 'skip torch', flag_values=fv)
+  flags.DEFINE_integer("seed", 0, 'seed', flag_values=fv)
+  flags.DEFINE_string("out", 'device.json', 'out', flag_values=fv)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  run(flags.FLAGS)
+
+
+def run(args: Any) -> dict:
+  """The benchmark with parsed flags `args` (attribute access)."""
   t_start = time.perf_counter()
   shape = Shape.for_args(args)
   cfg = shape.model_config(args.micro)
@@ -434,4 +442,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

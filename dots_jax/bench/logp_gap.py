@@ -15,12 +15,12 @@ runs it on a bare accelerator image).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from typing import Any
 
+from absl import app, flags
 import jax
 import numpy as np
 from flax import nnx
@@ -103,28 +103,37 @@ def sampled_gap(programs: update.PolicyUpdate, params: nnx.State, out: SampleOut
   return programs.gap(batch), np.asarray(batch.old_logp_NxT)[:, -r:]
 
 
-def bench_optimizer_settings() -> Any:
-  """The settings `update.make_optimizer` reads, without ml_collections (the benchmarks run on a
-  bare accelerator image): AdamW at the reference configs' constant lr 1e-6, clip 1.0."""
-  return argparse.Namespace(lr=1e-6, schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
-                            b1=0.9, b2=0.999, adam_eps=1e-8, weight_decay=0.0, grad_clip=1.0)
+def bench_optimizer_settings() -> update.OptimizerSettings:
+  """The benchmarks' optimizer (they run on a bare accelerator image, without a config): AdamW at
+  the reference configs' constant lr 1e-6, clip 1.0."""
+  return update.OptimizerSettings(lr=1e-6, schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
+                                  b1=0.9, b2=0.999, adam_eps=1e-8, weight_decay=0.0,
+                                  grad_clip=1.0)
 
 
-def main(argv: list[str] | None = None) -> GapReport:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--variant", default="1.5B", help="released Qwen2.5 shapes (dots_jax.model.variants)")
-  p.add_argument("--layers", type=int, default=2, help="decoder blocks (the variant's width)")
-  p.add_argument("--vocab", type=int, default=0, help="> 0: this vocabulary instead of the variant's")
-  p.add_argument("--rows", type=int, default=16)
-  p.add_argument("--prompt", type=int, default=32)
-  p.add_argument("--new", type=int, default=1024)
-  p.add_argument("--slots", type=int, default=16)
-  p.add_argument("--dtype", default="bfloat16", help="compute and parameter dtype")
-  p.add_argument("--activation_dtype", default="float32")
-  p.add_argument("--init_std", type=float, default=0.02)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--json", default="", help="also write the report here")
-  args = p.parse_args(argv)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """This benchmark's flags (on `fv`; tests parse their own)."""
+  flags.DEFINE_string("variant", '1.5B', 'released Qwen2.5 shapes (dots_jax.model.variants)', flag_values=fv)
+  flags.DEFINE_integer("layers", 2, "decoder blocks (the variant's width)", flag_values=fv)
+  flags.DEFINE_integer("vocab", 0, "> 0: this vocabulary instead of the variant's", flag_values=fv)
+  flags.DEFINE_integer("rows", 16, 'rows', flag_values=fv)
+  flags.DEFINE_integer("prompt", 32, 'prompt', flag_values=fv)
+  flags.DEFINE_integer("new", 1024, 'new', flag_values=fv)
+  flags.DEFINE_integer("slots", 16, 'slots', flag_values=fv)
+  flags.DEFINE_string("dtype", 'bfloat16', 'compute and parameter dtype', flag_values=fv)
+  flags.DEFINE_string("activation_dtype", 'float32', 'activation dtype', flag_values=fv)
+  flags.DEFINE_float("init_std", 0.02, 'init std', flag_values=fv)
+  flags.DEFINE_integer("seed", 0, 'seed', flag_values=fv)
+  flags.DEFINE_string("json", '', 'also write the report here', flag_values=fv)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  run(flags.FLAGS)
+
+
+def run(args: Any) -> GapReport:
+  """The benchmark with parsed flags `args` (attribute access)."""
   cfg = gap_model(args.variant, args.layers, args.dtype, args.activation_dtype, args.vocab,
                   args.init_std)
   graphdef, params = nnx.split(qwen2.init_model(cfg, args.seed))
@@ -145,4 +154,5 @@ def main(argv: list[str] | None = None) -> GapReport:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -12,27 +12,36 @@ parallel over `--devices` host devices or the topology's chips (docs/MEMORY.md).
 
 from __future__ import annotations
 
-import argparse
+from absl import app, flags
+from typing import Any
 import os
 import time
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--layers", type=int, default=8)
-  p.add_argument("--seq", type=int, default=2048)
-  p.add_argument("--hidden", type=int, default=1536)
-  p.add_argument("--intermediate", type=int, default=0, help="0: Qwen2.5-1.5B's ratio (8960/1536)")
-  p.add_argument("--heads", type=int, default=12)
-  p.add_argument("--kv_heads", type=int, default=2)
-  p.add_argument("--micro", type=int, default=1, help="rows per data shard in a micro-batch")
-  p.add_argument("--devices", type=int, default=8, help="host CPU devices (no --topology)")
-  p.add_argument("--topology", default="", help="compile for these chips (dots_jax.tools.topology)")
-  p.add_argument("--unrolled", action="store_true", help="unrolled blocks instead of a scan")
-  args = p.parse_args(argv)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """This benchmark's flags (on `fv`; tests parse their own)."""
+  flags.DEFINE_integer("layers", 8, 'layers', flag_values=fv)
+  flags.DEFINE_integer("seq", 2048, 'seq', flag_values=fv)
+  flags.DEFINE_integer("hidden", 1536, 'hidden', flag_values=fv)
+  flags.DEFINE_integer("intermediate", 0, "0: Qwen2.5-1.5B's ratio (8960/1536)", flag_values=fv)
+  flags.DEFINE_integer("heads", 12, 'heads', flag_values=fv)
+  flags.DEFINE_integer("kv_heads", 2, 'kv heads', flag_values=fv)
+  flags.DEFINE_integer("micro", 1, 'rows per data shard in a micro-batch', flag_values=fv)
+  flags.DEFINE_integer("devices", 8, 'host CPU devices (no --topology)', flag_values=fv)
+  flags.DEFINE_string("topology", '', 'compile for these chips (dots_jax.tools.topology)', flag_values=fv)
+  flags.DEFINE_bool("unrolled", False, 'unrolled blocks instead of a scan', flag_values=fv)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  run(flags.FLAGS)
+
+
+def run(args: Any) -> list[dict[str, float]]:
+  """The benchmark with parsed flags `args` (attribute access)."""
   if args.hidden % args.heads or (args.hidden // args.heads) % 2 or args.heads % args.kv_heads:
-    p.error(f"--hidden {args.hidden} / --heads {args.heads} must give an even head size, and "
-            f"--kv_heads {args.kv_heads} must divide --heads")
+    raise app.UsageError(f"--hidden {args.hidden} / --heads {args.heads} must give an even head "
+                         f"size, and --kv_heads {args.kv_heads} must divide --heads")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   if not args.topology:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -74,4 +83,5 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -8,11 +8,12 @@ question as in a GRPO step, each ~1.5k characters of reasoning ending in one of:
 (another integer for integer golds, else "gold+1"), or no box. The pool is started before timing (a one-off cost, reported separately).
 """
 
-import argparse
+from typing import Any
 import json
 import os
 import time
 
+from absl import app, flags
 import numpy as np
 
 from dots_jax.config_base import base_config
@@ -38,14 +39,22 @@ def make_responses(golds: list[str], n: int, group: int, seed: int) -> tuple[lis
   return responses[:n], targets[:n]
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--n", type=int, default=4096)
-  parser.add_argument("--group", type=int, default=8, help="responses per question")
-  parser.add_argument("--workers", type=int, default=2)
-  parser.add_argument("--timeout_s", type=float, default=5.0)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """This benchmark's flags (on `fv`; tests parse their own)."""
+  flags.DEFINE_integer("n", 4096, 'n', flag_values=fv)
+  flags.DEFINE_integer("group", 8, 'responses per question', flag_values=fv)
+  flags.DEFINE_integer("workers", 2, 'workers', flag_values=fv)
+  flags.DEFINE_float("timeout_s", 5.0, 'timeout s', flag_values=fv)
+  flags.DEFINE_integer("seed", 0, 'seed', flag_values=fv)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  run(flags.FLAGS)
+
+
+def run(args: Any) -> None:
+  """The benchmark with parsed flags `args` (attribute access)."""
   path = os.path.join(shared_data_dir(base_config().data), "math_train.jsonl")
   if not os.path.isfile(path):
     raise SystemExit(f"{path} not found: set DOTS_JAX_DATA to the shared benchmark directory")
@@ -76,4 +85,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

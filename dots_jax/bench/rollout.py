@@ -16,35 +16,34 @@ The last line reads `engine vs static batch: <R>x useful tokens/s, <M>x peak mem
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dots_jax.bench.shapes import add_model_args, random_setup  # noqa: E402
+from dots_jax.bench.shapes import define_model_flags, random_setup  # noqa: E402
 from dots_jax.rollout.engine import Engine  # noqa: E402
 from dots_jax.rollout.sampler import Sampler  # noqa: E402
 
 
-def _parse() -> argparse.Namespace:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  add_model_args(ap, vocab=8192)
-  ap.add_argument("--prompts", type=int, default=64)
-  ap.add_argument("--samples", type=int, default=8, help="G completions per prompt")
-  ap.add_argument("--prompt_len", type=int, default=32)
-  ap.add_argument("--cap", type=int, default=128, help="max new tokens")
-  ap.add_argument("--slots", type=int, default=64)
-  ap.add_argument("--steps_per_call", type=int, default=8)
-  ap.add_argument("--windows", type=int, default=4)
-  ap.add_argument("--skip_hf", action="store_true")
-  ap.add_argument("--seed", type=int, default=0)
-  return ap.parse_args()
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """This benchmark's flags (on `fv`; tests parse their own)."""
+  define_model_flags(fv, vocab=8192)
+  flags.DEFINE_integer("prompts", 64, 'prompts', flag_values=fv)
+  flags.DEFINE_integer("samples", 8, 'G completions per prompt', flag_values=fv)
+  flags.DEFINE_integer("prompt_len", 32, 'prompt len', flag_values=fv)
+  flags.DEFINE_integer("cap", 128, 'max new tokens', flag_values=fv)
+  flags.DEFINE_integer("slots", 64, 'slots', flag_values=fv)
+  flags.DEFINE_integer("steps_per_call", 8, 'steps per call', flag_values=fv)
+  flags.DEFINE_integer("windows", 4, 'windows', flag_values=fv)
+  flags.DEFINE_bool("skip_hf", False, 'skip hf', flag_values=fv)
+  flags.DEFINE_integer("seed", 0, 'seed', flag_values=fv)
 
 
 def long_tailed_lengths(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
@@ -66,8 +65,9 @@ def _timed(fn):
   return out, time.perf_counter() - t0
 
 
-def main() -> None:
-  args = _parse()
+def main(argv: list[str]) -> None:
+  del argv
+  args = flags.FLAGS
   cfg, graphdef, params, prompt_BxP, mask_BxP, rng = random_setup(args, args.prompts,
                                                                    args.prompt_len, args.cap)
   n = args.prompts * args.samples
@@ -147,4 +147,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -11,34 +11,34 @@ untimed call and reported separately. transformers loads the same float32 weight
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 import os
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dots_jax.bench.shapes import add_model_args, random_setup  # noqa: E402
+from dots_jax.bench.shapes import define_model_flags, random_setup  # noqa: E402
 from dots_jax.model.hf_io import export_policy  # noqa: E402
 from dots_jax.model.qwen2 import Qwen2Config  # noqa: E402
 from dots_jax.rollout.sampler import Sampler  # noqa: E402
 
 
-def _parse() -> argparse.Namespace:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  add_model_args(ap, vocab=32768)
-  ap.add_argument("--batch", type=int, default=32, help="prompts")
-  ap.add_argument("--samples", type=int, default=4, help="completions per prompt")
-  ap.add_argument("--prompt_len", type=int, default=64)
-  ap.add_argument("--new_tokens", type=int, default=128)
-  ap.add_argument("--repeats", type=int, default=1, help="timed calls per engine (best is reported)")
-  ap.add_argument("--skip_hf", action="store_true", help="only time our sampler")
-  ap.add_argument("--seed", type=int, default=0)
-  return ap.parse_args()
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """This benchmark's flags (on `fv`; tests parse their own)."""
+  define_model_flags(fv, vocab=32768)
+  flags.DEFINE_integer("batch", 32, 'prompts', flag_values=fv)
+  flags.DEFINE_integer("samples", 4, 'completions per prompt', flag_values=fv)
+  flags.DEFINE_integer("prompt_len", 64, 'prompt len', flag_values=fv)
+  flags.DEFINE_integer("new_tokens", 128, 'new tokens', flag_values=fv)
+  flags.DEFINE_integer("repeats", 1, 'timed calls per engine (best is reported)', flag_values=fv)
+  flags.DEFINE_bool("skip_hf", False, 'only time our sampler', flag_values=fv)
+  flags.DEFINE_integer("seed", 0, 'seed', flag_values=fv)
 
 
 def _hf_model(cfg: Qwen2Config, graphdef: nnx.GraphDef, params: nnx.State, workdir: str):
@@ -51,7 +51,7 @@ def _hf_model(cfg: Qwen2Config, graphdef: nnx.GraphDef, params: nnx.State, workd
   return transformers.Qwen2ForCausalLM.from_pretrained(workdir, dtype=torch.float32).eval()
 
 
-def _time_hf(hf, prompt_BxP: np.ndarray, args: argparse.Namespace) -> float:
+def _time_hf(hf, prompt_BxP: np.ndarray, args: Any) -> float:
   import torch
 
   ids = torch.from_numpy(prompt_BxP.astype(np.int64))
@@ -73,8 +73,9 @@ def _time_hf(hf, prompt_BxP: np.ndarray, args: argparse.Namespace) -> float:
   return best
 
 
-def main() -> None:
-  args = _parse()
+def main(argv: list[str]) -> None:
+  del argv
+  args = flags.FLAGS
   cfg, graphdef, params, prompt_BxP, mask_BxP, _ = random_setup(args, args.batch, args.prompt_len,
                                                                  args.new_tokens)
   n_tokens = args.batch * args.samples * args.new_tokens
@@ -128,4 +129,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -13,13 +13,14 @@ warm-up step). Divide by the training step time to get the fraction.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
+from absl import app, flags
 import numpy as np
 
 from dots_jax.config_base import base_config
+from dots_jax.run import settings
 from dots_jax.difficulty.estimator import (EstimatorConfig, init_estimator, predict_all,
                                            predict_from_projections, project_queries)
 from dots_jax.methods import METHODS
@@ -28,20 +29,18 @@ from dots_jax.selection.driver import collect_batch
 from dots_jax.selection.factory import make_strategy
 
 
-def _parse() -> argparse.Namespace:
-  ap = argparse.ArgumentParser(description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--questions", type=int, default=100_000)
-  ap.add_argument("--dim", type=int, default=1536, help="embedding width (Qwen2.5-1.5B: 1536)")
-  ap.add_argument("--width", type=int, default=256, help="adapter width")
-  ap.add_argument("--ref_size", type=int, default=256)
-  ap.add_argument("--batch", type=int, default=256, help="questions per training batch")
-  ap.add_argument("--group", type=int, default=8)
-  ap.add_argument("--round_steps", type=int, default=1, help="1 = a DOTS round every step (worst case)")
-  ap.add_argument("--chunk", type=int, default=8192)
-  ap.add_argument("--steps", type=int, default=4, help="timed steps per method")
-  ap.add_argument("--methods", default=",".join(sorted(METHODS)))
-  return ap.parse_args()
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """This benchmark's flags (on `fv`; tests parse their own)."""
+  flags.DEFINE_integer("questions", 100000, 'questions', flag_values=fv)
+  flags.DEFINE_integer("dim", 1536, 'embedding width (Qwen2.5-1.5B: 1536)', flag_values=fv)
+  flags.DEFINE_integer("width", 256, 'adapter width', flag_values=fv)
+  flags.DEFINE_integer("ref_size", 256, 'ref size', flag_values=fv)
+  flags.DEFINE_integer("batch", 256, 'questions per training batch', flag_values=fv)
+  flags.DEFINE_integer("group", 8, 'group', flag_values=fv)
+  flags.DEFINE_integer("round_steps", 1, '1 = a DOTS round every step (worst case)', flag_values=fv)
+  flags.DEFINE_integer("chunk", 8192, 'chunk', flag_values=fv)
+  flags.DEFINE_integer("steps", 4, 'timed steps per method', flag_values=fv)
+  flags.DEFINE_string("methods", ','.join(sorted(METHODS)), 'methods', flag_values=fv)
 
 
 class FakeRollout:
@@ -68,8 +67,9 @@ def _best_of(fn, repeats: int = 3) -> float:
   return min(times)
 
 
-def main() -> None:
-  args = _parse()
+def main(argv: list[str]) -> None:
+  del argv
+  args = flags.FLAGS
   rng = np.random.default_rng(0)
   emb = rng.normal(size=(args.questions, args.dim)).astype(np.float32)
   pass_rates = rng.beta(0.5, 0.5, args.questions)
@@ -92,9 +92,11 @@ def main() -> None:
     c.method = method
     c.selection.dots.update(ref_size=args.ref_size, round_steps=args.round_steps, chunk=args.chunk)
     kw = {}
-    if METHODS[method].source == "dots":
+    if METHODS[method].needs_estimator:
       kw = dict(embeddings_NxD=emb, estimator=model)
-    strategy = make_strategy(c, args.questions, **kw)
+    s = settings.read(c)
+    strategy = make_strategy(method, s.selection, args.questions, seed=s.seed,
+                             group_size=s.group_size, **kw)
     env = FakeRollout(pass_rates, args.group, seed=1)
     collect_batch(strategy, env, 0, args.batch)  # warm-up: compiles, fills the projection cache
     per_step, rounds = [], []
@@ -113,4 +115,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
+
+from absl import flags
 
 from dots_jax.model.qwen2 import Qwen2Config
 
 
-def add_model_args(parser: argparse.ArgumentParser, vocab: int) -> None:
+def define_model_flags(fv: flags.FlagValues, vocab: int) -> None:
   """--hidden/--intermediate/--layers/--heads/--kv_heads/--vocab (defaults: hidden 512, 8 layers)."""
-  parser.add_argument("--hidden", type=int, default=512)
-  parser.add_argument("--intermediate", type=int, default=1408)
-  parser.add_argument("--layers", type=int, default=8)
-  parser.add_argument("--heads", type=int, default=8)
-  parser.add_argument("--kv_heads", type=int, default=2)
-  parser.add_argument("--vocab", type=int, default=vocab)
+  flags.DEFINE_integer("hidden", 512, 'hidden', flag_values=fv)
+  flags.DEFINE_integer("intermediate", 1408, 'intermediate', flag_values=fv)
+  flags.DEFINE_integer("layers", 8, 'layers', flag_values=fv)
+  flags.DEFINE_integer("heads", 8, 'heads', flag_values=fv)
+  flags.DEFINE_integer("kv_heads", 2, 'kv heads', flag_values=fv)
+  flags.DEFINE_integer("vocab", vocab, 'vocab', flag_values=fv)
 
 
-def model_config(args: argparse.Namespace, **runtime: Any) -> Qwen2Config:
+def model_config(args: Any, **runtime: Any) -> Qwen2Config:
   """The config of those flags; `runtime` sets the rest (dtypes, remat, max positions, ids)."""
   return Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden,
                      intermediate_size=args.intermediate, num_hidden_layers=args.layers,
                      num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, **runtime)
 
 
-def random_setup(args: argparse.Namespace, prompts: int, prompt_len: int, new_tokens: int):
+def random_setup(args: Any, prompts: int, prompt_len: int, new_tokens: int):
   """(cfg, graphdef, params, prompt_BxP, mask_BxP, rng): a random model of the flags' shape and
   `prompts` random full-length prompts (token 0, the benchmarks' pad, never occurs)."""
   import numpy as np

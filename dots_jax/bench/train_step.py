@@ -20,19 +20,21 @@ so a shared machine's drifting speed falls on both; the ratio is the median of t
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 import os
 import resource
 import tempfile
 import time
 
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dots_jax.bench.shapes import add_model_args, model_config
+from dots_jax.bench.shapes import define_model_flags, model_config
 from dots_jax.config_base import base_config
+from dots_jax.run import settings
 from dots_jax.model import qwen2
 from dots_jax.model.hf_io import export_policy
 from dots_jax.rl import update
@@ -41,24 +43,25 @@ from dots_jax.rl.logprobs import logprobs_and_entropy
 from dots_jax.bench.random_batch import random_batch
 
 
-def bench_cfg(args: argparse.Namespace, attn_chunk: int | None = None) -> qwen2.Qwen2Config:
+def bench_cfg(args: Any, attn_chunk: int | None = None) -> qwen2.Qwen2Config:
   return model_config(args, eos_token_id=1, bos_token_id=1, dtype=args.dtype,
                       param_dtype=args.dtype, remat=args.remat,
                       attn_chunk=args.attn_chunk if attn_chunk is None else attn_chunk)
 
 
-def _update_parts(cfg: qwen2.Qwen2Config, args: argparse.Namespace, logits_chunk: int):
+def _update_parts(cfg: qwen2.Qwen2Config, args: Any, logits_chunk: int):
   config = base_config()
   config.rl.lr = 1e-3
   config.rl.micro_batch = args.micro_batch
   config.rl.logits_chunk = logits_chunk
   graphdef, params = nnx.split(qwen2.init_model(cfg, 0))
-  ucfg = update.UpdateConfig.from_config(config)
-  opt = update.make_optimizer(config.rl, total_steps=100)
+  s = settings.read(config)
+  opt = update.make_optimizer(s.optimizer, total_steps=100)
+  ucfg = s.update
   return graphdef, params, opt, update.make_update_fn(graphdef, opt, ucfg)
 
 
-def compiled_bytes(cfg: qwen2.Qwen2Config, batch: RLBatch, args: argparse.Namespace,
+def compiled_bytes(cfg: qwen2.Qwen2Config, batch: RLBatch, args: Any,
                    logits_chunk: int) -> int:
   """Per-device bytes XLA allocates for the update program (shapes only: nothing runs)."""
   graphdef, params, opt, fn = _update_parts(cfg, args, logits_chunk)
@@ -72,7 +75,7 @@ def compiled_bytes(cfg: qwen2.Qwen2Config, batch: RLBatch, args: argparse.Namesp
 class JaxSide:
   """Our update, compiled and run once; `step()` times one more."""
 
-  def __init__(self, cfg: qwen2.Qwen2Config, batch: RLBatch, args: argparse.Namespace):
+  def __init__(self, cfg: qwen2.Qwen2Config, batch: RLBatch, args: Any):
     self.graphdef, params, opt, self.fn = _update_parts(cfg, args, args.logits_chunk)
     # The update donates its state: keep a copy of the initial weights for the torch side.
     self.initial_model = nnx.merge(self.graphdef, jax.tree.map(jnp.copy, params))
@@ -154,23 +157,28 @@ def _rate(times: list[float] | np.ndarray, tokens: int) -> str:
           f"{tokens / np.median(times):,.0f} tokens/s")
 
 
-def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  add_model_args(p, vocab=32000)
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--seq", type=int, default=256)
-  p.add_argument("--steps", type=int, default=5,
-                 help="timed steps after the first, per side, taken in alternation (>= 1)")
-  p.add_argument("--micro_batch", type=int, default=0)
-  p.add_argument("--dtype", default="float32")
-  p.add_argument("--remat", action="store_true")
-  p.add_argument("--logits_chunk", type=int, default=0, help="rl.logits_chunk (0 = off)")
-  p.add_argument("--attn_chunk", type=int, default=0, help="model.attn_chunk (0 = off)")
-  p.add_argument("--memory", action="store_true",
-                 help="also print the update program's compiled bytes, with these chunks and "
-                      "without any (the latter compiled only)")
-  p.add_argument("--skip_torch", action="store_true")
-  args = p.parse_args(argv)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """This benchmark's flags (on `fv`; tests parse their own)."""
+  define_model_flags(fv, vocab=32000)
+  flags.DEFINE_integer("batch", 8, 'batch', flag_values=fv)
+  flags.DEFINE_integer("seq", 256, 'seq', flag_values=fv)
+  flags.DEFINE_integer("steps", 5, 'timed steps after the first, per side, taken in alternation (>= 1)', flag_values=fv)
+  flags.DEFINE_integer("micro_batch", 0, 'micro batch', flag_values=fv)
+  flags.DEFINE_string("dtype", 'float32', 'dtype', flag_values=fv)
+  flags.DEFINE_bool("remat", False, 'remat', flag_values=fv)
+  flags.DEFINE_integer("logits_chunk", 0, 'rl.logits_chunk (0 = off)', flag_values=fv)
+  flags.DEFINE_integer("attn_chunk", 0, 'model.attn_chunk (0 = off)', flag_values=fv)
+  flags.DEFINE_bool("memory", False, "also print the update program's compiled bytes, with these chunks and without any (the latter compiled only)", flag_values=fv)
+  flags.DEFINE_bool("skip_torch", False, 'skip torch', flag_values=fv)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  run(flags.FLAGS)
+
+
+def run(args: Any) -> None:
+  """The benchmark with parsed flags `args` (attribute access)."""
 
   cfg = bench_cfg(args)
   prompt = args.seq // 4
@@ -214,4 +222,5 @@ def main(argv: list[str] | None = None) -> None:
         f"{', '.join(f'{r:.2f}' for r in tt / jt)})")
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dots_jax import fs
+from dots_jax.config_common import as_json
 from dots_jax.data import builder, sources, synthetic
 from dots_jax.data.question import Question, field_mapper, read_questions
 
@@ -67,7 +68,7 @@ def prepared_root(data_cfg: Any) -> str:
 
 def _synthetic(data_cfg: Any, name: str) -> QuestionSet:
   split = SYNTHETIC_SPLITS[name]
-  key = builder.fingerprint(builder.FORMAT_VERSION, split, data_cfg.synthetic.to_json(sort_keys=True))
+  key = builder.fingerprint(builder.FORMAT_VERSION, split, as_json(data_cfg.synthetic))
 
   def make():
     return synthetic.synthetic_questions(data_cfg.synthetic, split), {"source": f"synthetic:{split}"}

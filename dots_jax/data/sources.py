@@ -18,6 +18,7 @@ class Source:
   files: tuple[str, ...]  # accepted file names, first found wins (.jsonl, .json array, or .parquet)
   mapper: RowMapper
   obtain: str  # where users get the file
+  rows: int = 0  # rows of the published file (0: not fixed); what a simulation of it assumes
 
 
 def _orz_mapper(row: Any) -> tuple[str | None, str, str, dict]:
@@ -49,12 +50,12 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("math_test", ("math_test.jsonl",), field_mapper(), _SHARED + "; hendrycks/math test split"),
     # Training sets.
     Source("math_train", ("math_train.jsonl",), field_mapper(),
-           _SHARED + "; or hendrycks/math train split as JSONL {id, problem, answer}"),
+           _SHARED + "; or hendrycks/math train split as JSONL {id, problem, answer}", rows=7498),
     Source("deepscaler", ("deepscaler.jsonl", "deepscaler.json", "deepscaler.parquet"), field_mapper(),
            "agentica-project/deepscaler deepscaler/data/train/deepscaler.json (JSON array of "
            "{problem, answer, solution}) or HF agentica-org/DeepScaleR-Preview-Dataset"),
     Source("deepscaler_10240", ("deepscaler_10240.jsonl",), field_mapper(),
-           _SHARED + "; the DOTS reference script's 10,240-question DeepScaleR subset"),
+           _SHARED + "; the DOTS reference script's 10,240-question DeepScaleR subset", rows=10240),
     Source("orz57k", ("orz_math_57k_collected.json",), _orz_mapper,
            "Open-Reasoner-Zero/Open-Reasoner-Zero data/orz_math_57k_collected.json"),
     Source("deepmath103k", ("deepmath_103k.jsonl", "deepmath_103k.parquet"),
@@ -63,7 +64,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            "JSONL with fields question, final_answer)"),
     Source("gsm8k_train", ("gsm8k_train.jsonl",), field_mapper(), _SHARED + "; openai/grade-school-math"),
     Source("dapo_math_17k", ("dapo_math_17k.jsonl",), field_mapper(),
-           _SHARED + "; BytedTsinghua-SIA/DAPO-Math-17k (deduplicated by GRESO)"),
+           _SHARED + "; BytedTsinghua-SIA/DAPO-Math-17k (deduplicated by GRESO)", rows=17917),
 )}
 # The DOTS paper's average is over these four.
 DOTS_AVERAGE_SETS = ("gsm8k_test", "math500", "minerva_math", "olympiadbench")

@@ -148,13 +148,13 @@ def sample_problem(family: Family, rng: np.random.Generator) -> tuple[str, str]:
 
 def _families_and_weights(syn: Any, key: str) -> tuple[list[Family], np.ndarray]:
   names = list(syn.families)
-  weights = np.asarray(syn[key], np.float64)
+  weights = np.asarray(getattr(syn, key), np.float64)
   unknown = [n for n in names if n not in FAMILIES]
   if unknown:
     raise ValueError(f"config.data.synthetic.families: unknown {unknown}; known: {sorted(FAMILIES)}")
   if weights.shape != (len(names),) or (weights < 0).any() or weights.sum() <= 0:
     raise ValueError(f"config.data.synthetic.{key} must be {len(names)} non-negative weights "
-                     f"(one per family), got {tuple(syn[key])}")
+                     f"(one per family), got {tuple(getattr(syn, key))}")
   return [FAMILIES[n] for n in names], weights / weights.sum()
 
 

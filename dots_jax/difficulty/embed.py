@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dots_jax import fs
 from dots_jax.model.qwen2 import Qwen2ForCausalLM, positions_from_mask
 
 _MIN_BUCKET = 8
@@ -112,24 +113,31 @@ def default_cache_dir() -> str:
 
 
 def cached_embeddings(cache_dir: str, dataset: str, backbone_id: str, texts: Sequence[str],
-                      max_len: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
-  """Loads `<cache_dir>/<dataset>-<key>.npy` or computes and stores it. The key hashes the data set
-  name, the backbone fingerprint, the question texts and the truncation length."""
+                      max_len: int, compute: Callable[[], np.ndarray],
+                      log: Callable[[str], None] = print) -> np.ndarray:
+  """Loads `<cache_dir>/<dataset>-<key>.npy` or computes and stores it (atomically: concurrent runs
+  never read a half-written cache). The key hashes the data set name, the backbone fingerprint, the
+  question texts and the truncation length. A cached file that does not load, or has the wrong
+  rows, is computed again, with a line naming it."""
   text_hash = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
   key = hashlib.sha256(json.dumps([dataset, backbone_id, text_hash, max_len]).encode()).hexdigest()
   safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset)
   path = os.path.join(cache_dir or default_cache_dir(), f"{safe}-{key[:16]}.npy")
   if os.path.exists(path):
-    emb = np.load(path)
-    if emb.shape[0] != len(texts):
-      raise ValueError(f"embedding cache {path} has {emb.shape[0]} rows for {len(texts)} questions")
-    return emb
+    try:
+      emb = np.load(path)
+      if emb.ndim == 2 and emb.shape[0] == len(texts):
+        return emb
+      problem = f"{emb.shape} for {len(texts)} questions"
+    except Exception as e:  # noqa: BLE001 - a truncated or damaged file
+      problem = f"{type(e).__name__}: {e}"
+    log(f"DOTS: embedding cache {path} does not load ({problem}); computing it again")
   emb = np.asarray(compute(), np.float32)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}.npy"
   np.save(tmp, emb)
-  os.replace(tmp, path)  # atomic: concurrent runs never read a half-written cache
-  with open(path[:-4] + ".json", "w") as f:
-    json.dump({"dataset": dataset, "backbone": backbone_id, "questions": len(texts),
-               "max_len": max_len, "dim": int(emb.shape[1])}, f)
+  os.replace(tmp, path)
+  fs.write_text(path[:-4] + ".json", json.dumps({
+      "dataset": dataset, "backbone": backbone_id, "questions": len(texts), "max_len": max_len,
+      "dim": int(emb.shape[1])}))
   return emb

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dots_jax import fs
+
 _EPS = 1e-4  # clamp before logit, as the reference head does
 
 
@@ -224,11 +226,12 @@ def save_estimator(model: DifficultyEstimator, out_dir: str, extra: dict[str, An
   """Writes params.npz, then estimator.json (by rename, last): a directory with estimator.json holds
   a complete estimator, which is what concurrent readers wait for."""
   os.makedirs(out_dir, exist_ok=True)
-  np.savez(os.path.join(out_dir, "params.npz"), **params_to_flat(model))
-  tmp = os.path.join(out_dir, f".estimator.json.{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump({"config": dataclasses.asdict(model.cfg), **(extra or {})}, f, indent=2)
-  os.replace(tmp, os.path.join(out_dir, "estimator.json"))
+  marker = os.path.join(out_dir, "estimator.json")
+  if os.path.exists(marker):  # a refit: the old marker must not vouch for half-written params
+    os.remove(marker)
+  fs.save_npz(os.path.join(out_dir, "params.npz"), **params_to_flat(model))
+  fs.write_text(marker, json.dumps({"config": dataclasses.asdict(model.cfg), **(extra or {})},
+                                   indent=2))
 
 
 def load_estimator(path: str) -> DifficultyEstimator:
@@ -239,6 +242,6 @@ def load_estimator(path: str) -> DifficultyEstimator:
   with open(cfg_path) as f:
     cfg = EstimatorConfig(**json.load(f)["config"])
   model = init_estimator(cfg)
-  with np.load(os.path.join(path, "params.npz")) as flat:
-    load_flat_params(model, dict(flat), where=os.path.join(path, "params.npz"))
+  load_flat_params(model, fs.load_npz(os.path.join(path, "params.npz")),
+                   where=os.path.join(path, "params.npz"))
   return model

@@ -1,7 +1,7 @@
 """Estimator quality: Pearson correlation between predicted and observed pass rates on held-out
 questions (observed from selection.dots.fit.group >= 16 rollouts each by the initial policy).
 
-  python -m dots_jax.difficulty.quality --config=configs/tiny.py
+  python -m dots_jax.difficulty --config=configs/tiny.py --quality
 
 Compares the trained estimator (adapters + calibration head, then the online linear recalibration on
 the reference set) with a raw-embedding baseline (softmax over cosine similarities of the frozen
@@ -13,17 +13,13 @@ estimator's held-out Pearson.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Callable
 
 import numpy as np
 
 from dots_jax.difficulty.estimator import (DifficultyEstimator, init_estimator, linear_recalibration,
                                            predict_all)
-from dots_jax.difficulty.labels import Pool, prepare_pool
-from dots_jax.difficulty.offline import train_on_pool
-from dots_jax.difficulty.setup import estimator_config
+from dots_jax.difficulty.offline import Pool, StageSettings
 
 _REF_SETS = 5
 _RAW_TEMPS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -73,23 +69,22 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
   return float(np.corrcoef(x, y)[0, 1])
 
 
-def evaluate_pool(config: Any, pool: Pool, model: DifficultyEstimator,
+def evaluate_pool(stage: StageSettings, pool: Pool, model: DifficultyEstimator,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-  f = config.selection.dots.fit
+  f, seed = stage.fit, stage.seed
   train_idx = np.flatnonzero(~pool.heldout)
   test_idx = np.flatnonzero(pool.heldout)
   # The raw baseline's only knob, chosen on training questions (never the held-out ones).
   tuning = {t: pearson_with_refs(raw_predict(t), pool.emb, pool.labels, train_idx, train_idx,
-                                 f.ref_size, config.seed)[0] for t in _RAW_TEMPS}
+                                 f.ref_size, seed)[0] for t in _RAW_TEMPS}
   best_t = max(tuning, key=lambda t: tuning[t])
   raw = pearson_with_refs(raw_predict(best_t), pool.emb, pool.labels, train_idx, test_idx,
-                          f.ref_size, config.seed)
+                          f.ref_size, seed)
   untrained = pearson_with_refs(
-      estimator_predict(init_estimator(estimator_config(config, pool.emb.shape[1]),
-                                       seed=config.seed)),
-      pool.emb, pool.labels, train_idx, test_idx, f.ref_size, config.seed)
+      estimator_predict(init_estimator(stage.estimator_config(pool.emb.shape[1]), seed=seed)),
+      pool.emb, pool.labels, train_idx, test_idx, f.ref_size, seed)
   trained = pearson_with_refs(estimator_predict(model), pool.emb, pool.labels, train_idx, test_idx,
-                              f.ref_size, config.seed)
+                              f.ref_size, seed)
   report = {
       "heldout_questions": int(len(test_idx)), "train_questions": int(len(train_idx)),
       "rollouts_per_question": f.group, "ref_size": f.ref_size, "reference_sets": _REF_SETS,
@@ -109,23 +104,3 @@ def evaluate_pool(config: Any, pool: Pool, model: DifficultyEstimator,
   log(f"trained estimator Pearson {trained[0]:.4f} +- {trained[1]:.4f}; on questions solved at "
       f"least once {trained[2]:.4f}")
   return report
-
-
-def main(argv: Any) -> None:
-  del argv
-  config = _CONFIG.value
-  pool = prepare_pool(config)
-  model = train_on_pool(config, pool)
-  report = evaluate_pool(config, pool, model)
-  path = os.path.join(pool.out_dir, "evaluation.json")
-  with open(path, "w") as fh:
-    json.dump(report, fh, indent=2)
-  print(f"wrote {path}")
-  print(f"{report['pearson_trained']:.4f}")
-
-
-if __name__ == "__main__":
-  from absl import app
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/tiny.py")
-  app.run(main)

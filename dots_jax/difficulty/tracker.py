@@ -76,6 +76,13 @@ def expected_pass_rate(mean_N: np.ndarray, var_N: np.ndarray) -> np.ndarray:
   return (sigmoid(theta) * _GH_W).sum(axis=1)
 
 
+def expected_reward_variance(mean_N: np.ndarray, var_N: np.ndarray) -> np.ndarray:
+  """E[p (1 - p)] for logit(p) ~ N(mean, var): the expected variance of one reward."""
+  theta = mean_N[:, None] + np.sqrt(np.maximum(var_N, 0.0))[:, None] * _GH_X[None, :]
+  p = sigmoid(theta)
+  return (p * (1.0 - p) * _GH_W).sum(axis=1)
+
+
 def kmeans(x_NxD: np.ndarray, k: int, seed: int, iters: int = 25) -> np.ndarray:
   """Cluster index of each row (Lloyd's algorithm from k-means++ seeds); deterministic per seed."""
   x = np.asarray(x_NxD, np.float64)
@@ -120,6 +127,10 @@ class Posterior:
   @property
   def signal_N(self) -> np.ndarray:
     return expected_signal(self.mean_N, self.var_N, self.group_size)
+
+  @property
+  def reward_variance_N(self) -> np.ndarray:
+    return expected_reward_variance(self.mean_N, self.var_N)
 
   @property
   def zero_var_N(self) -> np.ndarray:

@@ -13,32 +13,33 @@ from dots_jax.exact import exact_logprob_fn
 
 class PoolPassRates:
   """Exact pass rates of training-pool questions (`PromptTable` indices) under given params, for a
-  training set whose reward accepts one completion (the synthetic sets) and config.eval.exact. The
-  loop hands `at(params)` to the driver: it measures a strategy's predictions on the trained batch
-  against the truth, and the oracle source selects with it. Scoring runs in calls of
-  rl.batch_questions rows (one compiled shape; the trained batch is one call)."""
+  training set whose reward accepts one completion (the synthetic sets) and config.eval.exact
+  (`available`). The loop hands `at(params)` to the driver: it measures a strategy's predictions on
+  the trained batch against the truth, and the oracle source selects with it. Scoring runs in calls
+  of `rows` (rl.batch_questions: one compiled shape, the trained batch is one call)."""
 
-  def __init__(self, config: Any, tokenizer: Any, prompts: PromptTable, graphdef: Any,
-               mesh: Any = None):
+  def __init__(self, tokenizer: Any, prompts: PromptTable, graphdef: Any, *, train_set: str,
+               length: int, rows: int, mesh: Any = None):
     golds = [prompts.question(i).answer for i in range(len(prompts))]
-    self.targets = exact_targets(config.data.train, golds, tokenizer)
+    self.targets = exact_targets(train_set, golds, tokenizer)
     self.prompts = prompts.tokens
     self.graphdef, self.mesh = graphdef, mesh
-    self.length = max(config.data.prompt_buckets) + config.sampling.max_new_tokens
-    self.rows = int(config.rl.batch_questions)
+    self.length = int(length)  # the longest prompt bucket + the training completion length
+    self.rows = int(rows)
 
-  @classmethod
-  def for_config(cls, config: Any, tokenizer: Any, prompts: PromptTable, graphdef: Any,
-                 mesh: Any = None, *, required: bool = False) -> "PoolPassRates | None":
-    """The scorer where the training task has exact pass rates, else None (`required`: raise a
-    ConfigError naming the settings instead)."""
-    if config.eval.exact and reward_kind(config.data.train) == "reversed_digits":
-      return cls(config, tokenizer, prompts, graphdef, mesh)
-    if required:
-      raise ConfigError(f"config.method={config.method!r} selects with exact pass rates: it needs "
+  @staticmethod
+  def available(train_set: str, exact_eval: bool) -> bool:
+    """Whether the training set has exact pass rates here: one accepted completion (the synthetic
+    sets) and exact evaluation on."""
+    return exact_eval and reward_kind(train_set) == "reversed_digits"
+
+  @staticmethod
+  def require(method: str, train_set: str, exact_eval: bool) -> None:
+    """A ConfigError naming the settings when `method` selects with exact pass rates it cannot have."""
+    if not PoolPassRates.available(train_set, exact_eval):
+      raise ConfigError(f"config.method={method!r} selects with exact pass rates: it needs "
                         f"config.eval.exact=True and a synthetic training set (data.train="
-                        f"{config.data.train!r}, eval.exact={config.eval.exact})")
-    return None
+                        f"{train_set!r}, eval.exact={exact_eval})")
 
   def at(self, params: Any) -> Callable[[np.ndarray], np.ndarray]:
     """indices -> float64 pass rates under `params`."""

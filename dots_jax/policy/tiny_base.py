@@ -1,6 +1,6 @@
 """The embedded default's base policy: shipped with the package, or made once from its recipe and cached.
 
-`ensure_tiny_base(config)` returns a Hugging Face directory that `dots_jax.model.hf_io.load_policy`
+`ensure_tiny_base(recipe)` returns a Hugging Face directory that `dots_jax.model.hf_io.load_policy`
 loads exactly like a real Qwen2.5 checkpoint. The base is a fixed artefact of a fixed recipe: the
 `tiny` section, the synthetic families and their SFT weights and drop rates, the prompt format
 (`recipe`). The default recipe's base ships in `dots_jax/assets/tiny_base/` with the recipe's
@@ -8,7 +8,7 @@ fingerprint and the digest of every file; a config whose recipe matches loads it
 recipe (a preset such as `configs/tiny.py:carry`, an override of a `tiny.*` or SFT-stream key) is
 built once into the cache, keyed by its fingerprint, with one line saying how it differs.
 
-  python -m dots_jax.policy.tiny_base --config=configs/tiny.py     # rebuilds the shipped base
+  python -m dots_jax.tiny.build_base --config=configs/tiny.py     # rebuilds the shipped base
 
 (`tests/test_tiny.py` holds the shipped fingerprint to `configs/tiny.py`'s recipe, so a change of the
 default recipe without a rebuilt base fails CI instead of loading a stale base.)
@@ -29,6 +29,7 @@ from typing import Any, Callable
 import jax
 
 from dots_jax.data.prompts import build_prompt
+from dots_jax.data.settings import SyntheticSettings
 from dots_jax.data.synthetic import sft_stream
 from dots_jax.model.hf_io import export_policy, load_tokenizer
 from dots_jax.model.qwen2 import Qwen2Config, init_model
@@ -41,34 +42,68 @@ SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 _TMP_PREFIX = ".tmp-tiny-"
 
 
-def cache_root(tiny: Any) -> str:
+@dataclasses.dataclass(frozen=True)
+class TinySettings:
+  """`config.tiny` (configs/tiny.py says what each does): the model's shape, the SFT warm-up and its
+  demonstrations' drop rates, and where built bases are cached."""
+
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  mlp_ratio: int
+  max_positions: int
+  rope_theta: float
+  init_std: float
+  sft_steps: int
+  sft_schedule_steps: int
+  sft_batch: int
+  sft_lr: float
+  sft_warmup: int
+  seed: int
+  sft_carry_drop: float
+  sft_borrow_drop: float
+  cache_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """Everything the base policy depends on: the `tiny` section, the synthetic task it is fine-tuned
+  on, and the prompt format it is fed (not `tiny.cache_dir`: where it lives is no input)."""
+
+  tiny: TinySettings
+  synthetic: SyntheticSettings
+  system_prompt: str
+  chat_template: bool
+  max_prompt_tokens: int
+  max_new_tokens: int
+
+  def as_dict(self) -> dict[str, Any]:
+    tiny = {k: v for k, v in dataclasses.asdict(self.tiny).items() if k != "cache_dir"}
+    if tiny.get("sft_borrow_drop", -1.0) < 0:  # unset (= sft_carry_drop): bases made before it
+      tiny.pop("sft_borrow_drop", None)  # keep their key
+    out = {"tiny": tiny, "synthetic": dataclasses.asdict(self.synthetic),
+           "system_prompt": self.system_prompt, "chat_template": self.chat_template,
+           "max_prompt_tokens": self.max_prompt_tokens, "max_new_tokens": self.max_new_tokens}
+    return json.loads(json.dumps(out, sort_keys=True))  # tuples as lists, as stored
+
+  @property
+  def key(self) -> str:
+    """The recipe's fingerprint (the cache directory's name, the shipped base's key)."""
+    return recipe_key(self.as_dict())
+
+
+def cache_root(tiny: TinySettings) -> str:
   return (tiny.cache_dir or os.environ.get("DOTS_JAX_CACHE")
           or os.path.join(os.path.expanduser("~"), ".cache", "dots_jax"))
-
-
-def recipe(config: Any) -> dict[str, Any]:
-  """Every setting the base policy depends on (not `tiny.cache_dir`: where it lives is no input)."""
-  tiny = {k: v for k, v in config.tiny.to_dict().items() if k != "cache_dir"}
-  if tiny.get("sft_borrow_drop", -1.0) < 0:  # unset (= sft_carry_drop): bases made before it keep
-    tiny.pop("sft_borrow_drop", None)  # their key
-  out = {"tiny": tiny, "synthetic": config.data.synthetic.to_dict(),
-         "system_prompt": config.data.system_prompt, "chat_template": config.data.chat_template,
-         "max_prompt_tokens": config.data.max_prompt_tokens,
-         "max_new_tokens": config.sampling.max_new_tokens}
-  return json.loads(json.dumps(out, sort_keys=True, default=list))  # tuples as lists, as stored
 
 
 def recipe_key(rec: dict[str, Any]) -> str:
   return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tiny_key(config: Any) -> str:
-  """The fingerprint of `config`'s recipe (the cache directory's name, the shipped base's key)."""
-  return recipe_key(recipe(config))
-
-
-def tiny_base_dir(config: Any) -> str:
-  return os.path.join(cache_root(config.tiny), f"tiny-{tiny_key(config)}")
+def tiny_base_dir(recipe: Recipe) -> str:
+  return os.path.join(cache_root(recipe.tiny), f"tiny-{recipe.key}")
 
 
 def recipe_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
@@ -133,7 +168,7 @@ def shipped_base(directory: str = SHIPPED_DIR) -> ShippedBase | None:
   return ShippedBase(directory, info) if isinstance(info, dict) and "key" in info else None
 
 
-def tiny_model_config(tiny: Any, vocab_size: int, eos_id: int, bos_id: int | None) -> Qwen2Config:
+def tiny_model_config(tiny: TinySettings, vocab_size: int, eos_id: int, bos_id: int | None) -> Qwen2Config:
   return Qwen2Config(
       vocab_size=vocab_size, hidden_size=tiny.hidden_size,
       intermediate_size=tiny.hidden_size * tiny.mlp_ratio, num_hidden_layers=tiny.num_layers,
@@ -143,25 +178,26 @@ def tiny_model_config(tiny: Any, vocab_size: int, eos_id: int, bos_id: int | Non
       bos_token_id=bos_id, eos_token_id=eos_id)
 
 
-def prompt_encoder(tokenizer: Any, data: Any) -> Callable[[str], list[int]]:
+def prompt_encoder(tokenizer: Any, system_prompt: str, chat_template: bool
+                   ) -> Callable[[str], list[int]]:
   """problem -> prompt token ids, built exactly as the RL job and the evaluator build prompts."""
-  return lambda problem: build_prompt(tokenizer, problem, data.system_prompt, data.chat_template)
+  return lambda problem: build_prompt(tokenizer, problem, system_prompt, chat_template)
 
 
 def answer_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
   return lambda text: tokenizer.encode(text, add_special_tokens=False)
 
 
-def ensure_tiny_base(config: Any, log: Callable[[str], None] = print) -> str:
-  """Path of the base policy for `config`'s recipe: the shipped one when the recipe is the shipped
-  base's and its files verify; else the cached build, made first if needed (one line says why).
+def ensure_tiny_base(recipe: Recipe, log: Callable[[str], None] = print) -> str:
+  """Path of the base policy of `recipe`: the shipped one when the recipe is the shipped base's and
+  its files verify; else the cached build, made first if needed (one line says why).
 
   In a multi-process run process 0 builds and the others wait for the finished directory (it
   appears atomically, by rename, only once complete).
   """
-  rec = recipe(config)
+  rec = recipe.as_dict()
   shipped = shipped_base()
-  if shipped is not None and shipped.key == recipe_key(rec):
+  if shipped is not None and shipped.key == recipe.key:
     problem = shipped.problem()
     if problem is None:
       return shipped.path
@@ -171,7 +207,7 @@ def ensure_tiny_base(config: Any, log: Callable[[str], None] = print) -> str:
            f"({recipe_changes(shipped.info.get('recipe', {}), rec)})")
   else:
     why = f"the package ships no base ({SHIPPED_DIR} has no {INFO_FILE})"
-  out_dir = tiny_base_dir(config)
+  out_dir = tiny_base_dir(recipe)
   marker = os.path.join(out_dir, INFO_FILE)
   if os.path.exists(marker):
     log(f"== tiny base policy: {why}; using its cached build {out_dir}")
@@ -180,15 +216,15 @@ def ensure_tiny_base(config: Any, log: Callable[[str], None] = print) -> str:
     while not os.path.exists(marker):
       time.sleep(2.0)
     return out_dir
-  log(f"== tiny base policy: {why}; building it into {out_dir} ({config.tiny.sft_steps} SFT steps, "
+  log(f"== tiny base policy: {why}; building it into {out_dir} ({recipe.tiny.sft_steps} SFT steps, "
       "once: later runs load it)")
-  build_into(config, out_dir, log)
+  build_into(recipe, out_dir, log)
   return out_dir
 
 
-def build_into(config: Any, out_dir: str, log: Callable[[str], None] = print,
+def build_into(recipe: Recipe, out_dir: str, log: Callable[[str], None] = print,
                replace: bool = False) -> dict[str, Any]:
-  """Builds the base of `config`'s recipe into `out_dir`, which appears by rename only once complete
+  """Builds the base of `recipe` into `out_dir`, which appears by rename only once complete
   (with `replace`, an existing `out_dir` is swapped out; without, a finished copy another job made
   first is kept). Temporary directories that builders killed on this host left behind are
   removed first. Returns the info file's contents."""
@@ -198,7 +234,7 @@ def build_into(config: Any, out_dir: str, log: Callable[[str], None] = print,
   tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=parent)
   os.chmod(tmp, 0o755)  # a cache (or the package) others read, not a private temporary
   try:
-    info = build_tiny_base(config, tmp, log)
+    info = build_tiny_base(recipe, tmp, log)
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       json.dump(info, f, indent=1, sort_keys=True)
     if os.path.exists(os.path.join(out_dir, INFO_FILE)) and not replace:
@@ -249,47 +285,27 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def build_tiny_base(config: Any, out_dir: str, log: Callable[[str], None] = print
+def build_tiny_base(recipe: Recipe, out_dir: str, log: Callable[[str], None] = print
                     ) -> dict[str, Any]:
   """Tokenizer + random tiny Qwen2 + SFT, written to `out_dir` as a Hugging Face directory; returns
   the info the directory's info file records (recipe, fingerprint, file digests, SFT summary)."""
+  tiny = recipe.tiny
   tok_dir = os.path.join(out_dir, "_tokenizer")
   make_char_tokenizer(tok_dir)
   tokenizer = load_tokenizer(tok_dir)
   eos_id = tokenizer.eos_token_id
-  cfg = tiny_model_config(config.tiny, len(tokenizer), eos_id, tokenizer.bos_token_id)
-  model = init_model(cfg, config.tiny.seed)
-  length = config.data.max_prompt_tokens + config.sampling.max_new_tokens
+  cfg = tiny_model_config(tiny, len(tokenizer), eos_id, tokenizer.bos_token_id)
+  model = init_model(cfg, tiny.seed)
+  length = recipe.max_prompt_tokens + recipe.max_new_tokens
   log(f"  tiny Qwen2: {cfg.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}, "
-      f"SFT {config.tiny.sft_steps} steps x {config.tiny.sft_batch}")
-  info = sft.run_sft(model, sft_stream(config.data.synthetic, config.tiny.seed,
-                                         config.tiny.sft_carry_drop, config.tiny.sft_borrow_drop),
-                     config.tiny,
-                     prompt_encoder(tokenizer, config.data), answer_encoder(tokenizer), eos_id,
+      f"SFT {tiny.sft_steps} steps x {tiny.sft_batch}")
+  info = sft.run_sft(model, sft_stream(recipe.synthetic, tiny.seed, tiny.sft_carry_drop,
+                                         tiny.sft_borrow_drop),
+                     tiny, prompt_encoder(tokenizer, recipe.system_prompt, recipe.chat_template),
+                     answer_encoder(tokenizer), eos_id,
                      length, log)
   export_policy(cfg, model, out_dir, tokenizer_dir=tok_dir)
   shutil.rmtree(tok_dir)
-  info.update(key=tiny_key(config), recipe=recipe(config), num_params=cfg.num_params(),
+  info.update(key=recipe.key, recipe=recipe.as_dict(), num_params=cfg.num_params(),
               files=_file_digests(out_dir))
   return info
-
-
-def main(argv: Any) -> None:
-  del argv
-  config = _CONFIG.value
-  out = _OUT.value or SHIPPED_DIR
-  print(f"building the tiny base of recipe {tiny_key(config)} into {out}")
-  info = build_into(config, out, log=print, replace=True)
-  print(f"wrote {out}: {len(info['files'])} files, SFT loss {info['sft_final_loss']:.4f} in "
-        f"{info['sft_seconds']:.0f}s")
-
-
-if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", "configs/tiny.py", "config file whose recipe (tiny.*, data.synthetic, prompt "
-      "format) makes the base")
-  _OUT = flags.DEFINE_string("out", "", "output directory (default: the package's shipped base, "
-                             "dots_jax/assets/tiny_base)")
-  app.run(main)

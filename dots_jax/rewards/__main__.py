@@ -4,12 +4,11 @@ Prints one score per row (in file order) on stdout and the reason counts on stde
 error naming the file and line; nothing is scored until every row has been read.
 """
 
-import argparse
 import json
 import sys
 
 from dots_jax.data.question import BadRow, jsonl_rows
-from dots_jax.rewards.grader import KINDS, score_batch
+from dots_jax.rewards.grader import KINDS, RewardSettings, score_batch
 
 
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
@@ -29,24 +28,29 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
   return responses, golds
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--pairs", required=True, help="JSONL file with string fields 'response' and 'gold'")
-  parser.add_argument("--kind", default="math", choices=KINDS)
-  parser.add_argument("--timeout_s", type=float, default=None, help="per-answer limit (config.reward default)")
-  parser.add_argument("--workers", type=int, default=None, help="verifier processes (config.reward default)")
-  args = parser.parse_args(argv)
+def main(argv: list[str]) -> None:
+  del argv
+  from dots_jax.config_base import base_config  # an entry point: the config's defaults, at its edge
+  defaults = base_config().reward
+  settings = RewardSettings(
+      kind=_KIND.value, timeout_s=defaults.timeout_s if _TIMEOUT.value is None else _TIMEOUT.value,
+      workers=defaults.workers if _WORKERS.value is None else _WORKERS.value,
+      max_answer_chars=defaults.max_answer_chars, format_score=defaults.format_score)
   try:
-    responses, golds = read_pairs(args.pairs)
+    responses, golds = read_pairs(_PAIRS.value)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
-  scores, stats = score_batch(responses, golds, kind=args.kind, timeout_s=args.timeout_s,
-                              workers=args.workers)
+    sys.exit(2)
+  scores, stats = score_batch(responses, golds, settings)
   sys.stdout.write("".join(f"{s:g}\n" for s in scores))
   print(json.dumps(dict(stats.counts), sort_keys=True), file=sys.stderr)
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from absl import app, flags
+  _PAIRS = flags.DEFINE_string("pairs", None, "JSONL file with string fields 'response' and 'gold'",
+                               required=True)
+  _KIND = flags.DEFINE_enum("kind", "math", list(KINDS), "answer format")
+  _TIMEOUT = flags.DEFINE_float("timeout_s", None, "per-answer limit (default: config.reward's)")
+  _WORKERS = flags.DEFINE_integer("workers", None, "verifier processes (default: config.reward's)")
+  app.run(main)

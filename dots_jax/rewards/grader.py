@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dots_jax.config_base import base_config  # the one place defaults live
 from dots_jax.rewards import extract, normalize, reversed_digits, verify_pool
 
 KINDS = ("math", "reversed_digits")
@@ -49,8 +48,25 @@ class RewardStats:
     return out
 
 
-def _reward_defaults():
-  return base_config().reward
+@dataclasses.dataclass(frozen=True)
+class RewardSettings:
+  """`config.reward`: the answer format (`kind`: "math" | "reversed_digits"), the bound on one
+  math-verify call, its worker processes (0 = in this process, without a hard timeout: see
+  `verify_pool.run_inline`), the longest answer parsed, and the score of a wrong answer in the
+  asked-for format."""
+
+  kind: str
+  timeout_s: float
+  workers: int
+  max_answer_chars: int
+  format_score: float
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"unknown reward kind {self.kind!r} (config.reward.kind); expected one of "
+                       f"{KINDS}")
+    if not 0.0 <= self.format_score < 1.0:
+      raise ValueError(f"config.reward.format_score must be in [0, 1), got {self.format_score}")
 
 
 def _score_reversed(response: str, gold: str) -> str:
@@ -84,31 +100,17 @@ def _triage_math(response: str, gold: str, max_answer_chars: int) -> tuple[str, 
   return "", answer
 
 
-def score_batch(responses: Sequence[str], golds: Sequence[str], *, kind: str = "math",
-                timeout_s: float | None = None, workers: int | None = None,
-                max_answer_chars: int | None = None, format_score: float | None = None
+def score_batch(responses: Sequence[str], golds: Sequence[str], settings: RewardSettings
                 ) -> tuple[np.ndarray, RewardStats]:
   """Scores responses against gold answers: (float32 scores, RewardStats).
 
   A correct answer scores 1, a response without an answer in the asked-for format 0 (the reasons
   in NO_ANSWER_REASONS, and "parse_fail" for reversed_digits), any other wrong answer
-  `format_score` (0 by default; GRESO's reward uses 0.1).
-
-  timeout_s bounds each math-verify call (per distinct answer); workers is the pool size (0 = verify
-  in this process, without a hard timeout: see `verify_pool.run_inline`); None takes `config.reward` defaults
-  from `dots_jax.config_base`.
+  `settings.format_score` (GRESO's reward uses 0.1).
   """
-  if kind not in KINDS:
-    raise ValueError(f"unknown reward kind {kind!r} (config.reward.kind); expected one of {KINDS}")
   if len(responses) != len(golds):
     raise ValueError(f"score_batch got {len(responses)} responses but {len(golds)} golds")
-  defaults = _reward_defaults()
-  timeout_s = defaults.timeout_s if timeout_s is None else timeout_s
-  workers = defaults.workers if workers is None else workers
-  max_answer_chars = defaults.max_answer_chars if max_answer_chars is None else max_answer_chars
-  format_score = defaults.format_score if format_score is None else format_score
-  if not 0.0 <= format_score < 1.0:
-    raise ValueError(f"config.reward.format_score must be in [0, 1), got {format_score}")
+  kind, format_score = settings.kind, settings.format_score
   t0 = time.perf_counter()
   stats = RewardStats()
   reasons = [""] * len(responses)
@@ -119,17 +121,17 @@ def score_batch(responses: Sequence[str], golds: Sequence[str], *, kind: str = "
     elif kind == "reversed_digits":
       reasons[i] = _score_reversed(response, gold)
     else:
-      reasons[i], answer = _triage_math(response, gold, max_answer_chars)
+      reasons[i], answer = _triage_math(response, gold, settings.max_answer_chars)
       if answer is not None:
         pending.setdefault((gold, answer), []).append(i)
   if pending:
     jobs = list(pending)
-    if workers == 0:
-      outcomes = verify_pool.run_inline(jobs, timeout_s)
+    if settings.workers == 0:
+      outcomes = verify_pool.run_inline(jobs, settings.timeout_s)
     else:
-      workers_pool = verify_pool.get_pool(workers)
+      workers_pool = verify_pool.get_pool(settings.workers)
       replaced_before = workers_pool.replaced
-      outcomes = workers_pool.run(jobs, timeout_s)
+      outcomes = workers_pool.run(jobs, settings.timeout_s)
       stats.workers_replaced = workers_pool.replaced - replaced_before
     for job, outcome in zip(jobs, outcomes):
       for i in pending[job]:
@@ -143,7 +145,7 @@ def score_batch(responses: Sequence[str], golds: Sequence[str], *, kind: str = "
   return scores, stats
 
 
-def score(response: str, gold: str) -> float:
-  """1.0 if the last boxed answer of `response` equals `gold` (kind "math", config defaults), else 0.0."""
-  scores, _ = score_batch([response], [gold])
+def score(response: str, gold: str, settings: RewardSettings) -> float:
+  """1.0 if the answer of `response` equals `gold` under `settings`, else 0.0 (or the format score)."""
+  scores, _ = score_batch([response], [gold], settings)
   return float(scores[0])

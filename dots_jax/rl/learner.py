@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, TYPE_CHECKING
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,9 +25,6 @@ from flax import nnx
 from dots_jax.rl import replay, update
 from dots_jax.rl.batch import Groups, make_batch
 from dots_jax.rl.losses import AdvNorm
-
-if TYPE_CHECKING:  # configs are only read here; the device suite runs without ml_collections
-  import ml_collections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,23 +56,24 @@ class Learner:
     self.ref_params = ref_params
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-                  params: nnx.State, optimizer: optax.GradientTransformation,
-                  ucfg: update.UpdateConfig, *, total_len: int, use_replay: bool,
-                  mesh: Any = None, state_shardings: update.TrainState | None = None
-                  ) -> "Learner":
-    """The learner of `config` for a policy whose initial weights are `params` (with kl_beta != 0
-    they are copied as the KL reference, laid out like the train state's params)."""
+  def build(cls, graphdef: nnx.GraphDef, params: nnx.State, optimizer: optax.GradientTransformation,
+            ucfg: update.UpdateConfig, *, batch_groups: int, group_size: int, total_len: int,
+            adv_norm: AdvNorm, seed: int, replay_settings: replay.ReplaySettings | None,
+            mesh: Any = None, state_shardings: update.TrainState | None = None) -> "Learner":
+    """The learner for a policy whose initial weights are `params` (with ucfg.kl_beta != 0 they are
+    copied as the KL reference, laid out like the train state's params); a replay buffer where
+    `replay_settings` is given."""
     ref_params = ref_sh = None
-    if config.rl.kl_beta != 0.0:
+    if ucfg.kl_beta != 0.0:
       ref_sh = state_shardings.params if state_shardings is not None else None
       copy = jax.tree.map(lambda x: x.copy(), params)
       ref_params = jax.device_put(copy, ref_sh) if ref_sh is not None else copy
     programs = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh,
                                      state_shardings=state_shardings, ref_shardings=ref_sh)
-    buffer = replay.ReplayBuffer.from_config(config, total_len) if use_replay else None
-    return cls(programs, batch_groups=config.rl.batch_questions, adv_norm=config.rl.adv_norm,
-               seed=config.seed, buffer=buffer, ref_params=ref_params)
+    buffer = (replay.ReplayBuffer.build(replay_settings, group_size, total_len, batch_groups)
+              if replay_settings is not None else None)
+    return cls(programs, batch_groups=batch_groups, adv_norm=adv_norm, seed=seed, buffer=buffer,
+               ref_params=ref_params)
 
   def fresh_groups(self, step: int) -> int:
     """Fresh groups to roll out at `step` (the rest of the batch is replayed)."""

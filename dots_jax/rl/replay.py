@@ -18,7 +18,8 @@ script: 256 + up to 512), and arrays are allocated once for that many.
 
 from __future__ import annotations
 
-from typing import Any, TYPE_CHECKING
+import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,10 +27,17 @@ import numpy as np
 from dots_jax.model.sharding import to_host
 from dots_jax.rl.batch import Groups, group_stats
 
-if TYPE_CHECKING:  # configs are only read here; the device suite runs without ml_collections
-  import ml_collections
-
 _ARRAYS = ("tokens_QxGxT", "mask_QxGxT", "loss_mask_QxGxT", "logp_QxGxT", "rewards_QxG", "qid_Q")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplaySettings:
+  """`config.replay`: the buffer's capacity in groups, the fresh share sigma of a step's batch, and
+  the first steps trained on fresh groups only (the job resolves -1, the DOTS round)."""
+
+  capacity: int
+  fresh_fraction: float
+  warmup_steps: int
 
 
 class ReplayBuffer:
@@ -61,13 +69,10 @@ class ReplayBuffer:
     self.next_seq = 0
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, total_len: int) -> "ReplayBuffer":
-    """`config.replay`'s buffer; warmup_steps -1 is the DOTS re-prediction interval."""
-    r = config.replay
-    warmup = r.warmup_steps if r.warmup_steps >= 0 else config.selection.dots.round_steps
-    return cls(r.capacity, config.sampling.group_size, total_len,
-               batch_groups=config.rl.batch_questions, fresh_fraction=r.fresh_fraction,
-               warmup_steps=warmup)
+  def build(cls, settings: "ReplaySettings", group_size: int, total_len: int, batch_groups: int
+            ) -> "ReplayBuffer":
+    return cls(settings.capacity, group_size, total_len, batch_groups=batch_groups,
+               fresh_fraction=settings.fresh_fraction, warmup_steps=settings.warmup_steps)
 
   def __len__(self) -> int:
     return int(np.sum(self.seq_Q >= 0))

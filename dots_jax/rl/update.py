@@ -28,7 +28,7 @@ multiplied by updates-per-step (mini_batches * ppo_epochs).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, TYPE_CHECKING
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +41,6 @@ from dots_jax.model.sharding import batch_sharding, forward_shardings, param_sha
 from dots_jax.rl import losses
 from dots_jax.rl.batch import RLBatch
 from dots_jax.rl.logprobs import logprobs_and_entropy
-
-if TYPE_CHECKING:  # configs are only read here; the device suite runs without ml_collections
-  import ml_collections
-
 
 
 @struct.dataclass
@@ -111,15 +107,6 @@ class UpdateConfig:
   # min(pi_old / mu_sampler, tis_cap) (0 = off).
   tis_cap: float = 0.0
 
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "UpdateConfig":
-    rl = config.rl
-    return cls(clip_eps_low=rl.clip_eps_low, clip_eps_high=rl.clip_eps_high, loss_agg=rl.loss_agg,
-               kl_beta=rl.kl_beta, entropy_coef=rl.entropy_coef, mini_batches=rl.mini_batches,
-               ppo_epochs=rl.ppo_epochs, micro_batch=rl.micro_batch,
-               temperature=config.sampling.temperature, shuffle=rl.shuffle,
-               logits_chunk=rl.logits_chunk, tis_cap=rl.behavior_is_cap)
-
   @property
   def updates_per_step(self) -> int:
     return self.mini_batches * self.ppo_epochs
@@ -136,7 +123,23 @@ class UpdateConfig:
     return mb, micro, mb // micro
 
 
-def lr_schedule(rl: ml_collections.ConfigDict, total_steps: int,
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+  """`config.rl`'s AdamW and schedule: lr after a linear warmup of `warmup_steps` RL steps, then
+  constant or cosine decay to lr * min_lr_ratio; global-norm clipping at grad_clip (<= 0: off)."""
+
+  lr: float
+  schedule: str
+  warmup_steps: int
+  min_lr_ratio: float
+  weight_decay: float
+  b1: float
+  b2: float
+  adam_eps: float
+  grad_clip: float
+
+
+def lr_schedule(rl: OptimizerSettings, total_steps: int,
                 updates_per_step: int = 1) -> optax.Schedule:
   """Linear warmup from 0 over rl.warmup_steps, then constant or cosine decay to lr*rl.min_lr_ratio."""
   warm = rl.warmup_steps * updates_per_step
@@ -152,7 +155,7 @@ def lr_schedule(rl: ml_collections.ConfigDict, total_steps: int,
   return optax.join_schedules([optax.linear_schedule(0.0, rl.lr, warm), after], [warm])
 
 
-def make_optimizer(rl: ml_collections.ConfigDict, total_steps: int,
+def make_optimizer(rl: OptimizerSettings, total_steps: int,
                    updates_per_step: int = 1) -> optax.GradientTransformation:
   """Global-norm clipping (rl.grad_clip <= 0 disables it) followed by AdamW on all parameters."""
   adamw = optax.adamw(lr_schedule(rl, total_steps, updates_per_step), b1=rl.b1, b2=rl.b2,

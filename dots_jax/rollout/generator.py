@@ -23,8 +23,8 @@ GenerateFn = Callable[[list[list[int]], int, Any], list[list[str]]]
 
 @dataclasses.dataclass(frozen=True)
 class Decoding:
-  """How completions are drawn: `config.sampling` for training rollouts, `config.eval` for
-  evaluation. Temperature <= 0 is greedy decoding."""
+  """How completions are drawn (`config.sampling` for training rollouts, `config.eval` for
+  evaluation). Temperature <= 0 is greedy decoding."""
 
   temperature: float
   top_p: float
@@ -35,15 +35,6 @@ class Decoding:
   def greedy(self) -> bool:
     return self.temperature <= 0
 
-  @classmethod
-  def training(cls, config: Any) -> "Decoding":
-    s = config.sampling
-    return cls(s.temperature, s.top_p, s.top_k, s.max_new_tokens)
-
-  @classmethod
-  def evaluation(cls, config: Any) -> "Decoding":
-    e = config.eval
-    return cls(e.temperature, e.top_p, 0, e.max_new_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +47,6 @@ class EngineSettings:
   steps_per_call: int = 8
   windows: int = 4
   prefill_prompts: int = 0
-
-  @classmethod
-  def from_config(cls, config: Any) -> "EngineSettings":
-    s = config.sampling
-    return cls(slots=s.slots, kv_budget_gib=s.kv_budget_gib, steps_per_call=s.engine_steps,
-               windows=s.engine_windows, prefill_prompts=s.prefill_prompts)
 
   def slots_for(self, cfg: Qwen2Config, max_prompt_len: int, max_new_tokens: int,
                 shards: int = 1) -> int:
@@ -82,7 +67,7 @@ class Generator:
   of `prompt_buckets` that fits, and their count to a multiple of `row_multiple` (default: the
   data-parallel shards) so that a batch splits over the mesh; the extra rows are dropped.
 
-  `engine` (`EngineSettings.from_config`) streams completions through a fixed number of KV-cache
+  `engine` (`config.sampling`'s `EngineSettings`) streams completions through a fixed number of KV-cache
   slots (`dots_jax.rollout.engine`); without it (slots 0) a call is one static batch."""
 
   def __init__(self, graphdef: nnx.GraphDef, cfg: Qwen2Config, tokenizer: Any, *,

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from dots_jax.data.prompts import PromptTable
-from dots_jax.rewards import RewardStats, score_batch
+from dots_jax.rewards import RewardSettings, RewardStats, score_batch
 from dots_jax.rl.batch import Groups, groups_from_samples
 from dots_jax.rollout.generator import Decoding, Generator
 from dots_jax.rollout.sampler import FINISH_LENGTH
@@ -73,15 +73,16 @@ class Roller:
   also keeps the number of distinct shapes (one compilation each) small when strategies roll out
   rounds of varying size (reference sets, GRESO, dynamic sampling)."""
 
-  def __init__(self, config: Any, generator: Generator, prompts: PromptTable):
+  def __init__(self, generator: Generator, prompts: PromptTable, *, group_size: int,
+               decoding: Decoding, reward: RewardSettings, batch_questions: int, seed: int):
     self.generator = generator
     self.prompts = prompts
-    self.group_size = config.sampling.group_size
-    self.decoding = Decoding.training(config)
-    self.reward = config.reward
-    self.total_len = max(config.data.prompt_buckets) + config.sampling.max_new_tokens
-    self.quantum = math.lcm(generator.shards, max(1, config.rl.batch_questions // 4))
-    self.key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    self.group_size = int(group_size)
+    self.decoding = decoding
+    self.reward = reward
+    self.total_len = max(generator.buckets) + decoding.max_new_tokens
+    self.quantum = math.lcm(generator.shards, max(1, batch_questions // 4))
+    self.key = jax.random.fold_in(jax.random.key(seed), 0)
 
   def run(self, params: Any, step: int, indices: np.ndarray, round: int) -> Rollouts:
     indices = np.asarray(indices, np.int64)
@@ -90,9 +91,7 @@ class Roller:
     sample = self.generator.generate(params, [self.prompts.tokens[int(i)] for i in indices], g, key,
                                      self.decoding, row_multiple=self.quantum)
     golds = [self.prompts.question(i).answer for i in indices for _ in range(g)]
-    scores_N, stats = score_batch(self.generator.texts(sample), golds, kind=self.reward.kind,
-                                  timeout_s=self.reward.timeout_s, workers=self.reward.workers,
-                                  format_score=self.reward.format_score)
+    scores_N, stats = score_batch(self.generator.texts(sample), golds, self.reward)
     q = len(indices)
     groups = groups_from_samples(sample, scores_N, indices, g, self.total_len, self.generator.pad_id)
     return Rollouts(groups, sample.lengths_N.reshape(q, g),

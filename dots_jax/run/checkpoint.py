@@ -130,20 +130,26 @@ def abstract_like(tree: Any) -> Any:
 
 class Checkpointer:
   """Saves/restores (train_state, host_state) per step under <workdir>/checkpoints; keeps the newest
-  `keep` steps (and the newest verified one, should the newer ones lack digests)."""
+  `keep` steps (and the newest verified one, should the newer ones lack digests).
 
-  def __init__(self, workdir: str, keep: int, *, async_save: bool = False):
+  `read_only`: a reader of a run another process may be writing (evaluation, export). It never
+  saves, rotates, deletes or moves anything, restores verified steps only, and when the step it
+  reads is rotated away under it, moves on to the newest verified one (`restore_verified`)."""
+
+  def __init__(self, workdir: str, keep: int, *, async_save: bool = False, read_only: bool = False):
     if keep < 1:
       raise ValueError(f"config.ckpt.keep must be >= 1, got {keep}")
     self.async_save = async_save
+    self.read_only = read_only
     workdir = fs.absolute(workdir)
     self.directory = fs.join(workdir, "checkpoints")
     self.verified_dir = fs.join(workdir, "checkpoints_verified")
     self.corrupt_dir = fs.join(workdir, "checkpoints_corrupt")
     self.keep = keep
     # Rotation is ours (`_mark_verified`): old steps go only once a newer one is marked verified.
-    self._options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
-                                                 enable_async_checkpointing=async_save)
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=None, create=not read_only,
+                                                 enable_async_checkpointing=async_save,
+                                                 read_only=read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=self._options)
     self._pending: list[tuple[int, dict[str, Any]]] = []  # digests of saves still being written
 
@@ -153,8 +159,15 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def verified_steps(self) -> list[int]:
+    """Steps with a recorded digest (durable, complete), oldest first, as the directory lists them
+    now (another process may be saving and rotating)."""
+    names = fs.listdir(self.verified_dir)
+    return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
   def save(self, step: int, train_state: Any, host_state: dict[str, Any]) -> None:
     """Writes step `step` (blocks until durable unless async_save; `wait()` then)."""
+    self._writable("save")
     arrays: dict[str, np.ndarray] = {"count": np.asarray(0)}
     host_json = _split_host(host_state, arrays)
     arrays["count"] = np.asarray(len(arrays) - 1)
@@ -183,7 +196,11 @@ class Checkpointer:
     keep = set(steps[-self.keep:]) | set(verified[-1:])
     for step in steps:
       if step not in keep:
-        self.manager.delete(step)
+        try:
+          self.manager.delete(step)
+        except Exception:  # noqa: BLE001 - a step already gone is deleted; anything else is not
+          if fs.exists(fs.join(self.directory, str(step))):
+            raise
     if jax.process_index() == 0:
       for name in fs.listdir(self.verified_dir):
         if name.endswith(".json") and int(name[:-5]) not in keep:
@@ -191,7 +208,14 @@ class Checkpointer:
 
   def _recorded_digest(self, step: int) -> dict[str, Any] | None:
     path = fs.join(self.verified_dir, f"{step}.json")
-    return json.loads(fs.read_text(path)) if fs.exists(path) else None
+    try:
+      return json.loads(fs.read_text(path))
+    except FileNotFoundError:  # never recorded, or rotated away meanwhile
+      return None
+
+  def _writable(self, what: str) -> None:
+    if self.read_only:
+      raise RuntimeError(f"a read-only Checkpointer does not {what} ({self.directory})")
 
   def restore(self, abstract_state: Any, step: int | None = None, *, verify: bool = True
               ) -> tuple[Any, dict[str, Any]]:
@@ -214,6 +238,44 @@ class Checkpointer:
         raise CheckpointError(f"checkpoint step {step}: its {' and '.join(bad)} does not match the "
                               f"digest recorded when it was saved (changed on disk)")
     return out.state, _join_host(out.host_json, arrays)
+
+  def restore_verified(self, abstract_state: Any, step: int | None = None,
+                       log: Callable[[str], None] = print) -> tuple[Any, dict[str, Any], int]:
+    """(train_state, host_state, step) of verified step `step`, or of the newest verified step. The
+    reader's way in: when the step is rotated away while it is read (a trainer saving meanwhile),
+    the newest verified step is read instead (a step asked for by number: a CheckpointError naming
+    the steps there are now). A step whose contents do not match their digest is a CheckpointError."""
+    tried: set[int] = set()
+    while True:
+      verified = self.verified_steps()
+      target = step if step is not None else max((v for v in verified if v not in tried),
+                                                 default=None)
+      if target is None or target not in verified:
+        asked = f"step {step}" if step is not None else "a verified step"
+        raise CheckpointError(f"{self.directory} holds no verified {asked} (verified now: "
+                              f"{verified or 'none'})")
+      try:
+        with _quiet_orbax():
+          self._reload()  # the listing as it is now
+          state, host = self.restore(abstract_state, target)
+        return state, host, target
+      except CheckpointError:
+        raise
+      except Exception as e:  # noqa: BLE001 - a step rotated away mid-read fails in many ways
+        if fs.exists(fs.join(self.verified_dir, f"{target}.json")) and fs.exists(
+            fs.join(self.directory, str(target))):
+          raise
+        tried.add(target)
+        if step is not None:
+          raise CheckpointError(f"checkpoint step {step} of {self.directory} was removed while it "
+                                f"was read (the run rotated it away); verified now: "
+                                f"{self.verified_steps() or 'none'}") from None
+        log(f"checkpoint step {target} was rotated away while it was read "
+            f"({type(e).__name__}); reading the newest verified step instead")
+
+  def _reload(self) -> None:
+    self.manager.close()
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def restore_or_init(self, init_state: Any, log: Callable[[str], None] = print
                       ) -> tuple[Any, dict[str, Any] | None, int | None]:
@@ -251,6 +313,7 @@ class Checkpointer:
 
   def _quarantine(self, step: int) -> str:
     """Moves a broken step (and its digest) out of the manager's directory, keeping its files."""
+    self._writable("move steps aside")
     name, n = str(step), 1
     while fs.exists(fs.join(self.corrupt_dir, name)):  # an earlier one of the same step stays
       n += 1
@@ -266,6 +329,8 @@ class Checkpointer:
     return dst
 
   def wait(self) -> None:
+    if self.read_only:
+      return
     self.manager.wait_until_finished()
     self._mark_verified()
 

@@ -1,6 +1,6 @@
 """Per-device memory of training on a mesh: the state a device holds (`plan`: params, AdamW moments,
 gradients, a KV cache), one update's or pi_old's peak (`update_estimate`), and the update's static
-settings with the micro-batch chosen to fit `config.rl.memory_budget_gib` (`update_config`, which
+settings with the micro-batch chosen to fit `config.rl.memory_budget_gib` (`fit_micro_batch`, which
 the training loop calls).
 
 Numbers come from the real sharding rules applied to the abstract (shape-only) model, so they are
@@ -14,7 +14,6 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -55,10 +54,10 @@ def plan(cfg: qwen2.Qwen2Config, mesh: Mapping[str, int] | str, *, batch: int, s
   return out
 
 
-def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-                    sizes: Mapping[str, int], seq: int, *, grad: bool,
-                    micro_batch: int | None = None) -> int:
-  """Per-device bytes of one update (grad=True) or pi_old (grad=False) program.
+def update_estimate(ucfg: update.UpdateConfig, cfg: qwen2.Qwen2Config, sizes: Mapping[str, int],
+                    seq: int, rows: int, *, grad: bool, micro_batch: int | None = None) -> int:
+  """Per-device bytes of one update (grad=True) or pi_old (grad=False) program over a step of
+  `rows` sequences (`update_rows`).
 
   Weights (+ AdamW moments and gradients), the micro-batch's batch arrays, the activations (in
   `activation_dtype`) the backward pass keeps (every layer's input under remat; every layer's
@@ -69,12 +68,12 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   block's scores and, under fsdp, its all-gathered weights and full gradient) and the vocabulary
   projection of one logits chunk (float32 logits, their log-softmax and its gradient; one copy
   without a backward pass); with scanned layers, their weights stacked in the compute dtype (and
-  the stacked gradient). `micro_batch` overrides the config's (the budget search below tries
+  the stacked gradient). `micro_batch` overrides `ucfg`'s (the budget search below tries
   candidates)."""
   mem = plan(cfg, sizes, batch=1, seq=1)
   weights = mem["params"] + (mem["adam"] + mem["grads"] if grad else 0)
   dp = sharding.data_parallel_size(sizes)
-  micro = micro_batch or update_config(config, cfg, sizes, seq).split(update_rows(config, dp))[1]
+  micro = micro_batch or ucfg.split(rows)[1]
   r = -(-micro // dp)
   act = np.dtype(cfg.activation_dtype).itemsize  # residual stream, norms, matmul outputs
   compute = np.dtype(cfg.dtype).itemsize  # weights' working copies
@@ -91,7 +90,7 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   mlp = 4 * tokens * f * act
   layer_kept = projections + mlp + kept_scores
   layer_transient = projections + mlp + scores
-  chunk = min(config.rl.logits_chunk or seq, seq)
+  chunk = min(ucfg.logits_chunk or seq, seq)
   logits = r * chunk * (cfg.vocab_size // tp) * 4
   batch = r * seq * (4 * 4)  # tokens, masks, behaviour / old log-probs of the micro-batch
   # Sharded over fsdp, a layer's weights are all-gathered before use (in the param dtype, then
@@ -113,29 +112,27 @@ def update_estimate(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   return weights + stacked + batch + kept + max(layer_transient + gathered, 3 * logits)
 
 
-def update_rows(config: ml_collections.ConfigDict, dp: int) -> int:
+def update_rows(batch_questions: int, group_size: int, dp: int) -> int:
   """Rows of one step's update batch: every group of the step, padded to the data shards."""
-  return -(-config.rl.batch_questions * config.sampling.group_size // dp) * dp
+  return -(-batch_questions * group_size // dp) * dp
 
 
-def update_config(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-                  sizes: Mapping[str, int], seq: int) -> update.UpdateConfig:
-  """The update's static settings; with rl.micro_batch = 0 and rl.memory_budget_gib > 0 the
-  micro-batch is the largest that splits the mini-batch over the data shards and whose estimated
-  per-device bytes (`update_estimate`) fit the budget."""
-  ucfg = update.UpdateConfig.from_config(config)
-  budget = config.rl.memory_budget_gib * 2**30
-  if config.rl.micro_batch or budget <= 0:
+def fit_micro_batch(ucfg: update.UpdateConfig, cfg: qwen2.Qwen2Config, sizes: Mapping[str, int],
+                    seq: int, rows: int, budget_gib: float) -> update.UpdateConfig:
+  """`ucfg`, with micro_batch 0 and a budget > 0 given the largest micro-batch that splits the
+  mini-batch over the data shards and whose estimated per-device bytes (`update_estimate`) fit
+  `budget_gib` (config.rl.memory_budget_gib)."""
+  budget = budget_gib * 2**30
+  if ucfg.micro_batch or budget <= 0:
     return ucfg
   dp = sharding.data_parallel_size(sizes)
-  mb, _, _ = ucfg.split(update_rows(config, dp))
+  mb, _, _ = ucfg.split(rows)
   fits = [m for m in range(mb, 0, -1) if mb % m == 0 and m % dp == 0
-          and update_estimate(config, cfg, sizes, seq, grad=True, micro_batch=m) <= budget]
+          and update_estimate(ucfg, cfg, sizes, seq, rows, grad=True, micro_batch=m) <= budget]
   if not fits:
-    smallest = update_estimate(config, cfg, sizes, seq, grad=True, micro_batch=dp)
+    smallest = update_estimate(ucfg, cfg, sizes, seq, rows, grad=True, micro_batch=dp)
     raise ConfigError(
-        f"config.rl.memory_budget_gib={config.rl.memory_budget_gib}: even a micro-batch of {dp} "
-        f"rows (one per data shard) needs an estimated {smallest / 2**30:.2f} GiB per device; raise "
-        "the budget, shard further (config.mesh), set config.model.remat/attn_chunk or "
-        "config.rl.logits_chunk")
+        f"config.rl.memory_budget_gib={budget_gib}: even a micro-batch of {dp} rows (one per data "
+        f"shard) needs an estimated {smallest / 2**30:.2f} GiB per device; raise the budget, shard "
+        "further (config.mesh), set config.model.remat/attn_chunk or config.rl.logits_chunk")
   return dataclasses.replace(ucfg, micro_batch=fits[0])

@@ -16,14 +16,17 @@ from dots_jax.methods import get_method
 from dots_jax.model.qwen2 import remat_policy
 from dots_jax.model.sharding import data_parallel_size
 from dots_jax.rl.replay import ReplayBuffer
-from dots_jax.rl.update import UpdateConfig
+from dots_jax.run import settings
 
 
 def validate_config(config: ml_collections.ConfigDict,
-                    mesh_shape: Mapping[str, int] | None = None) -> None:
-  """Raises ConfigError for settings that cannot work; `mesh_shape` adds the divisibility checks."""
+                    mesh_shape: Mapping[str, int] | None = None, *, planning: bool = False
+                    ) -> None:
+  """Raises ConfigError for settings that cannot work; `mesh_shape` adds the divisibility checks.
+  `planning`: a dry run, which reads shapes only (no model path or data needed)."""
   try:
     get_method(config.method)
+    s = settings.read(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if config.total_steps < 1:
@@ -32,9 +35,9 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ConfigError("config.rl.batch_questions must be >= 1 and config.sampling.group_size >= 2 "
                       "(GRPO advantages need at least two samples per question)")
   try:  # the same checks the update and the replay buffer make, before any expensive work
-    UpdateConfig.from_config(config).split(config.rl.batch_questions * config.sampling.group_size)
-    if get_method(config.method).replay:
-      ReplayBuffer.from_config(config, total_len=1)
+    s.update.split(s.batch_questions * s.group_size)
+    if s.replay is not None:
+      ReplayBuffer.build(s.replay, s.group_size, total_len=1, batch_groups=s.batch_questions)
     remat_policy(config.model.remat_policy)
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -54,10 +57,10 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ConfigError(f"config.model.attn_chunk={config.model.attn_chunk} must be >= 0 (0 = off)")
   if config.model.path:
     check_model_path(config.model.path)
-  elif config.data.train != "synthetic" and not config.dry_run:
+  elif config.data.train != "synthetic" and not planning:
     raise ConfigError(f"config.model.path is empty; data.train={config.data.train!r} needs a real "
-                      "Qwen2.5 checkpoint: pass --config.model.path=/path/to/hf_dir (or set "
-                      "--config.dry_run=True to plan with config.model.variant shapes)")
+                      "Qwen2.5 checkpoint: pass --config.model.path=/path/to/hf_dir (or plan with "
+                      "config.model.variant shapes: python -m dots_jax.tools.plan)")
   if mesh_shape is not None:
     dp = data_parallel_size(mesh_shape)
     if config.rl.batch_questions % dp:
@@ -116,13 +119,13 @@ def check_model_mesh(cfg: Any, sizes: Mapping[str, int]) -> None:
                       "tensor size that divides them (or 1), and data/fsdp for the other devices")
 
 
-def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Turns on JAX's persistent compilation cache at config.compilation_cache (unless a cache
-  directory is already configured, e.g. by JAX_COMPILATION_CACHE_DIR); returns the directory."""
+def enable_compilation_cache(setting: str, workdir: str) -> str:
+  """Turns on JAX's persistent compilation cache where `setting` (config.compilation_cache) says:
+  "workdir" = <workdir>/compile_cache, "" = off, else that directory (unless a cache directory is
+  already configured, e.g. by JAX_COMPILATION_CACHE_DIR); returns the directory."""
   current = jax.config.jax_compilation_cache_dir
-  if current or not config.compilation_cache:
+  if current or not setting:
     return current or ""
-  path = (fs.join(fs.absolute(workdir), "compile_cache")
-          if config.compilation_cache == "workdir" else config.compilation_cache)
+  path = fs.join(fs.absolute(workdir), "compile_cache") if setting == "workdir" else setting
   jax.config.update("jax_compilation_cache_dir", path)
   return path

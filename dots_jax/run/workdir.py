@@ -6,9 +6,10 @@ checked on every resume, and the trained policy read back from a checkpoint (exp
     unless `config.allow_config_change` is set (then it logs them); `commit_config` writes
     `config.json`, which the loop does only once a checkpoint made with that config exists.
   * `read_config(workdir)`: the saved config as a ConfigDict over today's defaults.
-  * `checkpoint_steps(workdir, config)`: the steps the run holds checkpoints of.
-  * `load_trained(workdir, step)`: (config, policy architecture, params at that checkpoint,
-    tokenizer directory), what `dots_jax.tools.export` and `dots_jax.evaluate --workdir` need.
+  * `checkpoint_steps(workdir)`: the verified steps the run holds (read only).
+  * `load_trained(workdir, step)`: (config, policy architecture, params at that verified
+    checkpoint, tokenizer directory), what `dots_jax.tools.export` and `dots_jax.evaluate
+    --workdir` need; read only (a trainer may be writing the run).
   * `WorkdirLock(workdir)`: one writer per run directory (a file lock locally; a leased object
     created under a generation precondition on gs://).
   * `holds_run(directory)`: whether a directory is a run directory (export refuses to write there).
@@ -32,17 +33,21 @@ from flax import nnx
 
 from dots_jax import fs
 from dots_jax.config_base import base_config
-from dots_jax.config_common import ConfigError, all_keys, policy_runtime
+from dots_jax.config_common import ConfigError, all_keys
 from dots_jax.model import hf_io, qwen2
 from dots_jax.rl import update
-from dots_jax.run import checkpoint
+from dots_jax.run import checkpoint, settings
 from dots_jax.policy import policy_path
 
 CONFIG_FILE = "config.json"
 # Changing these does not change what the run computes up to the resume point: a longer run, other
 # logging, checkpoint or evaluation cadence, another place for the compiled programs.
-RESUMABLE_CHANGES = ("total_steps", "log.", "ckpt.", "eval.", "allow_config_change", "dry_run",
+RESUMABLE_CHANGES = ("total_steps", "log.", "ckpt.", "eval.", "allow_config_change",
                      "compilation_cache")
+# Keys a run's config carried before they moved to their tools (the planner's flags, the
+# simulator's own config) or to the one config that uses them (the tiny base's recipe): a saved
+# config.json that has them resumes under a config that does not.
+RETIRED_KEYS = ("dry_run", "plan_", "sim.", "tiny.")
 
 
 def _flat(c: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -62,6 +67,8 @@ def config_changes(saved: ml_collections.ConfigDict, current: ml_collections.Con
   changes = []
   for key in sorted(set(a) | set(b)):
     if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_CHANGES):
+      continue
+    if key not in b and any(key.startswith(r) for r in RETIRED_KEYS):
       continue
     if a.get(key, "<absent>") != b.get(key, "<absent>"):
       changes.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
@@ -228,17 +235,17 @@ def has_config(workdir: str) -> bool:
   return fs.isfile(fs.join(workdir, CONFIG_FILE))
 
 
-def check_data(saved: dict[str, Any] | None, current: dict[str, Any],
-               config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -> None:
+def check_data(saved: dict[str, Any] | None, current: dict[str, Any], train_set: str,
+               allow_change: bool, log: Callable[[str], None] = print) -> None:
   """A resume's training data against the fingerprint its checkpoint recorded (rows and a digest
   of the prepared questions, in order: selection state and replay refer to them by index).
   Checkpoints from before fingerprints have none and are not checked."""
   if not saved or (int(saved["rows"]), saved["sha256"]) == (current["rows"], current["sha256"]):
     return
-  change = (f"config.data.train={config.data.train!r} now gives {current['rows']} questions "
+  change = (f"config.data.train={train_set!r} now gives {current['rows']} questions "
             f"(sha256 {current['sha256'][:12]}), the checkpoint was made on {int(saved['rows'])} "
             f"(sha256 {str(saved['sha256'])[:12]})")
-  if not config.allow_config_change:
+  if not allow_change:
     raise ConfigError(f"the training data changed since this run started: {change}; resume with "
                       "the same data, use a new workdir, or pass --config.allow_config_change=True")
   log(f"allow_config_change: resuming on other training data: {change}")
@@ -261,41 +268,39 @@ class TrainedPolicy:
   step: int
 
 
-def checkpoint_steps(workdir: str, config: ml_collections.ConfigDict) -> list[int]:
-  """The steps `workdir` holds a checkpoint of, in order ([] without creating anything when the run
-  has none)."""
-  if not fs.exists(fs.join(workdir, "checkpoints")):
-    return []
-  ckpt = checkpoint.Checkpointer(workdir, keep=max(1, config.ckpt.keep))
-  steps = sorted(ckpt.all_steps())
-  ckpt.close()
-  return steps
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The verified checkpoint steps `workdir` holds now, in order (read only: nothing is created or
+  changed, a trainer may be writing the run)."""
+  return checkpoint.Checkpointer(workdir, keep=1, read_only=True).verified_steps() if fs.exists(
+      fs.join(workdir, "checkpoints")) else []
 
 
-def load_trained(workdir: str, step: int | None = None, mesh: Any = None) -> TrainedPolicy:
-  """The policy of `workdir`'s checkpoint `step` (default: the latest)."""
+def load_trained(workdir: str, step: int | None = None, mesh: Any = None,
+                 log: Callable[[str], None] = print) -> TrainedPolicy:
+  """The policy of `workdir`'s verified checkpoint `step` (default: the newest). Read only: a
+  trainer may be saving and rotating the run meanwhile (`Checkpointer.restore_verified`)."""
   config = read_config(workdir)
-  steps = checkpoint_steps(workdir, config)
-  if not steps:
-    raise ConfigError(f"--workdir={workdir} has no checkpoint yet (config.ckpt.every="
+  s = settings.read(config)
+  if not checkpoint_steps(workdir):
+    raise ConfigError(f"--workdir={workdir} has no verified checkpoint yet (config.ckpt.every="
                       f"{config.ckpt.every})")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise ConfigError(f"--step={step}: {workdir} holds checkpoints {steps}")
-  path = policy_path(config)
-  qcfg, model = hf_io.load_policy(path, mesh=mesh, **policy_runtime(config))
+  path = policy_path(s.model.path, s.tiny)
+  qcfg, model = hf_io.load_policy(path, mesh=mesh, **s.model.runtime)
   graphdef, params = nnx.split(model)
-  ucfg = update.UpdateConfig.from_config(config)
-  optimizer = update.make_optimizer(config.rl, config.total_steps, ucfg.updates_per_step)
-  shapes = jax.eval_shape(lambda p: update.init_train_state(p, optimizer, config.seed), params)
+  optimizer = update.make_optimizer(s.optimizer, s.total_steps, s.update.updates_per_step)
+  shapes = jax.eval_shape(lambda p: update.init_train_state(p, optimizer, s.seed), params)
   if mesh is not None:
     shardings = update.train_state_shardings(optimizer, params, mesh)
   else:
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: one, shapes)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+  abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                           shapes, shardings)
-  ckpt = checkpoint.Checkpointer(workdir, keep=max(1, config.ckpt.keep))
-  state, _ = ckpt.restore(abstract, step)
-  ckpt.close()
+  ckpt = checkpoint.Checkpointer(workdir, keep=1, read_only=True)
+  try:
+    state, _, step = ckpt.restore_verified(abstract, step, log)
+  except checkpoint.CheckpointError as e:
+    raise ConfigError(f"--workdir={workdir}: {e}") from None
+  finally:
+    ckpt.close()
   return TrainedPolicy(config, qcfg, graphdef, state.params, path, step)

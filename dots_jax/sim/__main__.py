@@ -8,8 +8,9 @@
       --sweep=selection.dots.tau=0.001+0.05+0.2 --out=/tmp/sim_tau   # a sensitivity table
 
 Every (method, seed) runs the config's own strategy, replay buffer and DOTS estimator over the
-simulated pass rates of `config.sim` (`dots_jax.sim.run`), at the config's batch sizes, pool and
-step count; any --config.* override applies (e.g. --config.total_steps=30). Written to --out:
+simulated pass rates of the simulator's own settings (`dots_jax.sim.settings`, --sim.KEY=VALUE;
+sim.questions 0 = the config's training set's size), at the config's batch sizes and step count;
+any --config.* override applies (e.g. --config.total_steps=30). Written to --out:
   * compare.json / compare.md / curves.png: `dots_jax.compare`'s report (steps, rollouts and
     modelled time to reach uniform GRPO's final held-out accuracy, GRESO vs dynamic sampling,
     zero-variance share, the estimator's error, distinct questions); time is in rollout-equivalents
@@ -39,6 +40,7 @@ from dots_jax import compare, fs
 from dots_jax.config_common import apply_config_arg
 from dots_jax.methods import METHODS, get_method
 from dots_jax.sim.run import Fitted, fit_dots_estimator, make_world, simulate
+from dots_jax.sim.settings import sim_config, training_set_size
 from dots_jax.sim.stats import temporal_consistency
 
 
@@ -93,7 +95,7 @@ def calibration_table(cal: dict[str, dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def report(config: Any, methods: list[str], seeds: list[int], out: str) -> dict[str, Any]:
+def report(config: Any, sim: Any, methods: list[str], seeds: list[int], out: str) -> dict[str, Any]:
   """Runs every (method, seed), writes the report into `out`; returns compare.json's content."""
   results: dict[str, dict[int, Any]] = {m: {} for m in methods}
   seconds: dict[str, float] = {}
@@ -104,7 +106,7 @@ def report(config: Any, methods: list[str], seeds: list[int], out: str) -> dict[
     if seed not in fits:
       c = copy.deepcopy(config)
       c.seed = seed
-      fits[seed] = fit_dots_estimator(c, make_world(c, seed), seed)
+      fits[seed] = fit_dots_estimator(c, make_world(sim, seed), seed)
     return fits[seed]
 
   for method in methods:
@@ -113,7 +115,7 @@ def report(config: Any, methods: list[str], seeds: list[int], out: str) -> dict[
       c = copy.deepcopy(config)
       c.method, c.seed = method, seed
       results[method][seed] = simulate(
-          c, fitted=fitted(seed) if get_method(method).source == "dots" else None)
+          c, sim, fitted=fitted(seed) if get_method(method).needs_estimator else None)
     seconds[method] = time.perf_counter() - t0
     print(f"{method}: {len(seeds)} seeds in {seconds[method]:.1f} s", flush=True)
   curves = {m: {s: r.curve for s, r in by_seed.items()} for m, by_seed in results.items()}
@@ -123,14 +125,14 @@ def report(config: Any, methods: list[str], seeds: list[int], out: str) -> dict[
   cal = calibration(results, seeds, fitted)
   result.update(calibration=cal, seconds=seconds, methods=methods, seeds=seeds,
                 estimator={m: {str(s): r.estimator for s, r in by.items()}
-                           for m, by in results.items() if get_method(m).source == "dots"})
+                           for m, by in results.items() if get_method(m).needs_estimator})
   fs.makedirs(out)
   fs.write_text(fs.join(out, "compare.json"), json.dumps(result, indent=1, allow_nan=True))
   table = (compare.markdown_table(result).replace("seconds to target", "time to target")
            .replace("rollout / update s per step", "rollout / update time per step")
            .replace("rollouts (seconds) vs DS", "rollouts (time) vs DS")
            + "\nTime: modelled, in rollout-equivalents (a trained sequence costs "
-           f"sim.train_cost = {config.sim.train_cost}); held-out accuracy is the exact mean "
+           f"sim.train_cost = {sim.train_cost}); held-out accuracy is the exact mean "
            "pass rate of the simulated held-out questions.\n\nCalibration (means over the "
            "seeds):\n\n" + calibration_table(cal))
   fs.write_text(fs.join(out, "compare.md"), table + "\n")
@@ -154,8 +156,9 @@ def sweep_table(key: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
   return "\n".join(lines)
 
 
-def _check(config: Any, methods: list[str], sweep: str) -> None:
-  """Flags and config.sim checked before anything runs: one line naming what is wrong."""
+def _check(sim: Any, methods: list[str], sweep: str) -> None:
+  """Flags and the simulator's settings checked before anything runs: one line naming what is
+  wrong."""
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise ValueError(f"--methods: unknown {unknown}; known: {sorted(METHODS)}")
@@ -163,37 +166,51 @@ def _check(config: Any, methods: list[str], sweep: str) -> None:
     raise ValueError(f"--methods must include the baseline {compare.BASELINE!r}")
   if sweep and "=" not in sweep:
     raise ValueError(f"--sweep={sweep!r}: expected KEY=V1+V2+..., e.g. selection.dots.tau=0.001+0.05")
-  make_world(config, 0)  # config.sim's values
+  make_world(sim, 0)  # the simulator's values
 
 
 def main(argv: list[str]) -> None:
   del argv
-  config = _CONFIG.value
+  config, sim = _CONFIG.value, _SIM.value
   methods = [m for m in _METHODS.value.split(",") if m]
   seeds = [int(s) for s in _SEEDS.value.split(",") if s]
   try:
-    _check(config, methods, _SWEEP.value)
+    if not sim.questions:
+      sim.questions = training_set_size(config.data.train, config.data.synthetic.train_size)
+      if not sim.questions:
+        raise ValueError(f"--sim.questions: the size of data.train={config.data.train!r} is not "
+                         "known without reading it; pass its row count")
+    _check(sim, methods, _SWEEP.value)
     if _SWEEP.value:
       key, values = _SWEEP.value.split("=", 1)
-      configs = [(v, apply_config_arg(copy.deepcopy(config), f"{key}={v}"))
-                 for v in filter(None, values.split("+"))]
+      # A sim.* key sweeps the simulator's own settings, any other the training config.
+      settings = [(v, _swept(config, sim, key, v)) for v in filter(None, values.split("+"))]
   except ValueError as e:  # ConfigError included
     sys.exit(f"dots_jax.sim: {e}")
   if not _SWEEP.value:
-    report(config, methods, seeds, _OUT.value)
+    report(config, sim, methods, seeds, _OUT.value)
     return
   rows = []
-  for value, c in configs:
+  for value, (c, w) in settings:
     print(f"== {key}={value}", flush=True)
-    rows.append((value, report(c, methods, seeds, fs.join(_OUT.value, f"{key}={value}"))))
+    rows.append((value, report(c, w, methods, seeds, fs.join(_OUT.value, f"{key}={value}"))))
   table = sweep_table(key, rows)
   fs.write_text(fs.join(_OUT.value, "sweep.md"), table + "\n")
   print(table)
   print(f"wrote {_OUT.value}/sweep.md")
 
 
+def _swept(config: Any, sim: Any, key: str, value: str) -> tuple[Any, Any]:
+  """(config, sim) with `key` set to `value`: a sim.* key in the simulator's settings."""
+  if key.startswith("sim."):
+    return config, apply_config_arg(copy.deepcopy(sim), f"{key[len('sim.'):]}={value}")
+  return apply_config_arg(copy.deepcopy(config), f"{key}={value}"), sim
+
+
 if __name__ == "__main__":  # flags only when run: tests import this module beside dots_jax.main
   _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/qwen1p5b_math.py")
+  _SIM = config_flags.DEFINE_config_dict("sim", sim_config(), "the simulator's own settings "
+                                         "(dots_jax.sim.settings), e.g. --sim.drift_sd=0.3")
   _METHODS = flags.DEFINE_string("methods", "grpo,dots,dots_rr", "methods to simulate (grpo first)")
   _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "seeds: each its own world and rollout draws")
   _OUT = flags.DEFINE_string("out", "/tmp/dots_jax_sim", "output directory")

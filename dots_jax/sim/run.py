@@ -26,9 +26,10 @@ from dots_jax.difficulty.offline import fit_on_labels
 from dots_jax.difficulty.quality import estimator_predict, pearson_with_refs
 from dots_jax.methods import get_method
 from dots_jax.rl.replay import ReplayBuffer, admit, mix_replay
+from dots_jax.run import settings
 from dots_jax.rollout.roller import Rollouts
 from dots_jax.selection.base import group_stats
-from dots_jax.selection.dots import DotsSource
+from dots_jax.selection.dots import TargetedSource
 from dots_jax.selection.driver import collect_batch
 from dots_jax.selection.factory import make_strategy
 from dots_jax.sim.world import PassRateWorld, WorldParams
@@ -54,12 +55,12 @@ class SimResult:
   estimator: dict[str, float]
 
 
-def make_world(config: ml_collections.ConfigDict, seed: int) -> PassRateWorld:
-  s = config.sim
-  if s.questions < 1:
-    raise ValueError("config.sim.questions must be the training set's size (>= 1), got "
-                     f"{s.questions}")
-  return PassRateWorld(WorldParams.from_config(s), s.questions, s.heldout, seed)
+def make_world(sim: ml_collections.ConfigDict, seed: int) -> PassRateWorld:
+  """The world of the simulator's settings `sim` (`dots_jax.sim.settings.sim_config`) for `seed`."""
+  if sim.questions < 1:
+    raise ValueError("sim.questions must be the training set's size (>= 1), got "
+                     f"{sim.questions}")
+  return PassRateWorld(WorldParams.from_config(sim), sim.questions, sim.heldout, seed)
 
 
 def fit_dots_estimator(config: ml_collections.ConfigDict, world: PassRateWorld, seed: int,
@@ -68,7 +69,8 @@ def fit_dots_estimator(config: ml_collections.ConfigDict, world: PassRateWorld, 
   """The offline stage on the simulated pool: `fit.pool` questions with `fit.group` rollouts each
   under the initial policy, `fit.heldout` of them held out. Returns the estimator and its held-out
   Pearson against the observed labels (the DOTS paper's measure) and against the exact pass rates."""
-  f = config.selection.dots.fit
+  stage = settings.read(config).stage
+  f = stage.fit
   rng = np.random.default_rng([seed, 0xF1])
   n = min(f.pool, world.num_questions)
   idx = rng.choice(world.num_questions, n, replace=False)
@@ -77,7 +79,7 @@ def fit_dots_estimator(config: ml_collections.ConfigDict, world: PassRateWorld, 
   held = min(f.heldout, n // 4)
   train, test = np.arange(held, n), np.arange(held)
   emb = world.emb_NxD[idx]
-  model, summary = fit_on_labels(config, emb[train], observed[train], log)
+  model, summary = fit_on_labels(stage, emb[train], observed[train], log)
   ref_size = min(f.ref_size, len(train))
   predict = estimator_predict(model)
   r_obs = pearson_with_refs(predict, emb, observed, train, test, ref_size, seed)[0]
@@ -89,23 +91,27 @@ def fit_dots_estimator(config: ml_collections.ConfigDict, world: PassRateWorld, 
 Fitted = tuple[DifficultyEstimator, dict[str, float]]  # `fit_dots_estimator`'s result
 
 
-def simulate(config: ml_collections.ConfigDict, log: Callable[[str], None] = lambda _: None,
+def simulate(config: ml_collections.ConfigDict, sim: ml_collections.ConfigDict,
+             log: Callable[[str], None] = lambda _: None,
              fitted: Fitted | None = None) -> SimResult:
-  """`config.method` over the world of `config.seed` for `config.total_steps` steps. A DOTS method
-  uses `fitted` (the offline stage on this seed's world, shared by the methods of a report), else
-  fits its own."""
-  seed, steps = int(config.seed), int(config.total_steps)
-  method = get_method(config.method)
-  group_size, batch = config.sampling.group_size, config.rl.batch_questions
-  world = make_world(config, seed)
+  """`config.method` over the world of `sim` and `config.seed` for `config.total_steps` steps. A
+  method with the DOTS estimator uses `fitted` (the offline stage on this seed's world, shared by
+  the methods of a report), else fits its own."""
+  s = settings.read(config)
+  seed, steps = s.seed, s.total_steps
+  method = get_method(s.method)
+  group_size, batch = s.group_size, s.batch_questions
+  world = make_world(sim, seed)
   kw, est_figures = {}, {}
-  if method.source == "dots":
+  if method.needs_estimator:
     model, figures = fitted or fit_dots_estimator(config, world, seed, log)
     est_figures = dict(figures)
     # Each run its own copy: online fine-tuning (selection.dots.online_finetune) moves the adapters.
     kw = dict(embeddings_NxD=world.pool_embeddings(), estimator=nnx.clone(model))
-  strategy = make_strategy(config, world.num_questions, **kw)
-  buffer = ReplayBuffer.from_config(config, total_len=1) if method.replay else None
+  strategy = make_strategy(s.method, s.selection, world.num_questions, seed=seed,
+                           group_size=group_size, **kw)
+  buffer = (ReplayBuffer.build(s.replay, group_size, total_len=1, batch_groups=batch)
+            if s.replay is not None else None)
   heldout = world.heldout_indices()
   visits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
   observe = strategy.observe
@@ -133,7 +139,8 @@ def simulate(config: ml_collections.ConfigDict, log: Callable[[str], None] = lam
     collected = collect_batch(strategy, rollout_fn, step, n_fresh, seed=seed,
                               pass_rates=world.pass_rates)
     fresh = collected.rollouts.groups
-    if isinstance(strategy.source, DotsSource) and strategy.source.steps_in_round == 1:
+    if isinstance(strategy.source, TargetedSource) and strategy.source.steps_in_round == 1 \
+        and np.isfinite(strategy.source.pred).all():
       # A round started this step: its predictions against the policy they were made for.
       tracking.append(pearson(strategy.source.pred, world.pass_rates(world.pool_indices())))
     # learn
@@ -141,14 +148,14 @@ def simulate(config: ml_collections.ConfigDict, log: Callable[[str], None] = lam
     groups, is_replay_Q = mix_replay(buffer, fresh, seed, step)
     age_Q = np.where(is_replay_Q, step - np.array([born.get(int(q), step) for q in groups.qid_Q]),
                      0)
-    weight_Q = np.where(is_replay_Q, config.sim.replay_decay ** age_Q, 1.0)
+    weight_Q = np.where(is_replay_Q, sim.replay_decay ** age_Q, 1.0)
     world.learn(groups.qid_Q, ~group_stats(groups.rewards_QxG).zero_var_Q, weight_Q)
     admit(buffer, fresh, np.zeros((fresh.num_groups * group_size, 1), np.float32), step)
     world.drift(np.random.default_rng([seed, step, 0xD21F]))
     # log
     m = collected.metrics
     step_rollouts = m["selection/rollouts"]
-    step_train = groups.num_groups * group_size * config.sim.train_cost
+    step_train = groups.num_groups * group_size * sim.train_cost
     rollouts += step_rollouts
     seconds += step_rollouts + step_train
     seen[fresh.qid_Q] = True

@@ -31,7 +31,8 @@ later one.
 Embeddings: [sqrt(k_q) w_q, v_q / visible_sd] rotated into `embed_dim` dimensions by a fixed random
 matrix, plus N(0, embed_noise) per coordinate.
 
-Every parameter lives in `config.sim` (config_base.py), with its source in docs/SIMULATOR.md.
+Every parameter lives in the simulator's own settings (`dots_jax.sim.settings`), with its source in
+docs/SIMULATOR.md.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class WorldParams:
-  """`config.sim`'s model parameters (see the module docstring)."""
+  """The simulator's model parameters (`sim_config()`; see the module docstring)."""
 
   skills: int
   max_skills: int
@@ -68,17 +69,17 @@ class WorldParams:
 
   def __post_init__(self):
     if self.skills < 1 or not 1 <= self.max_skills <= self.skills:
-      raise ValueError(f"config.sim needs skills >= 1 and 1 <= max_skills <= skills, got "
+      raise ValueError(f"sim needs skills >= 1 and 1 <= max_skills <= skills, got "
                        f"{self.skills}, {self.max_skills}")
     for name in ("skill_sd", "visible_sd", "idio_sd", "skill_lr", "noise_groups", "question_lr",
                  "skill_cap",
                  "drift_sd", "embed_noise"):
       if getattr(self, name) < 0:
-        raise ValueError(f"config.sim.{name} must be >= 0, got {getattr(self, name)}")
+        raise ValueError(f"sim.{name} must be >= 0, got {getattr(self, name)}")
     if self.drift_steps <= 0:
-      raise ValueError(f"config.sim.drift_steps must be > 0, got {self.drift_steps}")
+      raise ValueError(f"sim.drift_steps must be > 0, got {self.drift_steps}")
     if not 0.0 <= self.replay_decay <= 1.0:
-      raise ValueError(f"config.sim.replay_decay must be in [0, 1], got {self.replay_decay}")
+      raise ValueError(f"sim.replay_decay must be in [0, 1], got {self.replay_decay}")
 
 
 class PassRateWorld:

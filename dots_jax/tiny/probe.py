@@ -32,6 +32,7 @@ from dots_jax.data.synthetic import problem_structure
 from dots_jax.rl.batch import signal_share
 from dots_jax.tiny.bars import PROBE_BARS, check_all, report_lines
 from dots_jax.tiny.tracking import POOL_SET, group_r2, pass_rate_steps, pool_pass_rates
+from dots_jax.run.settings import data_settings
 from dots_jax.run.workdir import read_config
 
 MID_BAND = (0.3, 0.7)
@@ -91,7 +92,7 @@ def verdict(figures: list[EvalFigures], curve: dict[str, np.ndarray]) -> dict[st
 
 def analyze(workdir: str) -> dict[str, Any]:
   config = read_config(workdir)
-  evaluated = load_dataset(config.data, POOL_SET)
+  evaluated = load_dataset(data_settings(config.data), POOL_SET)
   n = min(len(evaluated), config.eval.max_questions or len(evaluated))
   structure = [problem_structure(evaluated[i].problem) for i in range(n)]
   rates = {step: pool_pass_rates(workdir, step, n) for step in pass_rate_steps(workdir)}
@@ -100,12 +101,11 @@ def analyze(workdir: str) -> dict[str, Any]:
   return {"evaluations": [dataclasses.asdict(f) for f in figures], "bars": checked}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-  import argparse
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--workdir", required=True, help="a uniform-GRPO run with exact evaluation")
-  args = p.parse_args(argv)
-  result = analyze(args.workdir)
+def main(argv: list[str]) -> None:
+  from absl import flags
+  del argv
+  workdir = flags.FLAGS.workdir
+  result = analyze(workdir)
   print("step | mean p | structure R^2 | in (0.3, 0.7) | zero-var -> zero-var | informative -> "
         "informative")
   for f in result["evaluations"]:
@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   passed = sum(c["pass"] for c in result["bars"].values())
   print(f"{'GO' if passed == len(result['bars']) else 'NO-GO'}: {passed}/{len(result['bars'])} "
         "probe bars pass")
-  fs.write_text(fs.join(args.workdir, "probe.json"), json.dumps(result, indent=1, allow_nan=True))
-  return result
+  fs.write_text(fs.join(workdir, "probe.json"), json.dumps(result, indent=1, allow_nan=True))
 
 
 if __name__ == "__main__":
-  main()
+  from absl import app, flags
+  flags.DEFINE_string("workdir", None, "a uniform-GRPO run with exact evaluation", required=True)
+  app.run(main)

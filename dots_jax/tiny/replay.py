@@ -29,6 +29,8 @@ from dots_jax.rollout.roller import Rollouts
 from dots_jax.selection.driver import UNDRAWN_ROUNDS, collect_batch
 from dots_jax.selection.dots import TargetedSource, targeted_order
 from dots_jax.tiny.tracking import pass_rate_steps, pearson, pool_pass_rates
+from dots_jax.policy import policy_path
+from dots_jax.run import settings
 from dots_jax.run.workdir import read_config
 
 
@@ -66,13 +68,15 @@ class Trajectory:
 
 def replay(workdir: str, config: Any, *, seed: int = 0) -> Replay:
   """`config.method`'s source (a DOTS, track or oracle method) over `workdir`'s trajectory."""
-  run = read_config(workdir)
+  run = settings.read(read_config(workdir))
   pool = load_dataset(run.data, "train")
   n = min(len(pool), run.eval.max_questions or len(pool))
   problems = [pool[i].problem for i in range(len(pool))]
   traj = Trajectory(workdir, n)
-  emb, model = dots_inputs(config, problems)
-  strategy = factory.make_strategy(config, n, embeddings_NxD=emb[:n], estimator=model)
+  s = settings.read(config)
+  emb, model = dots_inputs(settings.dots_stage(s, policy_path(s.model.path, s.tiny)), problems)
+  strategy = factory.make_strategy(s.method, s.selection, n, seed=s.seed, group_size=s.group_size,
+                                   embeddings_NxD=emb[:n], estimator=model)
   source = strategy.source
   if not isinstance(source, TargetedSource):
     raise ValueError(f"config.method={config.method!r} has no round source to replay")

@@ -29,6 +29,7 @@ from dots_jax.policy.tiny_base import answer_encoder, prompt_encoder
 from dots_jax.rewards import score_batch
 from dots_jax.rl.batch import group_stats
 from dots_jax.rollout.generator import Decoding, Generator
+from dots_jax.run import settings
 from dots_jax.tiny import bars
 
 
@@ -44,7 +45,8 @@ def exact_pass_rates(config: Any, path: str, rows: list[tuple[str, str, str]], b
   for i in range(0, len(rows), batch):
     chunk = rows[i:i + batch]
     chunk = chunk + [chunk[-1]] * (batch - len(chunk))  # one compiled shape
-    enc = sft.encode_examples(chunk, prompt_encoder(tokenizer, config.data),
+    enc = sft.encode_examples(chunk, prompt_encoder(tokenizer, config.data.system_prompt,
+                                                    config.data.chat_template),
                               answer_encoder(tokenizer), tokenizer.eos_token_id, length)
     lp, ok = score(params, *enc)
     lps.append(np.asarray(lp))
@@ -80,14 +82,14 @@ def sampled_zero_var(config: Any, path: str, rows: list[tuple[str, str, str]], g
                       max_new_tokens=config.sampling.max_new_tokens)
   generator = Generator(graphdef, cfg, tokenizer, prompt_buckets=config.data.prompt_buckets,
                         max_new_tokens=decoding.max_new_tokens)
-  encode = prompt_encoder(tokenizer, config.data)
+  encode = prompt_encoder(tokenizer, config.data.system_prompt, config.data.chat_template)
   scores = []
   for i in range(0, len(rows), 256):
     chunk = rows[i:i + 256]
     sample = generator.generate(params, [encode(p) for p, _, _ in chunk], group_size,
                                 jax.random.fold_in(jax.random.key(seed), i), decoding)
     golds = [a for _, a, _ in chunk for _ in range(group_size)]
-    s, _ = score_batch(generator.texts(sample), golds, kind="reversed_digits", workers=0)
+    s, _ = score_batch(generator.texts(sample), golds, settings.read(config).reward)
     scores.append(s.reshape(len(chunk), group_size))
   st = group_stats(np.concatenate(scores))
   return {"pass_rate": float(st.pass_rate_Q.mean()), "zero_var": float(st.zero_var_Q.mean()),
@@ -107,7 +109,8 @@ def base_checks(config: Any, pool_p_N: np.ndarray) -> dict[str, dict[str, Any]]:
 def main(argv: list[str]) -> None:
   del argv
   config = _CONFIG.value
-  path = policy_path(config)
+  s = settings.read(config)
+  path = policy_path(s.model.path, s.tiny)
   rows = synthetic_rows(config.data.synthetic, _SPLIT.value)
   g = config.sampling.group_size
   p, greedy = exact_pass_rates(config, path, rows)

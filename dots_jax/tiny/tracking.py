@@ -47,6 +47,8 @@ from dots_jax.difficulty.offline import dots_inputs
 from dots_jax.model.hf_io import load_tokenizer
 from dots_jax.rl.batch import signal_share
 from dots_jax.selection.dots import targeted_order
+from dots_jax.policy import policy_path
+from dots_jax.run import settings
 from dots_jax.run.workdir import checkpoint_steps, load_trained, read_config
 
 POOL_SET = "synthetic"
@@ -194,14 +196,15 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
                 seed: int = 0, tau: float = 0.0) -> list[StepPredictability]:
   """Every evaluation step of `workdir`; `tau` > 0 replaces selection.dots.tau of the run."""
   config = read_config(workdir)
-  pool = load_dataset(config.data, "train")
+  s = settings.read(config)
+  pool = load_dataset(s.data, "train")
   problems = [pool[i].problem for i in range(len(pool))]
-  evaluated = load_dataset(config.data, POOL_SET)
+  evaluated = load_dataset(s.data, POOL_SET)
   n_eval = min(len(evaluated), config.eval.max_questions or len(evaluated))
   if [evaluated[i].problem for i in range(n_eval)] != problems[:n_eval]:
     raise ValueError(f"{workdir}: eval set {POOL_SET!r} is not the head of the training pool "
                      f"(data.train={config.data.train!r})")
-  emb, model = dots_inputs(config, problems)
+  emb, model = dots_inputs(settings.dots_stage(s, policy_path(s.model.path, s.tiny)), problems)
   e = emb[:n_eval]  # the evaluated questions, which every pass-rate file covers
   pq = est.project_queries(model, e)
   structure = [problem_structure(t) for t in problems[:n_eval]]
@@ -210,7 +213,7 @@ def analyze_run(workdir: str, *, draws: int = 5, ref_factor: int = 8, penalty: f
   budget = min(n_eval, d.round_steps * config.rl.batch_questions)  # one round's questions
   out = []
   rng = np.random.default_rng(seed)
-  saved = set(checkpoint_steps(workdir, config))
+  saved = set(checkpoint_steps(workdir))
   for step in pass_rate_steps(workdir):
     p = pool_pass_rates(workdir, step, n_eval)
     preds = reference_predictions(model, pq, e, p, d.ref_size, g, rng, draws)

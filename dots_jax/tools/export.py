@@ -2,15 +2,13 @@
 
   python -m dots_jax.tools.export --workdir=W [--step=S] --out=DIR
 
-Reads W/config.json (written by `dots_jax.main` at start-up) for the architecture and the initial
-policy's tokenizer, restores checkpoint S (default: the latest) and writes DIR with config.json,
-safetensors shards and the tokenizer files. Prints DIR as the last line.
+Reads W/config.json (written by `dots_jax.main` with the first checkpoint) for the architecture and
+the initial policy's tokenizer, restores verified checkpoint S (default: the newest; read only: a
+trainer may be writing the run) and writes DIR with config.json, safetensors shards and the
+tokenizer files. Prints DIR as the last line.
 """
 
 from __future__ import annotations
-
-import argparse
-import sys
 
 from flax import nnx
 
@@ -39,22 +37,22 @@ def export_workdir(workdir: str, out_dir: str, step: int | None = None,
                              max_shard_size=max_shard_size)
 
 
-def main(argv: list[str] | None = None) -> str:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--workdir", required=True, help="run directory of dots_jax.main")
-  p.add_argument("--out", required=True, help="output Hugging Face directory")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  p.add_argument("--max_shard_size", default="5GB")
-  p.add_argument("--overwrite", action="store_true",
-                 help="write into a non-empty --out (never into a run directory)")
-  args = p.parse_args(argv)
+def main(argv: list[str]) -> None:
+  from absl import app, flags
+  del argv
+  f = flags.FLAGS
   try:
-    out = export_workdir(args.workdir, args.out, args.step, args.max_shard_size, args.overwrite)
+    out = export_workdir(f.workdir, f.out, f.step, f.max_shard_size, f.overwrite)
   except ConfigError as e:
-    p.error(str(e))
+    raise app.UsageError(str(e)) from None
   print(out)
-  return out
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from absl import app, flags
+  flags.DEFINE_string("workdir", None, "run directory of dots_jax.main", required=True)
+  flags.DEFINE_string("out", None, "output Hugging Face directory", required=True)
+  flags.DEFINE_integer("step", None, "verified checkpoint step (default: the newest)")
+  flags.DEFINE_string("max_shard_size", "5GB", "largest safetensors shard")
+  flags.DEFINE_bool("overwrite", False, "write into a non-empty --out (never into a run directory)")
+  app.run(main)

@@ -9,8 +9,6 @@ and prints the max absolute logit difference over real tokens as the last line.
 
 from __future__ import annotations
 
-import argparse
-import sys
 
 import jax
 import numpy as np
@@ -79,13 +77,15 @@ def run_parity(hf_dir: str, lengths: tuple[int, ...] = PROMPT_LENGTHS, verbose: 
   return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--hf_dir", required=True, help="Hugging Face Qwen2/Qwen2.5 checkpoint directory")
-  args = p.parse_args(argv)
+def main(argv: list[str]) -> None:
+  from absl import flags
+  del argv
   jax.config.update("jax_default_matmul_precision", "highest")  # float32 parity, not TF32/bf16
-  return run_parity(args.hf_dir)
+  run_parity(flags.FLAGS.hf_dir)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from absl import app, flags
+  flags.DEFINE_string("hf_dir", None, "Hugging Face Qwen2/Qwen2.5 checkpoint directory",
+                      required=True)
+  app.run(main)

@@ -1,24 +1,29 @@
-"""The main job's dry run (`dry_run(config)`, `--config.dry_run=True`): the per-device memory plan of
-`dots_jax.run.memory_plan` for a config (the state `plan` counts: params, AdamW, grads, a KV cache; the
-activations, logits chunks and all-gathered layers `update_estimate` adds), the rollout's decode
-program estimate, and with `plan_compile` XLA's own figures beside them (`compiled_programs`,
-docs/MEMORY.md).
+"""The job's dry run: its plan for a config without weights or data (`dry_run(config, PlanSettings)`).
 
+  python -m dots_jax.tools.plan --config=configs/qwen7b.py:v6e_8 --config.method=dots_rr \
+      --topology=v6e-8                      # every program by the TPU's own compiler, fit search
+  python -m dots_jax.tools.plan --config=configs/qwen1p5b_math.py --compile   # XLA on CPU devices
   python -m dots_jax.tools.plan --variant=7B --mesh=data:1,fsdp:8,tensor:1 --batch=64 --seq=2048
+
+The per-device memory plan of `dots_jax.run.memory_plan` for the job's settings (`run.settings.read`:
+the state `plan` counts: params, AdamW, grads, a KV cache; the activations, logits chunks and
+all-gathered layers `update_estimate` adds), the rollout's decode program estimate, and with
+`--compile` or `--topology` XLA's own figures beside them (`compiled_programs`, docs/MEMORY.md).
+Without --config: one model's state plan on a mesh.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
 from dots_jax.config_common import ConfigError, policy_runtime
 from dots_jax.methods import get_method
@@ -26,11 +31,36 @@ from dots_jax.model import hf_io, qwen2, roofline, sharding, variants
 from dots_jax.policy.tiny_base import tiny_model_config
 from dots_jax.policy.tokenizer import make_char_tokenizer
 from dots_jax.rl import replay, update
-from dots_jax.run.memory_plan import plan, update_config, update_estimate, update_rows
-from dots_jax.rollout.generator import EngineSettings
+from dots_jax.run import settings
+from dots_jax.run.memory_plan import fit_micro_batch, plan, update_estimate, update_rows
 from dots_jax.rollout.engine import Engine, slot_cache_bytes
 from dots_jax.run.startup import check_model_mesh, validate_config
 from dots_jax.tools import compiled, plan_dots, topology
+
+@dataclasses.dataclass(frozen=True)
+class PlanSettings:
+  """The dry run's own settings (`python -m dots_jax.tools.plan`'s flags): a topology or GPU whose
+  own compiler compiles every program (`tools.topology`: "v5p:2x2x2", "v6e-8", "h100x8"), with a
+  fit search when one does not fit under fit_margin x HBM; or, without one, the device's memory in
+  GiB for a fits / does NOT fit line (0: none), compiling on this CPU's host devices (`compile`)
+  and the accelerator whose published peaks give a roofline step time (`device`, a kind of
+  `model.roofline.PEAKS`)."""
+
+  topology: str
+  device_gib: float
+  compile: bool
+  device: str
+  fit_margin: float
+
+
+def _update_settings(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+                     sizes: Mapping[str, int], seq: int) -> tuple[update.UpdateConfig, int]:
+  """The job's update settings for `config` on a mesh of `sizes` (its micro-batch fitted to
+  rl.memory_budget_gib as the job fits it) and the rows of one step's update."""
+  s = settings.read(config)
+  rows = update_rows(s.batch_questions, s.group_size, sharding.data_parallel_size(sizes))
+  return fit_micro_batch(s.update, cfg, sizes, seq, rows, s.memory_budget_gib), rows
+
 
 def _log(text: str) -> None:
   if jax.process_index() == 0:
@@ -47,8 +77,12 @@ def policy_shape(config: ml_collections.ConfigDict) -> tuple[qwen2.Qwen2Config, 
     return (qwen2.Qwen2Config.from_hf(hf_io.read_hf_config(config.model.path), **runtime),
             config.model.path)
   tok = make_char_tokenizer()
-  return (tiny_model_config(config.tiny, len(tok), tok.eos_token_id, tok.bos_token_id),
-          "tiny base policy (made on first real run)")
+  recipe = settings.read(config).tiny
+  if recipe is None:
+    raise ConfigError("the config has no model.variant, no model.path and no tiny base recipe: "
+                      "nothing gives the policy's shape")
+  return (tiny_model_config(recipe.tiny, len(tok), tok.eos_token_id, tok.bos_token_id),
+          "tiny base policy")
 
 
 def planned_mesh(config: ml_collections.ConfigDict, device_count: int | None = None
@@ -64,13 +98,14 @@ def planned_mesh(config: ml_collections.ConfigDict, device_count: int | None = N
   return sharding.resolve_axis_sizes(mesh_cfg, devices)
 
 
-def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def dry_run(config: ml_collections.ConfigDict, plan_settings: PlanSettings) -> dict[str, Any]:
   """Prints the plan (mesh, per-device memory, steps, rollouts) without loading weights or data."""
+  p = plan_settings
   cfg, source = policy_shape(config)
-  topo = topology.resolve(config.plan_topology) if config.plan_topology else None
+  topo = topology.resolve(p.topology) if p.topology else None
   chips = topo.devices if topo else None
   sizes = planned_mesh(config, len(chips) if chips else None)
-  validate_config(config, sizes)
+  validate_config(config, sizes, planning=True)
   check_model_mesh(cfg, sizes)
   dp = sharding.data_parallel_size(sizes)
   g = config.sampling.group_size
@@ -85,9 +120,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   _log(f"per device params {gib(mem['params'])} + AdamW {gib(mem['adam'])} + grads "
        f"{gib(mem['grads'])} = {gib(mem['params'] + mem['adam'] + mem['grads'])} (the rollout's "
        "KV cache and the update's activations: below)")
-  settings = EngineSettings.from_config(config)
-  slots = settings.slots_for(cfg, max(config.data.prompt_buckets), config.sampling.max_new_tokens,
-                             dp)
+  slots = settings.read(config).engine.slots_for(cfg, max(config.data.prompt_buckets),
+                                                 config.sampling.max_new_tokens, dp)
   if slots:
     kv = slot_cache_bytes(cfg, slots // dp, max(config.data.prompt_buckets),
                           config.sampling.max_new_tokens)
@@ -105,9 +139,9 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   structure = step_structure(config)
   for line in structure["lines"]:
     _log(f"step       {line}")
-  ucfg = update_config(config, cfg, sizes, seq)
-  mb, micro, n_micro = ucfg.split(update_rows(config, dp))
-  update_bytes = update_estimate(config, cfg, sizes, seq, grad=True)
+  ucfg, update_rows_ = _update_settings(config, cfg, sizes, seq)
+  mb, micro, n_micro = ucfg.split(update_rows_)
+  update_bytes = update_estimate(ucfg, cfg, sizes, seq, update_rows_, grad=True)
   _log(f"update     mini-batch {mb} rows = {n_micro} micro-batches of {micro} rows"
        f"{' (from rl.memory_budget_gib=' + str(config.rl.memory_budget_gib) + ')' if config.rl.memory_budget_gib and not config.rl.micro_batch else ''}"
        f"; attention blocks of {cfg.attn_chunk or seq} queries; logits chunks of "
@@ -123,15 +157,15 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   estimates = {"rollout": resident + mem.get("rollout_kv_cache", mem["kv_cache"]),
                "update": update_bytes}
   out["estimated_peak"] = max(estimates.values())
-  if config.plan_device_gib > 0:
-    _log(fit_verdict(estimates, config.plan_device_gib))
-  kind = chips[0].device_kind if chips else config.plan_device
+  if p.device_gib > 0:
+    _log(fit_verdict(estimates, p.device_gib))
+  kind = chips[0].device_kind if chips else p.device
   if kind:
     out["roofline"] = roofline_lines(config, cfg, sizes, structure, slots or rows,
                                      roofline.peaks_for(kind, 0.0, 0.0))
   if topo:
-    out.update(topology_plan(config, cfg, sizes, seq, topo))
-  elif config.plan_compile:
+    out.update(topology_plan(config, cfg, sizes, seq, topo, p))
+  elif p.compile:
     out["programs"] = compiled_programs(config, cfg, sizes, seq)
     peak = max(out["programs"].values(), key=lambda p: p["compiled"])
     _log(f"peak per device: {gib(peak['compiled'])} compiled, {gib(peak['estimated'])} estimated")
@@ -170,30 +204,31 @@ def roofline_lines(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
 
 
 def topology_plan(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-                  sizes: Mapping[str, int], seq: int, topo: topology.Topology) -> dict[str, Any]:
+                  sizes: Mapping[str, int], seq: int, topo: topology.Topology,
+                  p: PlanSettings) -> dict[str, Any]:
   """Every program compiled by the topology's own compiler, each with fits / does NOT fit; when
-  the update or the rollout does not fit under config.plan_fit_margin x HBM, the settings that do
+  the update or the rollout does not fit under p.fit_margin x HBM, the settings that do
   (`fit_search`)."""
   chips, hbm = topo.devices, topo.hbm_bytes
   kind = chips[0].device_kind
   n = math.prod(sizes.values())
   if len(chips) != n:
-    raise ConfigError(f"config.plan_topology={config.plan_topology!r} has {len(chips)} chips, the "
+    raise ConfigError(f"--topology={p.topology!r} has {len(chips)} chips, the "
                       f"mesh {dict(sizes)} needs {n}: set config.mesh to use them all")
-  _log(f"topology   {config.plan_topology}: {len(chips)} x {kind}, {hbm / 2**30:.2f} GiB HBM each "
+  _log(f"topology   {p.topology}: {len(chips)} x {kind}, {hbm / 2**30:.2f} GiB HBM each "
        f"(compiled by {topo.compiler})")
   programs = compiled_programs(config, cfg, sizes, seq, devices=chips, hbm_bytes=hbm)
-  out: dict[str, Any] = {"topology": config.plan_topology, "device_kind": kind,
+  out: dict[str, Any] = {"topology": p.topology, "device_kind": kind,
                          "hbm_bytes": hbm, "programs": programs}
-  fits = lambda p: compiled.within(p, config.plan_fit_margin * hbm)
+  fits = lambda prog: compiled.within(prog, p.fit_margin * hbm)
   found, searched = None, False
   if not (fits(programs["update"]) and fits(programs.get("rollout"))
           and fits(programs.get("prefill"))):
-    found, searched = fit_search(config, cfg, sizes, seq, chips, hbm), True
+    found, searched = fit_search(config, cfg, sizes, seq, chips, hbm, p), True
     out["fit"] = found
   worst = max(programs.items(), key=lambda kv: kv[1].get("compiled") or kv[1].get("wanted"))
   need = (worst[1].get("compiled") or worst[1].get("wanted")) / 2**30
-  line = (f"plan {config.plan_topology}: "
+  line = (f"plan {p.topology}: "
           f"{'fits' if all(p.get('fits') for p in programs.values()) else 'does NOT fit'} as "
           f"configured ({worst[0]} {need:.2f} GiB of {hbm / 2**30:.2f})")
   if found is not None:
@@ -204,7 +239,7 @@ def topology_plan(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
     line += "; no micro-batch, mesh or remat setting found that fits: more chips or tensor sharding"
   dots = {n: p for n, p in programs.items() if n in DOTS_PROGRAMS}
   if dots:
-    line += f"; {plan_dots.dots_verdict(config, cfg, dots, topo)}"
+    line += f"; {plan_dots.dots_verdict(config, cfg, dots, topo, p.fit_margin)}"
   _log(line)
   return out
 
@@ -224,13 +259,13 @@ def rollout_engine(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config, gr
   """The slot engine the training rollouts would use on `mesh` (None: the static batch)."""
   dp = sharding.data_parallel_size(mesh)
   prompt, new = max(config.data.prompt_buckets), config.sampling.max_new_tokens
-  settings = EngineSettings.from_config(config)
-  slots = settings.slots_for(cfg, prompt, new, dp)
+  engine = settings.read(config).engine
+  slots = engine.slots_for(cfg, prompt, new, dp)
   if not slots:
     return None
   return Engine(graphdef, cfg, slots=slots, max_prompt_len=prompt, max_new_tokens=new,
-                eos_ids=(0,), pad_id=0, steps_per_call=settings.steps_per_call,
-                windows=settings.windows, mesh=mesh, prefill_prompts=settings.prefill_prompts)
+                eos_ids=(0,), pad_id=0, steps_per_call=engine.steps_per_call,
+                windows=engine.windows, mesh=mesh, prefill_prompts=engine.prefill_prompts)
 
 
 def rollout_estimate(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], engine: Engine) -> int:
@@ -281,25 +316,26 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   n = math.prod(sizes.values())
   devices = list(devices) if devices is not None else jax.devices()
   if len(devices) < n:
-    raise ConfigError(f"config.plan_compile: the mesh {dict(sizes)} needs {n} devices, this process "
-                      f"has {len(devices)}; run the dry run through `python -m dots_jax.main` (it "
-                      f"simulates them on CPU) or set XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+    raise ConfigError(f"--compile: the mesh {dict(sizes)} needs {n} devices, this process "
+                      f"has {len(devices)}; run the dry run through `python -m dots_jax.tools.plan` "
+                      f"(it simulates them on CPU) or set "
+                      f"XLA_FLAGS=--xla_force_host_platform_device_count={n}")
   mesh = sharding.make_mesh(dict(sizes), devices[:n])
   graphdef, abstract = qwen2.abstract_model(cfg)
   params_sh = sharding.param_shardings(abstract, mesh)
   attach = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
   params = jax.tree.map(attach, abstract, params_sh)
-  ucfg = update_config(config, cfg, sizes, seq)
-  optimizer = update.make_optimizer(config.rl, config.total_steps, ucfg.updates_per_step)
+  ucfg, rows = _update_settings(config, cfg, sizes, seq)
+  optimizer = update.make_optimizer(settings.read(config).optimizer, config.total_steps,
+                                    ucfg.updates_per_step)
   state_sh = update.train_state_shardings(optimizer, params, mesh)
   state = jax.tree.map(attach, jax.eval_shape(
       lambda p: update.init_train_state(p, optimizer, config.seed), params), state_sh)
   fns = update.make_update_fn(graphdef, optimizer, ucfg, mesh=mesh, state_shardings=state_sh)
-  rows = update_rows(config, sharding.data_parallel_size(sizes))
   batch = update.DeviceBatch.abstract(rows, seq, mesh)
   lowered = {"pi_old": lambda: fns.old_logp_fn.lower(params, batch.tokens_NxT, batch.mask_NxT),
              "update": lambda: fns.update_fn.lower(state, batch, None)}
-  estimates = {name: update_estimate(config, cfg, sizes, seq, grad=name == "update")
+  estimates = {name: update_estimate(ucfg, cfg, sizes, seq, rows, grad=name == "update")
                for name in lowered}
   engine = (rollout_engine(config, cfg, graphdef, mesh)
             if not only or {"rollout", "prefill"} & set(only) else None)
@@ -344,14 +380,14 @@ def remat_candidates(config: ml_collections.ConfigDict) -> list[tuple[bool, str]
 
 
 def fit_search(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-               sizes: Mapping[str, int], seq: int, chips: list[Any], hbm: int
+               sizes: Mapping[str, int], seq: int, chips: list[Any], hbm: int, p: PlanSettings
                ) -> dict[str, Any] | None:
-  """Settings under config.plan_fit_margin x HBM, found by compiling: on the configured mesh, then
+  """Settings under p.fit_margin x HBM, found by compiling: on the configured mesh, then
   with the data axis turned into fsdp (parameters and AdamW sharded over the same chips), the
   update's largest micro-batch under the configured remat, else under each remat policy that
   recomputes more (`REMAT_LADDER`); then the rollout's KV-cache budget (its slots) on that mesh.
   Prints the overrides to pass."""
-  margin, name = config.plan_fit_margin, config.plan_topology
+  margin, name = p.fit_margin, p.topology
   meshes = [(dict(sizes), {})]
   if sizes["data"] > 1:
     fsdp = {**sizes, "data": 1, "fsdp": sizes["fsdp"] * sizes["data"]}
@@ -398,7 +434,8 @@ def fit_update(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   """The largest update micro-batch (halving from the config's, a multiple of the data shards)
   whose compiled update stays under `margin` x HBM, or None; each candidate is one compile."""
   dp = sharding.data_parallel_size(sizes)
-  micro = update_config(config, cfg, sizes, seq).split(update_rows(config, dp))[1]
+  ucfg, rows = _update_settings(config, cfg, sizes, seq)
+  micro = ucfg.split(rows)[1]
   tried = []
   while micro >= dp and micro % dp == 0:
     trial = config.copy_and_resolve_references()
@@ -446,7 +483,9 @@ def step_structure(config: ml_collections.ConfigDict) -> dict[str, Any]:
   lines = []
   fresh = b
   if method.replay:
-    shape_only = replay.ReplayBuffer.from_config(config, total_len=1)  # its rule, no real arrays
+    s = settings.read(config)
+    shape_only = replay.ReplayBuffer.build(s.replay, s.group_size, total_len=1,
+                                           batch_groups=s.batch_questions)  # its rule
     warm, fresh, retain = shape_only.warmup_steps, shape_only.num_fresh, shape_only.retain
     out.update(replay_warmup_steps=warm, fresh_questions=fresh, replayed_questions=b - fresh,
                replay_retained_groups=retain)
@@ -485,33 +524,69 @@ def _gib(n: int) -> str:
   return f"{n / 2**30:9.3f} GiB"
 
 
-def main(argv: list[str] | None = None) -> dict[str, int]:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--variant", help=f"one of {', '.join(variants.VARIANTS)}")
-  src.add_argument("--hf_dir", help="read the shape from this checkpoint's config.json")
-  p.add_argument("--mesh", default="data:1,fsdp:1,tensor:1", help="e.g. data:1,fsdp:8,tensor:1")
-  p.add_argument("--batch", type=int, default=1, help="sequences in the KV cache")
-  p.add_argument("--seq", type=int, default=2048, help="KV cache slots per sequence")
-  p.add_argument("--dtype", default="bfloat16", help="compute dtype (KV cache)")
-  p.add_argument("--param_dtype", default="float32")
-  args = p.parse_args(argv)
-  runtime = {"dtype": args.dtype, "param_dtype": args.param_dtype}
-  if args.variant:
-    cfg, name = variants.get_variant(args.variant, **runtime), args.variant
+def state_plan(variant: str, hf_dir: str, mesh: str, batch: int, seq: int, dtype: str,
+               param_dtype: str) -> dict[str, int]:
+  """One model's per-device state on a mesh (no config): params, AdamW, grads, a KV cache."""
+  runtime = {"dtype": dtype, "param_dtype": param_dtype}
+  if variant:
+    cfg, name = variants.get_variant(variant, **runtime), variant
   else:
-    cfg = qwen2.Qwen2Config.from_hf(hf_io.read_hf_config(args.hf_dir), **runtime)
-    name = args.hf_dir
-  result = plan(cfg, args.mesh, batch=args.batch, seq=args.seq)
-  print(f"{name}: {result['param_count'] / 1e9:.3f}B params, mesh {args.mesh} "
-        f"({result['devices']} devices), params {args.param_dtype}, compute {args.dtype}")
-  print(f"per device:")
+    cfg = qwen2.Qwen2Config.from_hf(hf_io.read_hf_config(hf_dir), **runtime)
+    name = hf_dir
+  result = plan(cfg, mesh, batch=batch, seq=seq)
+  print(f"{name}: {result['param_count'] / 1e9:.3f}B params, mesh {mesh} "
+        f"({result['devices']} devices), params {param_dtype}, compute {dtype}")
+  print("per device:")
   for key in ("params", "adam", "grads", "kv_cache", "total"):
-    extra = f"  (batch {args.batch} x seq {args.seq})" if key == "kv_cache" else ""
+    extra = f"  (batch {batch} x seq {seq})" if key == "kv_cache" else ""
     print(f"  {key:9s} {_gib(result[key])}  {result[key]:>16,d} B{extra}")
   return result
 
 
-if __name__ == "__main__":
-  jax.config.update("jax_platforms", "cpu")  # shapes only: never grab an accelerator
-  main(sys.argv[1:])
+def main(argv: list[str]) -> None:
+  del argv
+  from absl import app
+  f = flags.FLAGS
+  config = _CONFIG.value
+  if config is None:
+    if bool(f.variant) == bool(f.hf_dir):
+      raise app.UsageError("pass --config (the job's dry run), or --variant or --hf_dir (one "
+                           "model's state plan)")
+    state_plan(f.variant, f.hf_dir, f.mesh, f.batch, f.seq, f.dtype, f.param_dtype)
+    return
+  # Compile-only chips of a topology, or this CPU's host devices for the configured mesh: the
+  # default backend stays this CPU either way (set before any backend starts).
+  jax.config.update("jax_platforms", "cpu")
+  if f.compile and not f.topology:
+    n = math.prod(max(1, config.mesh[a]) for a in ("data", "fsdp", "tensor"))
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={n}").strip()
+  try:
+    dry_run(config, PlanSettings(topology=f.topology, device_gib=f.device_gib, compile=f.compile,
+                                 device=f.device, fit_margin=f.fit_margin))
+  except ConfigError as e:
+    raise app.UsageError(str(e)) from None
+
+
+if __name__ == "__main__":  # flags only when run: tests import this module beside dots_jax.main
+  from absl import app
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "the job's config file (e.g. configs/qwen7b.py:v6e_8): its dry run")
+  flags.DEFINE_string("topology", "", "compile every program with this TPU topology's or GPUs' own "
+                      "compiler (v6e-8, v5p:2x2x2, h100x8); the last line says whether it fits")
+  flags.DEFINE_float("device_gib", 0.0, "without --topology: the device's memory, for a fits / "
+                     "does NOT fit line (0: none)")
+  flags.DEFINE_bool("compile", False, "without --topology: compile pi_old, the update and the "
+                    "rollout on this CPU's host devices (one per mesh position)")
+  flags.DEFINE_string("device", "", "without --topology: the accelerator whose published peaks "
+                      "give a roofline step time (H100, H200, v5p, ...)")
+  flags.DEFINE_float("fit_margin", 0.9, "a program fits under this share of HBM")
+  flags.DEFINE_string("variant", "", f"without --config: one of {', '.join(variants.VARIANTS)}")
+  flags.DEFINE_string("hf_dir", "", "without --config: read the shape from this config.json")
+  flags.DEFINE_string("mesh", "data:1,fsdp:1,tensor:1", "without --config: e.g. data:1,fsdp:8,tensor:1")
+  flags.DEFINE_integer("batch", 1, "without --config: sequences in the KV cache")
+  flags.DEFINE_integer("seq", 2048, "without --config: KV cache slots per sequence")
+  flags.DEFINE_string("dtype", "bfloat16", "without --config: compute dtype (KV cache)")
+  flags.DEFINE_string("param_dtype", "float32", "without --config: parameter dtype")
+  app.run(main)

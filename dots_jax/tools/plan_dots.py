@@ -1,7 +1,7 @@
 """The DOTS stage's programs for the dry run: the backbone's embedding pass and the estimator's
 training step and prediction, lowered with shapes only, as the run places them.
 
-All three run unsharded on one chip (the first): `difficulty.setup.question_embeddings` loads the
+All three run unsharded on one chip (the first): `difficulty.offline.question_embeddings` loads the
 backbone whole in float32 and the estimator is a small module jitted without a mesh. So their
 per-chip bytes do not shrink with a larger slice, and a backbone that does not fit one chip in
 float32 needs `selection.dots.backbone` to name a smaller checkpoint (or the embeddings computed
@@ -23,7 +23,7 @@ from flax import nnx
 
 from dots_jax.config_common import policy_runtime
 from dots_jax.difficulty import embed, estimator, fit
-from dots_jax.difficulty.setup import estimator_config
+from dots_jax.run import settings
 from dots_jax.model import hf_io, qwen2
 from dots_jax.tools import compiled
 
@@ -78,7 +78,7 @@ def estimator_programs(config: ml_collections.ConfigDict, input_dim: int, device
   batch and reference set) and its prediction of one chunk of projected questions."""
   d = config.selection.dots
   graphdef, abstract = nnx.split(nnx.eval_shape(
-      lambda: estimator.init_estimator(estimator_config(config, input_dim))))
+      lambda: estimator.init_estimator(settings.read(config).stage.estimator_config(input_dim))))
   place = _on(device)
   params = jax.tree.map(place, abstract)
   opt_state = jax.tree.map(place, jax.eval_shape(fit._ADAM.init, abstract))
@@ -130,16 +130,16 @@ def fit_embed(config: ml_collections.ConfigDict, policy: qwen2.Qwen2Config, devi
 
 
 def dots_verdict(config: ml_collections.ConfigDict, policy: qwen2.Qwen2Config,
-                 programs: dict[str, dict[str, Any]], topo: Any) -> str:
-  """Whether the DOTS stage fits one chip under config.plan_fit_margin x HBM; when the embedding
-  pass does not, the embed_batch that does (`fit_embed`), or that the backbone is too large."""
-  limit = config.plan_fit_margin * topo.hbm_bytes
+                 programs: dict[str, dict[str, Any]], topo: Any, margin: float) -> str:
+  """Whether the DOTS stage fits one chip under `margin` x HBM; when the embedding pass does not,
+  the embed_batch that does (`fit_embed`), or that the backbone is too large."""
+  limit = margin * topo.hbm_bytes
   unfit = [n for n in sorted(programs) if not compiled.within(programs[n], limit)]
   if not unfit:
     return "the DOTS stage fits one chip"
   line = f"the DOTS stage's {', '.join(unfit)} does NOT fit one chip (unsharded, float32)"
   if "embed" in unfit:
-    found = fit_embed(config, policy, topo.devices[0], topo.hbm_bytes, config.plan_fit_margin,
+    found = fit_embed(config, policy, topo.devices[0], topo.hbm_bytes, margin,
                       configured=programs["embed"])
     line += (f"; fits with --config.selection.dots.embed_batch={found['embed_batch']} (compiled "
              f"{found['compiled'] / 2**30:.2f} GiB)" if found else

@@ -1,5 +1,5 @@
 """Compile-only devices of a real accelerator topology, so the dry run compiles with that chip's
-own compiler on this CPU (`--config.plan_topology=v6e:2x4`, `v5p-16`, `h100x8`, `h200x1`).
+own compiler on this CPU (`----topology=v6e:2x4`, `v5p-16`, `h100x8`, `h200x1`).
 
 TPUs: `jax.experimental.topologies.get_topology_desc(topology_name=..., platform="tpu")` (needs
 `libtpu`); programs lowered on a mesh of its devices compile with the TPU compiler, whose
@@ -78,7 +78,7 @@ def tpu_topology_name(name: str) -> str:
   prefix, per_chip, shapes = _RENTAL[m.group(1)]
   units = int(m.group(2))
   if units % per_chip or units // per_chip not in shapes:
-    raise ConfigError(f"config.plan_topology={name!r}: {m.group(1)} slices are "
+    raise ConfigError(f"--topology={name!r}: {m.group(1)} slices are "
                       f"{', '.join(f'{m.group(1)}-{c * per_chip}' for c in shapes)}")
   return f"{prefix}:{shapes[units // per_chip]}"
 
@@ -90,7 +90,7 @@ def _tpu_devices(name: str, topology_name: str) -> list[Any]:
     from jax.experimental import topologies
     desc = topologies.get_topology_desc(topology_name=topology_name, platform="tpu")
   except Exception as e:  # noqa: BLE001 - no libtpu, an unknown name: one line either way
-    raise ConfigError(f"config.plan_topology={name!r}: no compile-only TPU devices "
+    raise ConfigError(f"--topology={name!r}: no compile-only TPU devices "
                       f"({_first_line(e)}); it needs libtpu (pip install -e \".[plan]\") and a name "
                       "like 'v5p:2x2x2', 'v6e:2x4', 'v5p-16' or a GPU's 'h100x8'") from None
   return list(desc.devices)
@@ -98,10 +98,10 @@ def _tpu_devices(name: str, topology_name: str) -> list[Any]:
 
 def _gpu_topology(name: str, gpu: str, count: int) -> Topology:
   if gpu not in GPU_SPECS:
-    raise ConfigError(f"config.plan_topology={name!r}: no spec for GPU {gpu!r}; known: "
+    raise ConfigError(f"--topology={name!r}: no spec for GPU {gpu!r}; known: "
                       f"{sorted(GPU_SPECS)} (dots_jax/tools/gpu_specs)")
   if count < 1 or (count > GPUS_PER_HOST and count % GPUS_PER_HOST):
-    raise ConfigError(f"config.plan_topology={name!r}: {count} GPUs; use up to {GPUS_PER_HOST} or "
+    raise ConfigError(f"--topology={name!r}: {count} GPUs; use up to {GPUS_PER_HOST} or "
                       f"a multiple of {GPUS_PER_HOST} (hosts of {GPUS_PER_HOST})")
   spec = gpu_spec(gpu)
   hosts, per_host = (1, count) if count <= GPUS_PER_HOST else (count // GPUS_PER_HOST, GPUS_PER_HOST)
@@ -110,7 +110,7 @@ def _gpu_topology(name: str, gpu: str, count: int) -> Topology:
     desc = topologies.get_topology_desc(platform="cuda", target_config=spec,
                                         topology=f"1x{hosts}x{per_host}")
   except Exception as e:  # noqa: BLE001 - no CUDA plugin: one line
-    raise ConfigError(f"config.plan_topology={name!r}: no compile-only GPU devices "
+    raise ConfigError(f"--topology={name!r}: no compile-only GPU devices "
                       f"({_first_line(e)}); it needs the CUDA plugin (pip install -e \".[plan-gpu]\") "
                       "and JAX_PLATFORMS=cpu before jax starts (a CUDA backend that failed to "
                       "start leaves no topology)") from None
