@@ -160,3 +160,35 @@ def test_readme_rl_step_names_the_functions_the_loop_calls_in_order():
     found = loop.find(called, pos)
     assert found >= 0, f"the main loop does not call {called!r} after position {pos} (README order)"
     pos = found
+
+
+def _entry_points() -> list[str]:
+  """Every command of the package: modules with a __main__ guard, and package __main__ modules."""
+  out = []
+  for name, path in _modules().items():
+    with open(path) as f:
+      src = f.read()
+    if name.endswith(".__main__"):
+      out.append(name[:-len(".__main__")])
+    elif re.search(r'^if __name__ == "__main__":', src, re.M):
+      out.append(name)
+  return sorted(out)
+
+
+def test_every_entry_point_parses_flags_with_absl_and_lists_them_on_help():
+  """One flag convention: absl everywhere (no argparse in the package), and `--help` of every
+  command lists its flags (absl's --help exits 1; the main job's own parser exits 0)."""
+  import subprocess
+  import sys
+  argparse_users = [n for n, p in _modules().items() if "import argparse" in open(p).read()]
+  assert not argparse_users, argparse_users
+  commands = _entry_points()
+  assert len(commands) >= 20, commands
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for m in commands}
+  for m, proc in procs.items():
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 1) and "Traceback" not in out, (m, out[-2000:])
+    assert re.search(r"^\s+--\w+: ", out, re.M), (m, out[-2000:])

@@ -251,3 +251,24 @@ def test_export_refuses_a_run_directory_and_a_non_empty_one(tmp_path):
   with pytest.raises(ConfigError, match="not empty .* --overwrite"):
     export_workdir(str(run), str(busy))
   assert (busy / "notes.txt").read_text() == "mine" and (run / "config.json").read_text() == "{}"
+
+
+def test_a_run_started_before_the_tools_kept_their_own_settings_resumes(tmp_path):
+  """A config.json written when the job's config still carried the planner's keys (dry_run,
+  plan_*), the simulator's (sim.*) and the tiny base's in every config: nothing blocks its resume;
+  a real change still does."""
+  from dots_jax.run.workdir import CONFIG_FILE, check_config, config_changes
+  current = load_config("tiny", "micro")
+  old = json.loads(current.to_json())
+  old.update(dry_run=False, plan_topology="", plan_compile=False, plan_fit_margin=0.9)
+  old["sim"] = {"questions": 4000, "drift_sd": 0.5}
+  (tmp_path / CONFIG_FILE).write_text(json.dumps(old))
+  assert check_config(current, str(tmp_path)) == []
+  qwen = load_config("qwen1p5b_math")  # no tiny section now: an old one's tiny.* keys are retired
+  saved = load_config("qwen1p5b_math").to_dict()
+  saved["tiny"] = {"hidden_size": 128}
+  from ml_collections import ConfigDict
+  assert config_changes(ConfigDict(saved), qwen) == []
+  current.rl.lr *= 2
+  with pytest.raises(ConfigError, match="rl.lr"):
+    check_config(current, str(tmp_path))
