@@ -25,7 +25,12 @@ from dots_jax.config_base import base_config
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+  """Something the user can fix (a setting, a file, the disk): the commands print its message as
+  one line, without a traceback (`python -m dots_jax.main --debug` shows it)."""
+
+
+class ConfigError(UserError, ValueError):
   """A configuration that cannot run; the message says which key to change and how."""
 
 

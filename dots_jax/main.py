@@ -34,6 +34,8 @@ _CPU_COLLECTIVES = flags.DEFINE_string(
 _COORDINATOR = flags.DEFINE_string("coordinator", "", "host:port of process 0 (else auto-detected)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job (with --coordinator)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's id (with --coordinator)")
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, "show the traceback of an error a user can fix (it is one line otherwise)")
 _LIBRARY_LOGS = flags.DEFINE_bool(
     "library_logs", False, "show INFO logs of libraries (orbax logs every checkpoint file operation); "
     "progress lines are printed either way")
@@ -59,18 +61,49 @@ def main(argv: list[str]) -> None:
     jax.distributed.initialize()  # TPU pod slices, SLURM, ... describe themselves
   # Imported only now: nothing may start a JAX backend before jax.distributed.initialize().
   from dots_jax import train
-  from dots_jax.config_common import ConfigError
-  from dots_jax.run.checkpoint import CheckpointError
-  from dots_jax.rl.update import DivergenceError, NonFiniteError
   try:
     summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value or "")
-    if jax.process_index() == 0 and summary.get("workdir") and not summary["preempted"]:
-      for line in next_commands(summary, config_flags.get_config_filename(flags.FLAGS["config"])):
-        print(line, flush=True)
-  except ConfigError as e:
-    raise app.UsageError(str(e)) from None
-  except (CheckpointError, DivergenceError, NonFiniteError) as e:
-    sys.exit(f"error: {e}")
+  except Exception as e:  # noqa: BLE001 - one line for what a user can fix; bugs keep their trace
+    message = error_line(e, _WORKDIR.value or "")
+    if message is None or _DEBUG.value:
+      raise
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  if jax.process_index() == 0 and summary.get("workdir") and not summary["preempted"]:
+    for line in next_commands(summary, config_flags.get_config_filename(flags.FLAGS["config"])):
+      print(line, flush=True)
+
+
+def error_line(e: BaseException, workdir: str) -> str | None:
+  """The one line for an error the user can fix (a setting, a file, a diverged run, a full disk),
+  or None for anything else (a bug: its traceback is shown)."""
+  from dots_jax.config_common import UserError
+  from dots_jax.rl.update import DivergenceError, NonFiniteError
+  full = _disk_full(e)
+  if full is not None:
+    from dots_jax.run.workdir import checkpoint_steps
+    steps = checkpoint_steps(workdir) if workdir else []
+    resume = f"step {max(steps)}" if steps else "its start (no checkpoint was saved)"
+    return f"no space left writing {full or workdir}; free space and rerun: the run resumes from {resume}"
+  if isinstance(e, (UserError, DivergenceError, NonFiniteError)):
+    return " ".join(str(e).split())  # one line, whatever the message's layout
+  return None
+
+
+def _disk_full(e: BaseException) -> str | None:
+  """The path a full disk refused (or "" when unnamed), if ENOSPC is anywhere in `e`'s chain."""
+  import errno
+  import re
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      return e.filename or ""
+    if "No space left on device" in str(e):
+      found = re.search(r"(/[^\s'\"]+)", str(e))
+      return found.group(1) if found else ""
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def next_commands(summary: dict, config_file: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Question readers, TFDS array_record builders and load_dataset."""
 
 import json
+import logging
 import os
 
 import pytest
@@ -194,3 +195,22 @@ def test_concurrent_prepare_of_the_same_content_opens_the_winner(tmp_path):
 
   source, meta = builder.prepare("race", root, "k1", make_slow)
   assert meta["who"] == "winner" and len(source) == 5
+
+
+def test_repeated_problems_without_ids_are_counted_and_said_on_every_load(tmp_path, caplog):
+  rows = [json.dumps({"problem": "What is 2+2?", "answer": "4"})] * 5 + [
+      json.dumps({"problem": "What is 3+3?", "answer": "6"})]
+  c = _cfg(tmp_path, train=str(tmp_path / "manual" / "dups.jsonl"))
+  _write(tmp_path / "manual" / "dups.jsonl", rows)
+  for _ in range(2):  # prepared once, said both times
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      qs = load_dataset(data_settings(c), "train")
+    assert len(qs) == 6
+    assert any("4 rows without an id repeat an earlier row's problem" in r.getMessage()
+               and "dups.jsonl:2: repeats the problem of line 1" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+  c.skip_bad_rows = True
+  caplog.clear()
+  qs = load_dataset(data_settings(c), "train")
+  assert len(qs) == 2 and qs.metadata["skipped"] == {"duplicate_problem": 4}

@@ -257,6 +257,27 @@ def test_auto_estimator_is_made_once_and_refit_when_settings_change(tmp_path, sh
   assert any("pool labels from" in line for line in logs)
   assert not any("labelling the pool" in line for line in logs)
 
+  # A labels file cut in half (a job killed while the old code wrote it in place): the rerun names
+  # it, labels the pool again and completes, where it died with BadZipFile.
+  labels = os.path.join(out, "pool_labels.npz")
+  with open(labels, "rb") as f:
+    data = f.read()
+  with open(labels, "wb") as f:
+    f.write(data[:len(data) // 2])
+  c.selection.dots.fit.steps = 30
+  logs.clear()
+  assert ensure_estimator(stage(c), log=logs.append) == out
+  assert any(f"{labels} does not load" in line for line in logs), logs
+  assert any("labelling the pool" in line for line in logs)
+  assert np.load(labels)["labels"].shape == np.load(labels)["rows"].shape
+  # ... and a damaged estimator is refitted the same way
+  with open(os.path.join(out, "params.npz"), "wb") as f:
+    f.write(b"PK\x03\x04 cut")
+  logs.clear()
+  assert ensure_estimator(stage(c), log=logs.append) == out
+  assert any("does not load" in line and "fitting it again" in line for line in logs), logs
+  assert load_or_init_estimator(stage(c), input_dim=32).cfg.width == 32
+
 
 def test_backbone_fingerprint_follows_recorded_weights_not_paths(tmp_path):
   """The shipped base (its files' digests recorded) has one fingerprint in every install, so its

@@ -141,3 +141,117 @@ def test_command_line_errors_are_one_line_and_help_lists_the_keys():
   assert "--config.rl.lr=2e-05" in lines and "--config.total_steps=4" in lines
   assert lines[-1].startswith("methods (--config.method): dots (") and "dots_rr_greso" in lines[-1]
   np.testing.assert_equal(len(lines) > 100, True)
+
+
+# ----- readers never write; caches are never half-written; every user error is one line -----
+
+def test_a_reader_held_mid_restore_costs_the_trainer_nothing(cache, tmp_path, monkeypatch):
+  """An evaluation (the reader of `load_trained`) restores step 2 while the trainer goes on to step
+  5, rotating step 2 away under it: the reader moves on to the newest verified step, deletes and
+  writes nothing, and the trainer's next resume continues from its own newest step with nothing
+  moved aside (the reader used to rotate with its stale step list and delete the trainer's
+  digests)."""
+  import threading
+
+  from dots_jax.run import checkpoint
+  from dots_jax.run.workdir import load_trained
+  work = str(tmp_path / "w")
+  every = {"ckpt.every": 1, "ckpt.keep": 2, "eval.every": 0}
+  train.train_and_evaluate(micro(cache, **every), work)
+  reading, release = threading.Event(), threading.Event()
+  restore = checkpoint.Checkpointer.restore
+
+  def held(self, *args, **kwargs):
+    if self.read_only and not release.is_set():
+      reading.set()
+      release.wait(120)
+    return restore(self, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore", held)
+  said, got = [], {}
+  reader = threading.Thread(target=lambda: got.update(
+      trained=load_trained(work, log=said.append)))
+  reader.start()
+  assert reading.wait(120)
+  train.train_and_evaluate(micro(cache, total_steps=5, **every), work)  # saves 3-5, rotates 2 away
+  release.set()
+  reader.join(120)
+  assert got["trained"].step == 5
+  assert any("rotated away while it was read" in line for line in said), said
+  assert sorted(os.listdir(os.path.join(work, "checkpoints_verified"))) == ["4.json", "5.json"]
+  summary = train.train_and_evaluate(micro(cache, total_steps=6, **every), work)
+  assert summary["steps"] == 6 and not os.path.exists(os.path.join(work, "checkpoints_corrupt"))
+  with open(os.path.join(work, "metrics.jsonl")) as f:
+    assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_trainers_rotation_tolerates_a_step_already_gone(tmp_path):
+  import jax.numpy as jnp
+
+  from dots_jax.run.checkpoint import Checkpointer
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  for step in (1, 2):
+    ckpt.save(step, {"w": jnp.full(3, float(step))}, {"k": step})
+  import shutil
+  shutil.rmtree(tmp_path / "checkpoints" / "1")  # gone before the rotation that deletes it
+  ckpt.save(3, {"w": jnp.full(3, 3.0)}, {"k": 3})
+  assert sorted(ckpt.all_steps()) == [2, 3]
+  ckpt.close()
+
+
+def test_an_edited_config_json_is_one_line_naming_the_file_and_key(cache, tmp_path):
+  from dots_jax.main import error_line
+  work = str(tmp_path / "w")
+  train.train_and_evaluate(micro(cache), work)
+  path = os.path.join(work, "config.json")
+  with open(path) as f:
+    good = f.read()
+  with open(path, "w") as f:
+    f.write(good[:-20])  # cut off mid-object, as a careless edit
+  with pytest.raises(ConfigError) as e:
+    train.train_and_evaluate(micro(cache), work)
+  line = error_line(e.value, work)
+  assert line.startswith(f"{path}: not valid JSON (") and "\n" not in line
+  typed = json.loads(good)
+  typed["rl"]["lr"] = "fast"
+  with open(path, "w") as f:
+    json.dump(typed, f)
+  with pytest.raises(ConfigError) as e:
+    train.train_and_evaluate(micro(cache), work)
+  line = error_line(e.value, work)
+  assert line.startswith(f"{path}: rl.lr is 'fast', the config wants a float") and "\n" not in line
+
+
+def test_a_full_disk_and_a_bad_row_are_one_line(cache, tmp_path, monkeypatch):
+  import errno
+
+  from dots_jax.main import error_line
+  from dots_jax.run import checkpoint
+  work = str(tmp_path / "w")
+  save = checkpoint.Checkpointer.save
+
+  def full_after_step_1(self, step, *args, **kwargs):
+    if step > 1:
+      raise OSError(errno.ENOSPC, "No space left on device", os.path.join(work, "checkpoints"))
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", full_after_step_1)
+  with pytest.raises(OSError) as e:
+    train.train_and_evaluate(micro(cache, **{"ckpt.every": 1}), work)
+  assert error_line(e.value, work) == (f"no space left writing {work}/checkpoints; free space and "
+                                       "rerun: the run resumes from step 1")
+  bad = tmp_path / "rows.jsonl"
+  bad.write_text('{"problem": "1+1", "answer": "2"}\n["not", "an", "object"]\n')
+  with pytest.raises(ValueError) as e:
+    read_questions(str(bad), field_mapper(), id_prefix="rows", skip_bad_rows=False)
+  assert error_line(e.value, work) == (f"{bad}:2: expected a JSON object, got list (set "
+                                       "config.data.skip_bad_rows=True to skip bad rows)")
+  assert error_line(RuntimeError("a bug"), work) is None  # a bug keeps its traceback
+
+
+def test_summary_json_is_strict_json(cache, tmp_path):
+  work = str(tmp_path / "w")
+  train.train_and_evaluate(micro(cache, **{"eval.every": 0}), work)  # never evaluated: NaN
+  with open(os.path.join(work, "summary.json")) as f:
+    summary = json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+  assert summary["final_eval_accuracy"] is None and summary["steps"] == 2

@@ -157,3 +157,18 @@ def test_builds_killed_on_this_host_leave_nothing_behind(tmp_path):
   assert sorted(os.listdir(tmp_path)) == sorted([f".tmp-tiny-{host}-{os.getpid()}-def",
                                                  f".tmp-tiny-otherhost-{dead}-jkl",
                                                  "tiny-0123456789abcdef"])
+
+
+def test_a_damaged_cached_build_is_built_again(tmp_path):
+  c = micro(tmp_path)
+  c.tiny.update(sft_steps=4, sft_schedule_steps=4)
+  path = base.ensure_tiny_base(recipe(c), log=lambda s: None)
+  with open(os.path.join(path, "model.safetensors"), "r+b") as f:
+    f.seek(-4, os.SEEK_END)
+    f.write(b"\0\0\0\0")
+  said = []
+  assert base.ensure_tiny_base(recipe(c), log=said.append) == path
+  assert any("has missing or changed files (model.safetensors); building it again" in s
+             for s in said), said
+  assert base.shipped_base(path).problem() is None
+  assert not [d for d in os.listdir(os.path.dirname(path)) if d.startswith(".tmp-")]

@@ -90,7 +90,8 @@ def file_sha256(path: str) -> str:
 
 def report_metadata(report: ReadReport) -> dict:
   return {"source": report.path, "rows_read": report.rows_read, "skipped": dict(report.skipped),
-          "first_skips": report.first_skips}
+          "first_skips": report.first_skips, "duplicates": report.duplicates,
+          "first_duplicate": report.first_duplicate}
 
 
 def prepare(name: str, prepared_root: str, key: str,

@@ -20,7 +20,7 @@ from typing import Any
 from dots_jax import fs
 from dots_jax.config_common import as_json
 from dots_jax.data import builder, sources, synthetic
-from dots_jax.data.question import Question, field_mapper, read_questions
+from dots_jax.data.question import MissingDataError, Question, field_mapper, read_questions
 
 SYNTHETIC_SPLITS = {"synthetic": "train", "synthetic_heldout": "heldout"}
 
@@ -90,7 +90,7 @@ def _part_file(data_cfg: Any, part: str) -> tuple[str, Any]:
   # A gs:// file is copied once into the local cache (the builder reads local files).
   path = fs.localize(part) if fs.is_remote(part) else os.path.expanduser(part)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config.data.train: {part!r} is not a file (a path must end in "
+    raise MissingDataError(f"config.data.train: {part!r} is not a file (a path must end in "
                             f"{', '.join(FILE_SUFFIXES)}; registry names: {sorted(sources.SOURCES)})")
   return path, field_mapper(data_cfg.problem_field, data_cfg.answer_field,
                                data_cfg.id_field or None)
@@ -127,10 +127,19 @@ def _from_files(data_cfg: Any, name: str) -> QuestionSet:
         skipped[reason] = skipped.get(reason, 0) + count
     return questions, {"source": paths, "rows_read": sum(m["rows_read"] for m in metas),
                        "skipped": skipped, "first_skips": [s for m in metas for s in m["first_skips"]],
-                       "parts": {part: m["rows_read"] for part, m in zip(parts, metas)}}
+                       "parts": {part: m["rows_read"] for part, m in zip(parts, metas)},
+                       "duplicates": sum(m["duplicates"] for m in metas),
+                       "first_duplicate": next((m["first_duplicate"] for m in metas
+                                                if m["first_duplicate"]), "")}
 
   prepared_name = "_and_".join(_safe_name(os.path.basename(p)) for p in parts)
-  return QuestionSet(name, *builder.prepare(prepared_name, prepared_root(data_cfg), key, make))
+  qs = QuestionSet(name, *builder.prepare(prepared_name, prepared_root(data_cfg), key, make))
+  dups = int(qs.metadata.get("duplicates", 0))
+  if dups and not skip:  # said on every load, not only when the set is first prepared
+    logging.warning("%s: %d rows without an id repeat an earlier row's problem (first: %s); they "
+                    "train as separate questions: set config.data.skip_bad_rows=True to drop them",
+                    name, dups, qs.metadata.get("first_duplicate", ""))
+  return qs
 
 
 def _safe_name(text: str) -> str:

@@ -36,7 +36,7 @@ OVERFLOW_MODES = ("drop", "left", "error")
 
 def system_prompt_text(name: str) -> str | None:
   if name not in SYSTEM_PROMPTS:
-    raise ValueError(f"unknown system prompt {name!r} (config.data.system_prompt); "
+    raise ConfigError(f"unknown system prompt {name!r} (config.data.system_prompt); "
                      f"known: {sorted(SYSTEM_PROMPTS)}")
   return SYSTEM_PROMPTS[name]
 
@@ -46,12 +46,12 @@ def build_prompt(tokenizer: Any, problem: str, system_prompt: str = "none",
   """Token ids of one prompt, ending where the model's answer starts."""
   system = system_prompt_text(system_prompt)
   if user_template not in USER_TEMPLATES:
-    raise ValueError(f"unknown user template {user_template!r} (config.data.user_template); "
+    raise ConfigError(f"unknown user template {user_template!r} (config.data.user_template); "
                      f"known: {sorted(USER_TEMPLATES)}")
   problem = USER_TEMPLATES[user_template].replace("{problem}", problem)
   if chat_template:
     if not getattr(tokenizer, "chat_template", None):
-      raise ValueError("config.data.chat_template=True but the tokenizer has no chat template")
+      raise ConfigError("config.data.chat_template=True but the tokenizer has no chat template")
     messages = ([{"role": "system", "content": system}] if system else [])
     messages.append({"role": "user", "content": problem})
     return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
@@ -72,16 +72,16 @@ def build_prompts(tokenizer: Any, problems: Sequence[str], data_cfg: Any) -> Pro
   prompt_overflow ("drop" over-long questions, "left"-truncate them keeping the end, or "error")."""
   mode, limit = data_cfg.prompt_overflow, data_cfg.max_prompt_tokens
   if mode not in OVERFLOW_MODES:
-    raise ValueError(f"config.data.prompt_overflow must be one of {OVERFLOW_MODES}, got {mode!r}")
+    raise ConfigError(f"config.data.prompt_overflow must be one of {OVERFLOW_MODES}, got {mode!r}")
   if limit < 1:
-    raise ValueError(f"config.data.max_prompt_tokens must be >= 1, got {limit}")
+    raise ConfigError(f"config.data.max_prompt_tokens must be >= 1, got {limit}")
   batch = PromptBatch([], [], collections.Counter(total=len(problems)))
   for i, problem in enumerate(problems):
     ids = build_prompt(tokenizer, problem, data_cfg.system_prompt, data_cfg.chat_template,
                        data_cfg.user_template)
     if len(ids) > limit:
       if mode == "error":
-        raise ValueError(f"question {i}: prompt has {len(ids)} tokens > config.data.max_prompt_tokens="
+        raise ConfigError(f"question {i}: prompt has {len(ids)} tokens > config.data.max_prompt_tokens="
                          f"{limit} (problem starts {problem[:60]!r})")
       if mode == "drop":
         batch.counts["dropped"] += 1

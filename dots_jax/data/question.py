@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from dots_jax.config_common import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Question:
@@ -20,6 +22,14 @@ class Question:
   problem: str
   answer: str  # gold final answer, unnormalised
   meta: dict = dataclasses.field(default_factory=dict)  # source fields besides problem/answer
+
+
+class DataError(UserError, ValueError):
+  """A data file that cannot be read as questions; the message names the file (and line)."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+  """A data set whose file is not where the config says; the message says where to get it."""
 
 
 class BadRow(ValueError):
@@ -36,6 +46,10 @@ class ReadReport:
   rows_read: int = 0
   skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   first_skips: list = dataclasses.field(default_factory=list)  # "file:line: why" for the first few
+  # Rows without an id whose problem repeats an earlier row's (kept: trained as separate
+  # questions, unless skip_bad_rows drops them as "duplicate_problem"), and the first such line.
+  duplicates: int = 0
+  first_duplicate: str = ""
 
   @property
   def num_skipped(self) -> int:
@@ -98,13 +112,13 @@ def _json_array_values(path: str) -> Iterator[tuple[int, Any]]:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
     line = raw[:e.start].count(b"\n") + 1
-    raise ValueError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x})") from None
+    raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x})") from None
   try:
     data = json.loads(text)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
   if not isinstance(data, list):
-    raise ValueError(f"{path}: expected a top-level JSON array, got {type(data).__name__}")
+    raise DataError(f"{path}: expected a top-level JSON array, got {type(data).__name__}")
   yield from enumerate(data, start=1)
 
 
@@ -114,7 +128,7 @@ def _parquet_values(path: str) -> Iterator[tuple[int, Any]]:
   try:
     rows = pq.read_table(path).to_pylist()
   except Exception as e:  # pyarrow raises several unrelated types for unreadable files
-    raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+    raise DataError(f"{path}: not a readable parquet file ({e})") from None
   yield from enumerate(rows, start=1)
 
 
@@ -123,7 +137,9 @@ def read_questions(path: str | os.PathLike, mapper: RowMapper, *, id_prefix: str
   """All good rows of a `.jsonl` (one object per line) or `.json` (array) file as Questions.
 
   Rows keep file order; `index` counts kept rows. Rows without an id get `<id_prefix>-<line>`.
-  Duplicate ids are an error (ids must identify questions across runs).
+  Duplicate ids are an error (ids must identify questions across runs). A row without an id whose
+  problem repeats an earlier row's is counted (`ReadReport.duplicates`: the loader warns) and kept,
+  or with `skip_bad_rows` skipped as "duplicate_problem".
   """
   path = os.fspath(path)
   report = ReadReport(path)
@@ -135,19 +151,30 @@ def read_questions(path: str | os.PathLike, mapper: RowMapper, *, id_prefix: str
     values = jsonl_rows(path)
   questions: list[Question] = []
   seen_ids: dict[str, int] = {}
+  seen_problems: dict[str, int] = {}  # problem -> line, of rows without an id
   for line_no, value in values:
     report.rows_read += 1
     try:
       if isinstance(value, BadRow):
         raise value
       row_id, problem, answer, meta = mapper(value)
+      if row_id is None:
+        if problem in seen_problems:
+          repeat = f"{path}:{line_no}: repeats the problem of line {seen_problems[problem]}"
+          report.first_duplicate = report.first_duplicate or repeat
+          report.duplicates += 1
+          if skip_bad_rows:
+            raise BadRow("duplicate_problem", f"repeats the problem of line "
+                                              f"{seen_problems[problem]} (no id)")
+        else:
+          seen_problems[problem] = line_no
       row_id = f"{id_prefix}-{line_no}" if row_id is None else row_id
       if row_id in seen_ids:
         raise BadRow("duplicate_id", f"id {row_id!r} already used on line {seen_ids[row_id]}")
     except BadRow as e:
       if not skip_bad_rows:
-        raise ValueError(f"{path}:{line_no}: {e} (set config.data.skip_bad_rows=True to skip bad rows)"
-                         ) from None
+        raise DataError(f"{path}:{line_no}: {e} (set config.data.skip_bad_rows=True to skip bad "
+                        "rows)") from None
       report.skipped[e.reason] += 1
       if len(report.first_skips) < 5:
         report.first_skips.append(f"{path}:{line_no}: {e}")
@@ -155,8 +182,8 @@ def read_questions(path: str | os.PathLike, mapper: RowMapper, *, id_prefix: str
     seen_ids[row_id] = line_no
     questions.append(Question(row_id, len(questions), problem, answer, meta))
   if report.rows_read == 0:
-    raise ValueError(f"{path}: empty file (no rows)")
+    raise DataError(f"{path}: empty file (no rows)")
   if not questions:
-    raise ValueError(f"{path}: no usable rows; all {report.rows_read} skipped: {dict(report.skipped)}; "
-                     f"first: {report.first_skips[0]}")
+    raise DataError(f"{path}: no usable rows; all {report.rows_read} skipped: "
+                    f"{dict(report.skipped)}; first: {report.first_skips[0]}")
   return questions, report

@@ -9,7 +9,7 @@ import dataclasses
 import os
 from typing import Any
 
-from dots_jax.data.question import BadRow, RowMapper, field_mapper
+from dots_jax.data.question import BadRow, DataError, MissingDataError, RowMapper, field_mapper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ def shared_data_dir(data_cfg: Any) -> str:
 def find_source_file(data_cfg: Any, name: str) -> str:
   """Path of dataset `name`'s file; a clear error listing where it looked and how to obtain it."""
   if name not in SOURCES:
-    raise ValueError(f"unknown dataset {name!r}; known: {sorted(SOURCES)} (and synthetic)")
+    raise DataError(f"unknown dataset {name!r}; known: {sorted(SOURCES)} (and synthetic)")
   source = SOURCES[name]
   dirs = [d for d in (data_cfg.manual_dir, shared_data_dir(data_cfg)) if d]
   for d in dirs:
@@ -91,6 +91,6 @@ def find_source_file(data_cfg: Any, name: str) -> str:
       path = os.path.join(d, file_name)
       if os.path.isfile(path):
         return os.path.normpath(path)
-  raise FileNotFoundError(
+  raise MissingDataError(
       f"dataset {name!r}: none of {list(source.files)} in {dirs} (config.data.manual_dir, "
       f"config.data.shared_dir / $DOTS_JAX_DATA). Obtain it from: {source.obtain}")

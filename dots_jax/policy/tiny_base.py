@@ -139,7 +139,8 @@ def _file_digests(directory: str) -> dict[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class ShippedBase:
-  """The base in the package's assets: its directory and what its info file records."""
+  """A finished base directory (the package's shipped one, or a cached build) and what its info
+  file records."""
 
   path: str
   info: dict[str, Any]
@@ -159,7 +160,8 @@ class ShippedBase:
 
 
 def shipped_base(directory: str = SHIPPED_DIR) -> ShippedBase | None:
-  """The shipped base, or None where the package holds none (or its info file does not read)."""
+  """The base in `directory` (default: the package's shipped one), or None where there is none
+  (or its info file does not read)."""
   try:
     with open(os.path.join(directory, INFO_FILE)) as f:
       info = json.load(f)
@@ -209,9 +211,14 @@ def ensure_tiny_base(recipe: Recipe, log: Callable[[str], None] = print) -> str:
     why = f"the package ships no base ({SHIPPED_DIR} has no {INFO_FILE})"
   out_dir = tiny_base_dir(recipe)
   marker = os.path.join(out_dir, INFO_FILE)
-  if os.path.exists(marker):
+  cached = shipped_base(out_dir) if os.path.exists(marker) else None
+  damaged = cached.problem() if cached is not None and cached.info.get("files") else None
+  if cached is not None and damaged is None:
     log(f"== tiny base policy: {why}; using its cached build {out_dir}")
     return out_dir
+  if damaged is not None and jax.process_index() == 0:
+    log(f"== tiny base policy: the cached build {out_dir} {damaged}; building it again")
+    os.remove(marker)
   if jax.process_index() != 0:
     while not os.path.exists(marker):
       time.sleep(2.0)

@@ -35,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dots_jax import fs
+from dots_jax.config_common import UserError
 
 _ARRAY_TAG = "__ndarray__"
 _INLINE_TAG = "__inline_ndarray__"  # [dtype str, shape, values]
@@ -77,7 +78,7 @@ def _join_host(tree: Any, arrays: dict[str, np.ndarray]) -> Any:
   return tree
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """No checkpoint of the run restores and verifies; the message says which and why, in one line."""
 
 

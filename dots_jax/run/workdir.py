@@ -81,20 +81,42 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   if not fs.isfile(path):
     raise ConfigError(f"{path} does not exist: --workdir must be a run directory of "
                       "`python -m dots_jax.main` (it writes config.json at start-up)")
-  saved = json.loads(fs.read_text(path))
+  try:
+    saved = json.loads(fs.read_text(path))
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                      "restore the file the run wrote, or start a new workdir") from None
+  if not isinstance(saved, dict):
+    raise ConfigError(f"{path}: expected a JSON object of config sections, got "
+                      f"{type(saved).__name__}")
   c = base_config()
 
-  def merge(node: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
+  def merge(node: ml_collections.ConfigDict, values: dict[str, Any], prefix: str) -> None:
     for k, v in values.items():
-      if k in node and isinstance(node[k], ml_collections.ConfigDict) and isinstance(v, dict):
-        merge(node[k], v)
-      elif k in node and isinstance(node[k], tuple):
-        node[k] = tuple(v)
-      else:  # also keys this code no longer has: kept, so they stay visible
-        node[k] = v
+      key = f"{prefix}{k}"
+      if k in node and isinstance(node[k], ml_collections.ConfigDict):
+        if not isinstance(v, dict):
+          raise ConfigError(f"{path}: {key} is {v!r}, the config wants a section (an object)")
+        merge(node[k], v, key + ".")
+        continue
+      try:
+        if k in node and isinstance(node[k], tuple):
+          if not isinstance(v, (list, tuple)):
+            raise TypeError(f"a list")
+          node[k] = tuple(v)
+        else:  # also keys this code no longer has: kept, so they stay visible
+          node[k] = v
+      except (TypeError, ValueError) as e:
+        want = type(node[k]).__name__ if k in node else "another type"
+        raise ConfigError(f"{path}: {key} is {v!r}, the config wants a {want} "
+                          f"({_first_line(e)})") from None
 
-  merge(c, saved)
+  merge(c, saved, "")
   return c
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 LOCK_FILE = ".writer.lock"
