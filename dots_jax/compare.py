@@ -97,13 +97,42 @@ def _ratio(a: float, b: float) -> float:
   return a / b if b > 0 else float("nan")
 
 
+ORACLE = "oracle"  # DOTS's rule on exact pass rates: the signal share a perfect estimator buys
+
+
+def seed_se(finals: list[float]) -> float:
+  """The seed-to-seed standard error of a final accuracy (0 with one seed: nothing to spread)."""
+  return float(np.std(finals, ddof=1) / np.sqrt(len(finals))) if len(finals) > 1 else 0.0
+
+
+def undrawn_pearson_min(curve: dict[str, np.ndarray]) -> float:
+  """The lowest Pearson r, at the run's evaluations, of the predictions with the exact pass rates
+  over the questions the draw has not rolled out in the last rounds; NaN where none was taken."""
+  r = curve["pred_pearson_undrawn_exact"]
+  at = np.isin(curve["train_step"], curve["step"]) & np.isfinite(r)
+  return float(r[at].min()) if at.any() else float("nan")
+
+
+def families_at(curve: dict[str, np.ndarray], step: float) -> dict[str, float]:
+  """Held-out accuracy per family at `step` (interpolated between evaluations)."""
+  return {f: float(np.interp(step, curve["step"], a)) for f, a in curve["families"].items()}
+
+
 def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int = 8,
             overlap: float = float("nan"), *, testbed: bool = True) -> dict[str, Any]:
   """curves[method][seed] -> per-run and per-method results against the same seed's GRPO run, and
   the goals block, and with `testbed` the tiny testbed's bars (`group_size` G of the runs;
-  `overlap` the number of questions in both the pool and the held-out split, NaN where unknown)."""
+  `overlap` the number of questions in both the pool and the held-out split, NaN where unknown).
+
+  A method reaches a baseline (GRPO; DS for GRESO's comparison) when its held-out accuracy reaches
+  the baseline's final accuracy on the same seed less one seed-to-seed standard error of that final
+  (noise between seeds cannot flip it); ratios are against the baseline's own steps, rollouts and
+  seconds to that target. Final accuracies are taken at the baseline's last step (equal steps); a
+  run extended to spend the baseline's rollouts (`compare`) also reports its end."""
   if BASELINE not in curves:
     raise ValueError(f"the comparison needs the uniform baseline {BASELINE!r} among --methods")
+  base_se = seed_se([float(c["accuracy"][-1]) for c in curves[BASELINE].values()])
+  ds_se = seed_se([float(c["accuracy"][-1]) for c in curves[DS].values()]) if DS in curves else 0.0
   runs: dict[str, dict[str, Any]] = {}
   for method, by_seed in curves.items():
     runs[method] = {}
@@ -111,33 +140,52 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int
       if seed not in curves[BASELINE]:
         raise ValueError(f"seed {seed} of {method} has no {BASELINE} run to compare with")
       base = curves[BASELINE][seed]
-      target = float(base["accuracy"][-1])
-      base_s, base_r, _ = first_reach(base, target)
+      base_steps = float(base["step"][-1])
+      target = float(base["accuracy"][-1]) - base_se
+      base_s, base_r, base_step = first_reach(base, target)
       sec, roll, step = first_reach(curve, target)
       ds_cmp = {}
       if DS in curves and seed in curves[DS]:
         ds = curves[DS][seed]
-        ds_target = float(ds["accuracy"][-1])
+        ds_target = float(ds["accuracy"][-1]) - ds_se
         ds_sec, ds_roll, _ = first_reach(curve, ds_target)
         ds_own_sec, ds_own_roll, _ = first_reach(ds, ds_target)
         ds_cmp = {"ds_target": ds_target, "rollouts_to_ds_target": ds_roll,
                   "rollouts_vs_ds": _ratio(ds_roll, ds_own_roll),
                   "seconds_vs_ds": _ratio(ds_sec, ds_own_sec)}
-      _, _, base_step = first_reach(base, target)
+      oracle_share = (_nanmean(curves[ORACLE][seed]["signal_share_exact"])
+                      if ORACLE in curves and seed in curves[ORACLE] else float("nan"))
+      fam = families_at(curve, base_steps)
+      base_fam = families_at(base, base_steps)
+      shortfall = {f: base_fam[f] - fam[f] for f in fam if f in base_fam}
+      worst = max(shortfall, key=shortfall.get) if shortfall else ""
+      at_base_steps = _accuracy_at(curve, base_steps)
       runs[method][str(seed)] = {**ds_cmp,
           "initial_accuracy": float(curve["accuracy"][0]),
-          "final_accuracy": float(curve["accuracy"][-1]),
-          "final_stderr": float(curve["stderr"][-1]),
+          "final_accuracy": at_base_steps,  # at the baseline's last step: equal steps
+          "final_stderr": float(np.interp(base_steps, curve["step"], curve["stderr"])),
+          "end_step": float(curve["step"][-1]),
+          "end_accuracy": float(curve["accuracy"][-1]),
           "target": target,
+          "equal_step_margin": at_base_steps - target,
           "seconds_to_target": sec, "rollouts_to_target": roll, "step_to_target": step,
           "time_ratio": _ratio(sec, base_s), "rollout_ratio": _ratio(roll, base_r),
           "step_ratio": _ratio(step, base_step),
+          "rollouts_per_step_ratio": _ratio(float(np.interp(base_steps, curve["step"],
+                                                            curve["rollouts"])),
+                                            float(base["rollouts"][-1])),
           "rollout_s_per_step": _nanmean(curve["rollout_s"]),
           "update_s_per_step": _nanmean(curve["update_s"]),
           "tracking_error": _nanmean(curve["pred_abs_err"]),
           "tracking_error_exact": _nanmean(curve["pred_abs_err_exact"]),
           "estimator_pearson_min": estimator_pearson_min(curve),
+          "undrawn_pearson_min": undrawn_pearson_min(curve),
+          "signal_share": _nanmean(curve["signal_share_exact"]),
+          "signal_share_vs_oracle": _ratio(_nanmean(curve["signal_share_exact"]), oracle_share),
           "signal_share_ratio": signal_share_ratio(curve),
+          "families": fam,
+          "worst_family": worst,
+          "worst_family_shortfall": float(shortfall[worst]) if worst else float("nan"),
           "distinct_questions": curve["distinct_questions"],
           "total_seconds": float(curve["seconds"][-1]),
           "total_rollouts": float(curve["rollouts"][-1]),
@@ -148,24 +196,32 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int
   for method, by_seed in runs.items():
     vals = list(by_seed.values())
     mean = lambda k: float(np.mean([v[k] for v in vals]))  # NaN if any seed never reached it
+    worst = lambda k: float(np.max([v[k] for v in vals]))  # NaN if any seed never reached it
+    finals = [v["final_accuracy"] for v in vals]
     summary[method] = {
         "seeds": len(vals),
         "final_accuracy": mean("final_accuracy"),
-        "final_accuracy_sd": float(np.std([v["final_accuracy"] for v in vals])),
-        "reached": int(sum(np.isfinite(v["seconds_to_target"]) for v in vals)),
+        "final_accuracy_sd": float(np.std(finals)),
+        "final_accuracy_se": seed_se(finals) if len(vals) > 1 else vals[0]["final_stderr"],
+        "end_accuracy": mean("end_accuracy"), "end_step": mean("end_step"),
+        "reached": int(sum(np.isfinite(v["step_to_target"]) for v in vals)),
         "seconds_to_target": mean("seconds_to_target"),
         "rollouts_to_target": mean("rollouts_to_target"),
-        "final_accuracy_se": (float(np.std([v["final_accuracy"] for v in vals], ddof=1)
-                                    / np.sqrt(len(vals))) if len(vals) > 1
-                              else vals[0]["final_stderr"]),
         "step_to_target": mean("step_to_target"), "step_ratio": mean("step_ratio"),
+        "step_ratio_worst": worst("step_ratio"), "rollout_ratio_worst": worst("rollout_ratio"),
         "time_ratio": mean("time_ratio"), "rollout_ratio": mean("rollout_ratio"),
+        "rollouts_per_step_ratio": mean("rollouts_per_step_ratio"),
+        "equal_step_margin_worst": float(np.min([v["equal_step_margin"] for v in vals])),
         "rollout_s_per_step": mean("rollout_s_per_step"),
         "update_s_per_step": mean("update_s_per_step"),
         "tracking_error": mean("tracking_error"),
         "tracking_error_exact": mean("tracking_error_exact"),
-        "estimator_pearson_min": mean("estimator_pearson_min"),
+        "estimator_pearson_min": float(np.min([v["estimator_pearson_min"] for v in vals])),
+        "undrawn_pearson_min": float(np.min([v["undrawn_pearson_min"] for v in vals])),
+        "signal_share": mean("signal_share"),
+        "signal_share_vs_oracle": mean("signal_share_vs_oracle"),
         "signal_share_ratio": mean("signal_share_ratio"),
+        "worst_family_shortfall": float(np.max([v["worst_family_shortfall"] for v in vals])),
         "distinct_questions": mean("distinct_questions"),
         "time_saving_pct": 100.0 * (1.0 - mean("time_ratio")),
         "rollout_saving_pct": 100.0 * (1.0 - mean("rollout_ratio")),
@@ -175,7 +231,10 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int
     for method, m in summary.items():
       for key in ("rollouts_vs_ds", "seconds_vs_ds"):
         m[key] = float(np.mean([v[key] for v in runs[method].values() if key in v] or [np.nan]))
-  result = {"baseline": BASELINE, "runs": runs, "summary": summary}
+      m["rollouts_vs_ds_worst"] = float(np.max(
+          [v["rollouts_vs_ds"] for v in runs[method].values() if "rollouts_vs_ds" in v] or [np.nan]))
+  result = {"baseline": BASELINE, "baseline_seed_se": base_se, "ds_seed_se": ds_se, "runs": runs,
+            "summary": summary}
   if testbed:
     result["testbed"] = testbed_block(curves, result, group_size, overlap)
   result["goals"] = goals_block(result)
@@ -226,20 +285,22 @@ def testbed_block(curves: dict[str, dict[int, dict[str, np.ndarray]]], result: d
 
 
 def goals_block(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-  """The savings goals (`bars.GOALS`) from the per-run results: ratios on the worst seed, the
-  equal-step margins on the means over seeds."""
-  runs, summary = result["runs"], result["summary"]
-  worst = lambda method, key: (float(np.max([v[key] for v in runs[method].values()]))
-                               if method in runs else float("nan"))
-  values = {"dots_rr_rollout_ratio": worst("dots_rr", "rollout_ratio"),
-            "dots_step_ratio": worst("dots", "step_ratio"),
-            "greso_rollouts_vs_ds": (worst("greso", "rollouts_vs_ds")
-                                     if "greso" in runs and DS in runs else float("nan"))}
-  base = summary[BASELINE]
-  floor = base["final_accuracy"] - base["final_accuracy_se"]
-  for method in ("dots", "dots_rr"):
-    values[f"{method}_equal_step_margin"] = (summary[method]["final_accuracy"] - floor
-                                             if method in summary else float("nan"))
+  """The savings goals (`bars.GOALS`) from the per-run results, each on the worst seed; a goal whose
+  methods did not run is NaN (fails: not measured)."""
+  summary = result["summary"]
+  worst = lambda method, key: summary[method][key] if method in summary else float("nan")
+  values = {}
+  for method in ("dots", "dots_track"):
+    values[f"{method}_step_ratio"] = worst(method, "step_ratio_worst")
+  for method in ("dots_rr", "dots_track_rr"):
+    values[f"{method}_rollout_ratio"] = worst(method, "rollout_ratio_worst")
+  for method in ("dots", "dots_rr", "dots_track", "dots_track_rr"):
+    values[f"{method}_equal_step_margin"] = worst(method, "equal_step_margin_worst")
+  for method in ("dots_track", "dots_track_rr"):
+    values[f"{method}_undrawn_pearson"] = worst(method, "undrawn_pearson_min")
+  for method in ("greso", "greso_track"):
+    values[f"{method}_rollouts_vs_ds"] = (worst(method, "rollouts_vs_ds_worst") if DS in summary
+                                          else float("nan"))
   return bars.check_all(bars.GOALS, values)
 
 
@@ -247,25 +308,29 @@ def markdown_table(result: dict[str, Any]) -> str:
   # ".0f%" prints a percentage of a value already in percent (format's "%" would multiply by 100).
   fmt = lambda x, spec: "never" if not np.isfinite(x) else (
       format(x, spec[:-1]) + "%" if spec.endswith("%") else format(x, spec))
+  dash = lambda x, spec: fmt(x, spec) if np.isfinite(x) else "-"
   has_ds = any("rollouts_vs_ds" in m for m in result["summary"].values())
-  head = ("| method | final acc (se) | reached | steps to target (vs GRPO) | rollouts to target "
-          "(vs GRPO) | seconds to target (vs GRPO) | rollout / update s per step | zero-var "
-          "first/last 10% | tracking err exact (observed) | distinct questions |"
-          + (" rollouts (seconds) vs DS at DS's final acc |" if has_ds else ""))
+  head = ("| method | acc at GRPO's steps (se) | end acc (step) | reached | steps to target (vs "
+          "GRPO, worst) | rollouts to target (vs GRPO, worst) | rollouts per step vs GRPO | "
+          "zero-var first/last 10% | Pearson r min: all / undrawn | reward-variance share (vs "
+          "oracle) | worst family vs GRPO | distinct questions |"
+          + (" rollouts vs DS at DS's target (worst) |" if has_ds else ""))
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for method, m in result["summary"].items():
     row = (f"| {method} | {m['final_accuracy']:.4f} ({m['final_accuracy_se']:.4f}) | "
-           f"{m['reached']}/{m['seeds']} | {fmt(m['step_to_target'], '.0f')} "
-           f"({fmt(m['step_ratio'], '.2f')}) | {fmt(m['rollouts_to_target'], ',.0f')} "
-           f"({fmt(m['rollout_ratio'], '.2f')}) | {fmt(m['seconds_to_target'], '.0f')} "
-           f"({fmt(m['time_ratio'], '.2f')}) | {fmt(m['rollout_s_per_step'], '.2f')} / "
-           f"{fmt(m['update_s_per_step'], '.2f')} | "
+           f"{m['end_accuracy']:.4f} ({m['end_step']:.0f}) | {m['reached']}/{m['seeds']} | "
+           f"{fmt(m['step_to_target'], '.0f')} ({fmt(m['step_ratio'], '.2f')}, "
+           f"{fmt(m['step_ratio_worst'], '.2f')}) | {fmt(m['rollouts_to_target'], ',.0f')} "
+           f"({fmt(m['rollout_ratio'], '.2f')}, {fmt(m['rollout_ratio_worst'], '.2f')}) | "
+           f"{fmt(m['rollouts_per_step_ratio'], '.2f')} | "
            f"{fmt(m['zero_var_first'], '.2f')}/{fmt(m['zero_var_last'], '.2f')} | "
-           f"{_tracking(m)} | "
+           f"{dash(m['estimator_pearson_min'], '.2f')} / {dash(m['undrawn_pearson_min'], '.2f')} | "
+           f"{dash(m['signal_share'], '.2f')} ({dash(m['signal_share_vs_oracle'], '.2f')}) | "
+           f"{dash(-m['worst_family_shortfall'], '+.3f')} | "
            f"{fmt(m['distinct_questions'], '.0f')} |")
     if has_ds:
       row += (f" {fmt(m.get('rollouts_vs_ds', float('nan')), '.2f')} "
-              f"({fmt(m.get('seconds_vs_ds', float('nan')), '.2f')}) |")
+              f"({fmt(m.get('rollouts_vs_ds_worst', float('nan')), '.2f')}) |")
     lines.append(row)
   for block in ("testbed", "goals"):
     if block in result:
@@ -273,22 +338,19 @@ def markdown_table(result: dict[str, Any]) -> str:
       lines += ["", f"{block}: {sum(c['pass'] for c in checked.values())}/{len(checked)} pass", ""]
       lines += [f"- {line}" for line in bars.report_lines(checked)]
   lines.append("")
-  lines.append("Target: the same seed's uniform-GRPO final held-out accuracy; seconds are training "
-               "wall-clock (evaluation excluded); means over seeds (a seed that never reached the "
-               "target makes the mean 'never')."
-               + (" Rollouts (seconds) vs DS: rollouts (seconds) to reach the same seed's "
-                  "dynamic-sampling final accuracy over what dynamic sampling needed (GRESO's "
-                  "comparison)." if has_ds else ""))
+  lines.append(
+      f"Target: the same seed's uniform-GRPO final held-out accuracy less one seed-to-seed "
+      f"standard error ({result['baseline_seed_se']:.4f}); accuracies at GRPO's last step (a "
+      "method that spends fewer rollouts a step ran on until it had spent GRPO's: its end); "
+      "ratios against GRPO's own steps and rollouts to the target, means over seeds and the worst "
+      "seed (a seed that never reached it makes them 'never'). Reward-variance share: the trained "
+      "groups' expected share with reward variance (exact pass rates), against the oracle's "
+      "(DOTS's rule on exact rates, same seed). Worst family: the held-out family furthest below "
+      "GRPO's at GRPO's last step (worst seed)."
+      + (f" Rollouts vs DS: rollouts to reach the same seed's dynamic-sampling final accuracy less "
+         f"one standard error ({result['ds_seed_se']:.4f}) over what dynamic sampling needed "
+         "(GRESO's comparison)." if has_ds else ""))
   return "\n".join(lines)
-
-
-def _tracking(m: dict[str, Any]) -> str:
-  """'exact (observed)' mean prediction error on the trained batch; '-' for methods that predict
-  nothing."""
-  cell = lambda x: f"{x:.3f}" if np.isfinite(x) else "-"
-  if not np.isfinite(m["tracking_error"]) and not np.isfinite(m["tracking_error_exact"]):
-    return "-"
-  return f"{cell(m['tracking_error_exact'])} ({cell(m['tracking_error'])})"
 
 
 def _run_setup(run_dir: str) -> tuple[int, float]:
@@ -305,6 +367,20 @@ def _run_setup(run_dir: str) -> tuple[int, float]:
   return int(config.sampling.group_size), overlap
 
 
+def extend_to_budget(config_arg: str, overrides: list[str], method: str, seed: int, run_dir: str,
+                     budget: float, tries: int = 3) -> None:
+  """A run that spent fewer rollouts than the baseline's `budget` goes on (resumed with more
+  steps) until it has spent it: a cheaper method is not cut short at the baseline's step count."""
+  for _ in range(tries):
+    curve = read_curve(run_dir)
+    spent, steps = float(curve["rollouts"][-1]), float(curve["step"][-1])
+    if spent >= budget or spent <= 0:
+      return
+    more = int(np.ceil((budget - spent) / (spent / steps)))
+    run_one(config_arg, overrides + [f"--config.total_steps={int(steps) + more}"], method, seed,
+            run_dir)
+
+
 def run_one(config_arg: str, overrides: list[str], method: str, seed: int, run_dir: str) -> None:
   cmd = [sys.executable, "-m", "dots_jax.main", f"--config={config_arg}", f"--workdir={run_dir}",
          f"--config.method={method}", f"--config.seed={seed}", *overrides]
@@ -319,6 +395,7 @@ def compare(config_file: str, methods: list[str], seeds: list[int], workdir: str
   overrides = list(overrides or [])
   if BASELINE not in methods:
     raise ValueError(f"--methods must include the baseline {BASELINE!r}")
+  methods = [BASELINE] + [m for m in methods if m != BASELINE]  # its budget first
   fs.makedirs(workdir)
   curves: dict[str, dict[int, dict[str, np.ndarray]]] = {m: {} for m in methods}
   for seed in seeds:  # seed-major: a partial comparison still has complete pairs with GRPO
@@ -326,6 +403,9 @@ def compare(config_file: str, methods: list[str], seeds: list[int], workdir: str
       run_dir = fs.join(workdir, f"{method}_s{seed}")
       if not analyze_only:
         run_one(config_file, overrides, method, seed, run_dir)
+        if method != BASELINE:
+          extend_to_budget(config_file, overrides, method, seed, run_dir,
+                           float(curves[BASELINE][seed]["rollouts"][-1]))
       curves[method][seed] = read_curve(run_dir)
   group_size, overlap = _run_setup(fs.join(workdir, f"{BASELINE}_s{seeds[0]}"))
   result = analyze(curves, group_size, overlap)

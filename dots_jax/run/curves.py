@@ -12,6 +12,7 @@ import numpy as np
 from dots_jax import fs
 
 POOL_SET = "synthetic"  # the training pool, when it is also an evaluation set (configs/tiny.py)
+HELDOUT_SET = "synthetic_heldout"
 
 
 def read_curve(run_dir: str) -> dict[str, np.ndarray]:
@@ -20,6 +21,7 @@ def read_curve(run_dir: str) -> dict[str, np.ndarray]:
   if not fs.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: run the comparison without --analyze_only")
   rows, per_step = [], {k: [] for k in _STEP_KEYS}
+  families: dict[str, list[float]] = {}  # held-out accuracy per family, at each evaluation
   distinct = float("nan")
   for line_no, line in enumerate(fs.read_text(path).splitlines(), start=1):
     try:
@@ -36,6 +38,10 @@ def read_curve(run_dir: str) -> dict[str, np.ndarray]:
                   float("nan"))
       rows.append((rec["step"], rec["eval/accuracy"], rec["eval/stderr"],
                    rec["progress/seconds"], rec["progress/rollouts"], pool))
+      group = f"eval/{HELDOUT_SET}/group/"
+      for k, v in rec.items():
+        if k.startswith(group):
+          families.setdefault(k[len(group):], []).append(float(v))
   if not rows:
     raise ValueError(f"{path}: no evaluation records (config.eval.every must be > 0)")
   a = np.asarray(rows, np.float64)
@@ -43,6 +49,8 @@ def read_curve(run_dir: str) -> dict[str, np.ndarray]:
            "rollouts": a[:, 4], "pool_accuracy": a[:, 5], "distinct_questions": distinct}
   curve.update({k: np.asarray(v, np.float64) for k, v in per_step.items()})
   curve["zero_var"] = 1.0 - curve.pop("effective_frac")  # share of the trained groups with no signal
+  curve["families"] = {f: np.asarray(v, np.float64) for f, v in families.items()
+                       if len(v) == len(rows)}
   curve["pass_rates"] = _read_pass_rates(run_dir, a[0, 0], a[-1, 0])
   return curve
 
@@ -54,6 +62,7 @@ _STEP_KEYS = {"effective_frac": "selection/effective_frac",
               "pred_abs_err_exact": "selection/pred_abs_err_exact", "rollout_s": "time/rollout_s",
               "update_s": "time/update_s", "step_s": "time/step_s", "train_step": "step",
               "pred_pearson_exact": "selection/pred_pearson_exact",
+              "pred_pearson_undrawn_exact": "selection/pred_pearson_undrawn_exact",
               "signal_share_exact": "selection/signal_share_exact",
               "pool_signal_share_exact": "selection/pool_signal_share_exact"}
 

@@ -75,16 +75,32 @@ PROBE_BARS = (
     Bar("late_gain_share", 0.15, True, "share of that gain made in the last third of the run"),
 )
 
+# "Reaches" a baseline: its final accuracy on the same seed less one seed-to-seed standard error
+# (`compare.analyze`); every goal on the worst seed.
 GOALS = (
+    Bar("dots_step_ratio", 0.70, False, "DOTS steps to reach GRPO's final accuracy / GRPO's"),
     Bar("dots_rr_rollout_ratio", 0.50, False,
-        "DOTS+RR rollouts to reach GRPO's final accuracy / GRPO's (worst seed)"),
-    Bar("dots_step_ratio", 0.70, False, "DOTS steps to reach GRPO's final accuracy / GRPO's (worst seed)"),
-    Bar("greso_rollouts_vs_ds", 0.50, False,
-        "GRESO rollouts to reach DS's final accuracy / DS's (worst seed)"),
+        "DOTS+RR rollouts to reach GRPO's final accuracy / GRPO's"),
     Bar("dots_equal_step_margin", 0.0, True,
-        "DOTS final accuracy - (GRPO final - one standard error), mean of seeds"),
+        "DOTS accuracy at GRPO's last step - (GRPO's final - one standard error)"),
     Bar("dots_rr_equal_step_margin", 0.0, True,
-        "DOTS+RR final accuracy - (GRPO final - one standard error), mean of seeds"),
+        "DOTS+RR accuracy at GRPO's last step - (GRPO's final - one standard error)"),
+    Bar("dots_track_step_ratio", 0.75, False,
+        "dots_track steps to reach GRPO's final accuracy / GRPO's"),
+    Bar("dots_track_rr_rollout_ratio", 0.50, False,
+        "dots_track_rr rollouts to reach GRPO's final accuracy / GRPO's"),
+    Bar("dots_track_equal_step_margin", 0.0, True,
+        "dots_track accuracy at GRPO's last step - (GRPO's final - one standard error)"),
+    Bar("dots_track_rr_equal_step_margin", 0.0, True,
+        "dots_track_rr accuracy at GRPO's last step - (GRPO's final - one standard error)"),
+    Bar("dots_track_undrawn_pearson", 0.6, True,
+        "dots_track: Pearson r with the exact pass rates over the questions not drawn in the last "
+        "5 rounds, lowest over the evaluations"),
+    Bar("dots_track_rr_undrawn_pearson", 0.6, True,
+        "dots_track_rr: the same Pearson r over undrawn questions"),
+    Bar("greso_rollouts_vs_ds", 0.50, False, "GRESO rollouts to reach DS's final accuracy / DS's"),
+    Bar("greso_track_rollouts_vs_ds", 0.65, False,
+        "greso_track rollouts to reach DS's final accuracy / DS's"),
 )
 
 
