@@ -102,7 +102,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
       try:
         if k in node and isinstance(node[k], tuple):
           if not isinstance(v, (list, tuple)):
-            raise TypeError(f"a list")
+            raise TypeError("a list")
           node[k] = tuple(v)
         else:  # also keys this code no longer has: kept, so they stay visible
           node[k] = v
