@@ -135,7 +135,8 @@ def read(config: ml_collections.ConfigDict) -> JobSettings:
   selection = SelectionSettings(
       dots=dots,
       track=TrackSettings(tracker=section(TrackerSettings, t), ref_size=t.ref_size,
-                          ref_mode=t.ref_mode, train_refs=t.train_refs, tau=t.tau),
+                          ref_mode=t.ref_mode, train_refs=t.train_refs, draw=t.draw,
+                          tau=t.tau, floor=t.floor),
       greso=section(GresoSettings, sel.greso), rounds=section(RolloutRounds, sel.rounds),
       mopps=section(MoppsSettings, sel.mopps))
   d = sel.dots

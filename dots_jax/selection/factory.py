@@ -53,7 +53,8 @@ def make_strategy(method_name: str, sel: SelectionSettings, num_questions: int, 
   elif source_kind == "track":
     t = sel.track
     source = TrackSource(tracker, ref_size=t.ref_size, ref_mode=t.ref_mode,
-                         train_refs=t.train_refs, round_steps=d.round_steps, tau=t.tau)
+                         train_refs=t.train_refs, round_steps=d.round_steps, draw=t.draw,
+                         tau=t.tau, floor=t.floor)
   else:
     source = EpochStream(num_questions, seed)
   greso = dataclasses.asdict(sel.greso)

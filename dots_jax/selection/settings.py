@@ -33,7 +33,9 @@ class TrackSettings:
   ref_size: int
   ref_mode: str
   train_refs: bool
+  draw: str
   tau: float
+  floor: float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,6 +48,8 @@ class Replay:
   signal_share: float  # expected share of drawn groups with reward variance, over the run
   oracle_signal_share: float  # DOTS's rule on the exact rates, at the source's batch size
   uniform_signal_share: float
+  reward_variance: float  # mean p (1 - p) of the drawn questions (the oracle's: 1/4 at best)
+  oracle_reward_variance: float
   rollouts: int  # reference + training groups x G
 
 
@@ -83,7 +85,7 @@ def replay(workdir: str, config: Any, *, seed: int = 0) -> Replay:
   g, batch = int(config.sampling.group_size), int(config.rl.batch_questions)
   steps = int(traj.steps[-1])
   rng = np.random.default_rng([seed, 0x5EED])
-  drawn_signal, oracle_signal, uniform_signal = [], [], []
+  drawn_signal, oracle_signal, uniform_signal, drawn_var, oracle_var = [], [], [], [], []
   rows: list[ReplayRow] = []
   rollouts = 0
   for step in range(steps + 1):
@@ -105,13 +107,16 @@ def replay(workdir: str, config: Any, *, seed: int = 0) -> Replay:
                               pass_rates=lambda idx, p=p: p[np.asarray(idx)])
     rollouts += int(collected.metrics["selection/rollouts"])
     drawn_signal.extend(signal_share(p[collected.indices], g))
+    drawn_var.extend(p[collected.indices] * (1 - p[collected.indices]))
     if step % source.round_steps == 0:  # what the oracle and a uniform draw would take this round
       budget = min(source.round_steps * batch, n)
       oracle = targeted_order(p, config.selection.dots.alpha, 1e-3, budget, rng)[:budget]
       oracle_signal.extend(signal_share(p[oracle], g))
+      oracle_var.extend(p[oracle] * (1 - p[oracle]))
       uniform_signal.extend(signal_share(p[rng.choice(n, budget, replace=False)], g))
   return Replay(rows, float(np.mean(drawn_signal)), float(np.mean(oracle_signal)),
-                float(np.mean(uniform_signal)), rollouts)
+                float(np.mean(uniform_signal)), float(np.mean(drawn_var)),
+                float(np.mean(oracle_var)), rollouts)
 
 
 def report(result: Replay) -> str:
@@ -121,6 +126,8 @@ def report(result: Replay) -> str:
   worst = np.nanmin([r.pearson_undrawn for r in result.rows[1:]] or [np.nan])
   lines.append(f"signal share of the drawn groups {result.signal_share:.3f} (oracle "
                f"{result.oracle_signal_share:.3f}, uniform {result.uniform_signal_share:.3f}); "
+               f"reward variance p(1-p) of the drawn {result.reward_variance:.4f} (oracle "
+               f"{result.oracle_reward_variance:.4f}); "
                f"worst undrawn r after step 0 {worst:.3f}; {result.rollouts:,} rollouts")
   return "\n".join(lines)
 
