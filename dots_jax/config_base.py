@@ -137,6 +137,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.ppo_epochs = 1
   c.rl.min_lr_ratio = 0.0  # cosine decays to lr * min_lr_ratio
   c.rl.adam_eps = 1e-8
+  # dtype of AdamW's first moment (float32 | bfloat16: a quarter less optimizer state). The second
+  # moment stays float32: its per-step relative change, 1 - b2 = 1e-3, is below bfloat16's
+  # resolution (2^-8), so a bfloat16 second moment would stop following the gradients.
+  c.rl.mu_dtype = "float32"
 
   # Rollout replay (dots_jax.rl.replay), on for the methods that have it (dots_jax.methods).
   # warmup_steps: steps trained on fresh groups only (the official first round: mu steps); -1 = the
@@ -157,13 +161,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.selection.mopps = ml_collections.ConfigDict(dict(prior_a=1.0, prior_b=1.0, forget=1.0, alpha=0.5))
   # DOTS details. embed_path: embedding cache directory ("" = $DOTS_JAX_CACHE or ~/.cache/dots_jax,
   # then /embeddings); backbone: checkpoint embedding the questions ("" = model.path, the initial
-  # policy); estimator_path: output of `python -m dots_jax.difficulty.offline`, "auto" = that offline
+  # policy); estimator_path: output of `python -m dots_jax.difficulty`, "auto" = that offline
   # stage run on first use and cached (affordable on the tiny default; a real model's pool rollouts
-  # are a job of their own), "" = untrained adapters, for smoke runs only.
+  # are a job of their own), "" = untrained adapters, for smoke runs only. embed_dtype: the
+  # backbone's weights and activations in the embedding pass (float32 | bfloat16: half the memory;
+  # the pass is sharded over the run's mesh either way; docs/MEMORY.md).
   # Estimator: width/layers/dropout of each adapter, score_tau the softmax
   # temperature over reference scores; chunk = questions per jitted prediction call.
   c.selection.dots.update(dict(
-      backbone="", estimator_path="", embed_batch=64, embed_max_len=256, width=256, layers=3,
+      backbone="", estimator_path="", embed_batch=64, embed_max_len=256, embed_dtype="float32",
+      width=256, layers=3,
       dropout=0.1, score_tau=1.0, chunk=8192, online_steps=20, online_lr=1e-4, online_batch=64))
   # Offline estimator training (dots_jax.difficulty.offline) and its evaluation (...quality): a pool of
   # questions rolled out `group` times each by the initial policy (and by every checkpoint in

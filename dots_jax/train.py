@@ -98,7 +98,8 @@ def _train(config: ml_collections.ConfigDict, s: settings.JobSettings, workdir: 
   # ----- selection / replay -----------------------------------------------------------------------
   dots_kwargs = {}
   if method.needs_estimator:  # the DOTS stage (its offline fit on first use with "auto")
-    emb, estimator = dots_inputs(settings.dots_stage(s, path), prompts.problems(), log=log_line)
+    emb, estimator = dots_inputs(settings.dots_stage(s, path, mesh), prompts.problems(),
+                                 log=log_line)
     dots_kwargs = dict(embeddings_NxD=emb, estimator=estimator)
   strategy = factory.make_strategy(s.method, s.selection, len(prompts), seed=s.seed,
                                    group_size=s.group_size, **dots_kwargs)
@@ -113,7 +114,7 @@ def _train(config: ml_collections.ConfigDict, s: settings.JobSettings, workdir: 
   rows = memory_plan.update_rows(s.batch_questions, s.group_size,
                                  sharding.data_parallel_size(mesh))
   ucfg = memory_plan.fit_micro_batch(s.update, qcfg, dict(mesh.shape), roller.total_len, rows,
-                                     s.memory_budget_gib)
+                                     s.memory_budget_gib, s.optimizer.mu_dtype)
   optimizer = update.make_optimizer(s.optimizer, s.total_steps, ucfg.updates_per_step)
   state_sh = update.train_state_shardings(optimizer, params, mesh)
   # The learner copies the initial params as the KL reference before the train state takes them

@@ -1,5 +1,6 @@
 """DOTS difficulty estimator and question embeddings, on synthetic data with a planted signal."""
 
+import dataclasses
 import json
 import jax
 import jax.numpy as jnp
@@ -165,6 +166,30 @@ def test_embeddings_ignore_padding_and_batch_company():
   np.testing.assert_allclose(together[0], np.asarray(h[0]).mean(0), atol=1e-5)
   with pytest.raises(ValueError, match="question 1"):
     embed.embed_token_lists(model, [[1], []], batch=2, max_len=8)
+
+
+def test_embeddings_on_a_mesh_equal_one_devices_and_bfloat16_stays_close():
+  """The embedding pass sharded over 8 simulated devices (weights as the policy's, each batch over
+  the data axes, the batch rounded up to a multiple of them) gives one device's embeddings; in
+  bfloat16 they stay close (what it costs the estimator: docs/MEMORY.md)."""
+  from flax import nnx
+  from dots_jax.model import sharding
+  model = _tiny_backbone()
+  rng = np.random.default_rng(0)
+  lists = [list(rng.integers(1, 50, n)) for n in (3, 9, 17, 5, 1, 30, 12)]
+  one = embed.embed_token_lists(model, lists, batch=3, max_len=32)
+  for sizes in ({"data": 2, "fsdp": 2, "tensor": 2}, {"data": 1, "fsdp": 8, "tensor": 1}):
+    mesh = sharding.make_mesh(sizes)
+    sharded = sharding.shard_model(model, mesh)
+    got = embed.embed_token_lists(sharded, lists, batch=3, max_len=32, mesh=mesh)
+    np.testing.assert_allclose(got, one, atol=1e-5)
+  graphdef, state = nnx.split(model)
+  bf16_cfg = dataclasses.replace(model.cfg, dtype="bfloat16", param_dtype="bfloat16")
+  bf16 = nnx.merge(nnx.split(init_model(bf16_cfg, seed=0))[0],
+                   jax.tree.map(lambda x: x.astype(jnp.bfloat16), state))
+  low = embed.embed_token_lists(bf16, lists, batch=3, max_len=32)
+  cos = np.sum(low * one, 1) / np.linalg.norm(low, axis=1) / np.linalg.norm(one, axis=1)
+  assert cos.min() > 0.99, cos
 
 
 def test_embedding_cache_round_trip(tmp_path):

@@ -163,3 +163,30 @@ def test_bfloat16_decode_program_keeps_no_copy_of_the_cache():
                             np.int32(0), np.bool_(False), window=engine.windows[-1]
                             ).compile().memory_analysis()
   assert ma.temp_size_in_bytes < 0.5 * kv, (ma.temp_size_in_bytes, kv)
+
+
+def test_the_prefill_block_is_split_over_the_data_axes():
+  """Each device prefills its share of the block's prompts: on 8 data shards the insert program's
+  temporaries are a fraction of one device's, and the block sizes are multiples of the shards."""
+  from dots_jax.model import sharding
+  cfg = dataclasses.replace(CFG, hidden_size=64, intermediate_size=256, num_attention_heads=4)
+  graphdef, abstract = qwen2.abstract_model(cfg)
+
+  def temporaries(sizes):
+    mesh = sharding.make_mesh(sizes, jax.devices()[:8] if sizes["data"] > 1 else jax.devices()[:1])
+    on = lambda tree, sh: jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
+    params = on(abstract, sharding.param_shardings(abstract, mesh))
+    engine = Engine(graphdef, cfg, slots=64, max_prompt_len=256, max_new_tokens=16, eos_ids=[EOS],
+                    pad_id=0, mesh=mesh, prefill_prompts=16)
+    state = on(jax.eval_shape(engine._empty_arrays), engine._state_sh)
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    ints = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32, sharding=whole)
+    u = max(engine.prefill_sizes(4))
+    assert all(s % sharding.data_parallel_size(mesh) == 0 for s in engine.prefill_sizes(4))
+    lowered = engine._insert.lower(params, state, ints(u, 256), ints(u, 256), *[ints(64)] * 4)
+    return lowered.compile().memory_analysis().temp_size_in_bytes
+
+  one, split = temporaries({"data": 1, "fsdp": 1, "tensor": 1}), temporaries(
+      {"data": 8, "fsdp": 1, "tensor": 1})
+  assert split < one / 3, (split, one)

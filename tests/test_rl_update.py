@@ -327,3 +327,28 @@ def test_remat_update_matches_and_runs_inside_the_micro_batch_loops():
     state, _ = fn(state, fn.device_batch(state.params, batch))
     states.append(state)
   assert_trees_close(states[0].params, states[1].params, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_first_moment_is_stored_sharded_and_follows_float32s():
+  """rl.mu_dtype=bfloat16: AdamW's first moment in bfloat16 (a quarter less optimizer state), the
+  second in float32, both laid out as their parameter on a mesh; a few steps land where float32
+  moments do, to bfloat16's resolution of the moment."""
+  from dots_jax.model import sharding
+  b = batch_rows(7)
+  f32, _ = run(rl_config(), b, steps=3)
+  config = rl_config(mu_dtype="bfloat16")
+  bf16, _ = run(config, b, steps=3)
+  mus = [x for x in jax.tree.leaves(bf16.opt_state) if getattr(x, "ndim", 0) >= 1]
+  dtypes = {str(x.dtype) for x in mus}
+  assert dtypes == {"bfloat16", "float32"}, dtypes
+  n_params = len(jax.tree.leaves(bf16.params))
+  assert sum(str(x.dtype) == "bfloat16" for x in mus) == n_params  # mu only; nu stays float32
+  assert_trees_close(bf16.params, f32.params, rtol=2e-2, atol=2e-4)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  graphdef, params, opt, _ = setup(config)
+  st_sh = update.train_state_shardings(opt, params, mesh)
+  state = jax.device_put(update.init_train_state(params, opt, seed=0), st_sh)
+  q = lambda tree: tree["layers"][0]["self_attn"]["q_proj"]["kernel"]
+  mu = q(state.opt_state[1][0].mu)
+  assert mu.get_value().dtype == jnp.bfloat16
+  assert mu.get_value().sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")

@@ -142,28 +142,36 @@ def test_tpu_topology_plan_reports_a_program_that_does_not_fit_and_finds_one_tha
   assert whole["fits"] is False and whole["wanted"] > whole["available"] == hbm
   found = plan.fit_update(c, cfg, sizes, seq, chips, hbm, margin=0.9)
   assert found is not None and found["micro_batch"] < 32 and found["compiled"] <= 0.9 * hbm
-  assert found["compiled"] < whole["wanted"] and found["tried"][0][0] == 32
+  assert found["compiled"] < whole["wanted"]
+  # the least memory first (one row per data shard, full remat), then the configured remat (off),
+  # then the micro-batch doubled until the next doubling does not fit
+  tried = found["tried"]
+  assert tried[0][:2] == ("nothing_saveable", 4) and tried[1][:2] == ("off", 4)
+  assert [t[1] for t in tried[1:]] == [4 * 2**i for i in range(len(tried) - 1)]
+  assert tried[-1][2] > 0.9 * hbm / 2**30 and found["micro_batch"] == tried[-2][1]
 
 
-def test_dots_stage_programs_compile_on_one_chip_and_a_backbone_too_large_for_it_does_not_fit():
-  """DOTS methods add the backbone's embedding pass and the estimator's step and prediction,
-  compiled by the TPU compiler for one v5e chip: a backbone whose float32 weights alone exceed the
-  chip's 15.75 GiB (a 4.5B-parameter embedding table) is reported as not fitting, with at least its
-  weights as arguments; the estimator's programs fit; a GRPO run has none of them."""
+def test_dots_stage_programs_compile_and_the_embedding_pass_is_sharded_over_the_mesh():
+  """DOTS methods add the backbone's embedding pass (over the run's mesh, in
+  selection.dots.embed_dtype) and the estimator's step and prediction (one chip), compiled by the
+  TPU compiler for v5e chips: a backbone whose weights exceed a chip's 15.75 GiB where the mesh
+  does not shard them (a 4.5B-parameter embedding table on data 4) is reported as not fitting, and
+  on fsdp 4 its quarter fits; the estimator's programs fit; a GRPO run has none of them."""
   pytest.importorskip("libtpu", reason="the TPU compiler needs libtpu: pip install -e '.[plan]'")
-  from dots_jax.model import qwen2
   import dataclasses
+
+  from dots_jax.model import qwen2
   from dots_jax.tools import plan_dots, topology
   topo = topology.resolve("v5e:2x2")
   c = load_config("tiny", "micro")
   c.method = "dots"
   big = qwen2.Qwen2Config(vocab_size=1_100_000, hidden_size=4096, intermediate_size=128,
                           num_hidden_layers=1, num_attention_heads=32, num_key_value_heads=8)
-  got = plan.compiled_programs(c, big, {"data": 4, "fsdp": 1, "tensor": 1}, 32,
-                               devices=topo.devices, hbm_bytes=topo.hbm_bytes, quiet=True,
-                               only=tuple(sorted(plan.DOTS_PROGRAMS)))
+  data4, fsdp4 = {"data": 4, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 4, "tensor": 1}
+  got = plan.compiled_programs(c, big, data4, 32, devices=topo.devices, hbm_bytes=topo.hbm_bytes,
+                               quiet=True, only=tuple(sorted(plan.DOTS_PROGRAMS)))
   assert set(got) == plan.DOTS_PROGRAMS
-  # the backbone is loaded as `question_embeddings` loads it: float32, unrolled, whatever the run's
+  # the backbone is loaded as `question_embeddings` loads it: embed_dtype, unrolled, whatever the run's
   c.model.update(scan_layers=True, remat=True, dtype="bfloat16")
   shape, where = plan_dots.backbone_shape(c, dataclasses.replace(big, scan_layers=True, remat=True))
   assert (shape.dtype, shape.param_dtype, shape.scan_layers, shape.remat) == (
@@ -173,22 +181,36 @@ def test_dots_stage_programs_compile_on_one_chip_and_a_backbone_too_large_for_it
   assert got["estimator_fit"]["fits"] and got["estimator_predict"]["fits"]
   # the estimator's input is the backbone's width: its first adapter layer is 4096 x 256 per adapter
   assert got["estimator_fit"]["arguments"] > 2 * 4096 * c.selection.dots.width * 4
-  assert plan_dots.fit_embed(c, big, topo.devices[0], topo.hbm_bytes, 0.9) is None
-  # activations, not weights: long questions in a large batch; the search halves embed_batch
+  assert plan_dots.fit_embed(c, big, topo.devices, data4, topo.hbm_bytes, 0.9) is None
+  sharded = plan.compiled_programs(c, big, fsdp4, 32, devices=topo.devices,
+                                   hbm_bytes=topo.hbm_bytes, quiet=True, only=("embed",))["embed"]
+  assert sharded["fits"] and sharded["arguments"] < 1_100_000 * 4096 * 4 / 3
+  c.selection.dots.embed_dtype = "bfloat16"
+  assert plan_dots.backbone_shape(c, big)[0].param_dtype == "bfloat16"
+  half = plan.compiled_programs(c, big, fsdp4, 32, devices=topo.devices,
+                                hbm_bytes=topo.hbm_bytes, quiet=True, only=("embed",))["embed"]
+  assert half["arguments"] < 0.6 * sharded["arguments"]
+  c.selection.dots.embed_dtype = "float32"
+  # activations, not weights: long questions in a large batch on one chip; the search halves
+  # embed_batch; over 4 data shards each chip takes a quarter of the rows
+  one = {"data": 1, "fsdp": 1, "tensor": 1}
   wide = qwen2.Qwen2Config(vocab_size=256, hidden_size=4096, intermediate_size=256,
                            num_hidden_layers=1, num_attention_heads=32, num_key_value_heads=8)
   c.data.prompt_buckets, c.selection.dots.embed_max_len, c.selection.dots.embed_batch = (2048,), 0, 64
-  found = plan_dots.fit_embed(c, wide, topo.devices[0], topo.hbm_bytes, 0.9)
+  found = plan_dots.fit_embed(c, wide, topo.devices, one, topo.hbm_bytes, 0.9)
   assert found is not None and found["embed_batch"] < 64 and found["compiled"] <= 0.9 * topo.hbm_bytes
   assert found["tried"][0][0] == 64 and found["tried"][0][1] > 0.9 * topo.hbm_bytes
+  split = plan_dots.fit_embed(c, wide, topo.devices, data4, topo.hbm_bytes, 0.9)
+  # 64 rows over 4 shards take what 16 rows take on one chip
+  assert split["tried"][0][0] == 64 and split["tried"][0][1] <= 1.05 * dict(found["tried"])[16]
   # the dry run hands over the configured batch it already compiled: that one is not compiled again
   refused = {"compiled": None, "wanted": 123, "fits": False}
-  again = plan_dots.fit_embed(c, wide, topo.devices[0], topo.hbm_bytes, 0.9, configured=refused)
+  again = plan_dots.fit_embed(c, wide, topo.devices, one, topo.hbm_bytes, 0.9, configured=refused)
   assert again["tried"] == [(64, 123)] + found["tried"][1:] and again["embed_batch"] == found["embed_batch"]
   c.method = "grpo"
   assert not plan.DOTS_PROGRAMS & set(plan.compiled_programs(
-      c, big, {"data": 4, "fsdp": 1, "tensor": 1}, 32, devices=topo.devices,
-      hbm_bytes=topo.hbm_bytes, quiet=True, only=("embed",)))
+      c, big, data4, 32, devices=topo.devices, hbm_bytes=topo.hbm_bytes, quiet=True,
+      only=("embed",)))
 
 
 def test_step_roofline_by_hand():
@@ -229,35 +251,57 @@ def test_tpu_slice_names_map_to_topologies():
     topology.resolve("a100x8")
 
 
-def test_fit_search_climbs_the_remat_ladder_when_no_micro_batch_fits(monkeypatch):
-  """Without compiling: an update that fits only under full remat is found there, after the
-  configured setting and the dots-saveable one failed, and the overrides say so."""
+def test_fit_search_tries_meshes_then_dtypes_and_climbs_the_remat_ladder(monkeypatch):
+  """Without compiling: candidate meshes keep the chips (data into fsdp, then fsdp x tensor where
+  the heads divide); dtypes change only after every mesh failed; an update that fits only on
+  fsdp 2 x tensor 2 with bfloat16 activations and full remat is found there, and the overrides
+  say so."""
+  import dataclasses
+
   from dots_jax.model import qwen2
   c = load_config("tiny", "micro")
   c.model.remat = False
+  c.rl.micro_batch = 8
   assert plan.remat_candidates(c) == list(plan.REMAT_LADDER)
   c2 = c.copy_and_resolve_references()
   c2.model.update(remat=True, remat_policy="nothing_saveable")
   assert plan.remat_candidates(c2) == [(True, "nothing_saveable")]
-  tried = []
-
-  def fake_update(config, cfg, sizes, seq, devices, hbm, margin):
-    tried.append((dict(sizes)["data"], cfg.remat, cfg.remat_policy))
-    if cfg.remat and cfg.remat_policy == "nothing_saveable" and sizes["data"] == 2:
-      return {"micro_batch": 8, "compiled": 5, "tried": []}
-    return None
-
-  monkeypatch.setattr(plan, "fit_update", fake_update)
-  monkeypatch.setattr(plan, "fit_rollout", lambda *a: None)
   cfg = qwen2.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64,
                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-  found = plan.fit_search(c, cfg, {"data": 2, "fsdp": 1, "tensor": 1}, 64, [], 100,
+  sizes = {"data": 4, "fsdp": 1, "tensor": 1}
+  assert plan.mesh_candidates(sizes, cfg) == [
+      sizes, {"data": 1, "fsdp": 4, "tensor": 1}, {"data": 1, "fsdp": 2, "tensor": 2}]
+  odd = dataclasses.replace(cfg, num_key_value_heads=1)  # one KV head: no tensor axis
+  assert plan.mesh_candidates(sizes, odd) == [sizes, {"data": 1, "fsdp": 4, "tensor": 1}]
+  assert plan.dtype_candidates(c) == [
+      {}, {"model.activation_dtype": "bfloat16"},
+      {"model.activation_dtype": "bfloat16", "rl.mu_dtype": "bfloat16"}]
+  tried = []
+
+  def fake_update(config, cfg, sizes, seq, chips, hbm, remat, micro):
+    key = (tuple(sizes.values()), config.model.activation_dtype, config.rl.mu_dtype, remat, micro)
+    tried.append(key)
+    ok = (sizes["tensor"] == 2 and config.model.activation_dtype == "bfloat16"
+          and remat == (True, "nothing_saveable") and micro <= 4)
+    return {"compiled": 50 if ok else 99, "fits": ok}
+
+  monkeypatch.setattr(plan, "_update_at", fake_update)
+  monkeypatch.setattr(plan, "fit_rollout", lambda *a: None)
+  found = plan.fit_search(c, cfg, sizes, 64, [], 100,
                           plan.PlanSettings(topology="fake", device_gib=0.0, compile=False,
                                             device="", fit_margin=0.9))
-  assert tried == [(2, False, "nothing_saveable"), (2, True, "dots_with_no_batch_dims_saveable"),
-                   (2, True, "nothing_saveable")]
-  assert found["overrides"] == {"model.remat": True, "model.remat_policy": "nothing_saveable",
-                                "rl.micro_batch": 8}
+  least = (True, "nothing_saveable")
+  f32, bf16 = ("float32", "float32"), ("bfloat16", "float32")
+  meshes = [(4, 1, 1), (1, 4, 1), (1, 2, 2)]
+  # every mesh's probe (one row per data shard, full remat) before any dtype changes
+  assert tried[:6] == [(m, *d, least, 4 if m[2] == 1 else 2) for d in (f32, bf16) for m in meshes]
+  # on the fitting mesh: the configured remat (off), dots-saveable, then the micro-batch doubled
+  assert tried[6:] == [((1, 2, 2), *bf16, (False, "nothing_saveable"), 2),
+                       ((1, 2, 2), *bf16, (True, "dots_with_no_batch_dims_saveable"), 2),
+                       ((1, 2, 2), *bf16, least, 4), ((1, 2, 2), *bf16, least, 8)]
+  assert found["overrides"] == {"mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 2,
+                                "model.activation_dtype": "bfloat16", "model.remat": True,
+                                "model.remat_policy": "nothing_saveable", "rl.micro_batch": 4}
 
 
 def test_gpu_topology_compiles_the_micro_config_with_the_cuda_plugin():

@@ -108,7 +108,7 @@ def bench_optimizer_settings() -> update.OptimizerSettings:
   the reference configs' constant lr 1e-6, clip 1.0."""
   return update.OptimizerSettings(lr=1e-6, schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
                                   b1=0.9, b2=0.999, adam_eps=1e-8, weight_decay=0.0,
-                                  grad_clip=1.0)
+                                  grad_clip=1.0, mu_dtype="float32")
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from dots_jax import fs
 from dots_jax.model.qwen2 import Qwen2ForCausalLM, positions_from_mask
+from dots_jax.model.sharding import batch_sharding, data_parallel_size, to_host
 
 _MIN_BUCKET = 8
 
@@ -41,10 +43,16 @@ def _bucket(length: int, max_len: int) -> int:
 
 
 def embed_token_lists(model: Qwen2ForCausalLM, token_lists: Sequence[Sequence[int]], *, batch: int,
-                      max_len: int, pad_id: int = 0) -> np.ndarray:
+                      max_len: int, pad_id: int = 0, mesh: Mesh | None = None) -> np.ndarray:
   """float32 [N, D]: mean final hidden state of each token list (truncated to `max_len`; 0 = the
-  model's context length, i.e. no truncation, as the official embedding script)."""
+  model's context length, i.e. no truncation, as the official embedding script). With a `mesh`
+  (the model's parameters laid out on it) each batch is split over its data axes: `batch` is
+  rounded up to a multiple of them."""
   max_len = max_len if max_len > 0 else model.cfg.max_position_embeddings
+  shards = data_parallel_size(mesh)
+  batch = -(-batch // shards) * shards
+  place = (lambda x: x) if mesh is None else (
+      lambda x: jax.device_put(x, batch_sharding(mesh)))
   for i, toks in enumerate(token_lists):
     if len(toks) == 0:
       raise ValueError(f"question {i} tokenizes to nothing; cannot embed an empty question")
@@ -61,17 +69,18 @@ def embed_token_lists(model: Qwen2ForCausalLM, token_lists: Sequence[Sequence[in
       n = len(lists[r])
       tokens[j, width - n:] = lists[r]
       mask[j, width - n:] = 1
-    pooled = np.asarray(_mean_hidden(graphdef, params, tokens, mask))
+    pooled = to_host(_mean_hidden(graphdef, params, place(tokens), place(mask)))
     out[rows] = pooled[:len(rows)]
   return out
 
 
 def embed_texts(model: Qwen2ForCausalLM, tokenizer: Any, texts: Sequence[str], *, batch: int,
-                max_len: int) -> np.ndarray:
+                max_len: int, mesh: Mesh | None = None) -> np.ndarray:
   """Embeds raw question texts (no chat template, no special tokens)."""
   token_lists = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  return embed_token_lists(model, token_lists, batch=batch, max_len=max_len, pad_id=pad_id)
+  return embed_token_lists(model, token_lists, batch=batch, max_len=max_len, pad_id=pad_id,
+                           mesh=mesh)
 
 
 def backbone_fingerprint(path: str) -> str:

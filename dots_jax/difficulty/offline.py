@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from dots_jax import fs
 from dots_jax.data.dataset import load_dataset
@@ -69,6 +70,7 @@ class StageSettings:
   embed_path: str
   embed_batch: int
   embed_max_len: int
+  embed_dtype: str  # the backbone's weights and activations in the embedding pass
   width: int
   layers: int
   dropout: float
@@ -80,6 +82,9 @@ class StageSettings:
   engine: EngineSettings
   reward: RewardSettings
   runtime: dict[str, Any]
+  # The devices the stage's passes are laid out on (the run's mesh: the backbone and the labelling
+  # policy sharded as the policy is, batches over the data axes); None: the first device.
+  mesh: Mesh | None = None
 
   def estimator_config(self, input_dim: int) -> EstimatorConfig:
     return EstimatorConfig(input_dim=input_dim, width=self.width, layers=self.layers,
@@ -108,18 +113,26 @@ class Pool:
 
 def question_embeddings(stage: StageSettings, problems: Sequence[str], dataset: str = "",
                         log: Callable[[str], None] = print) -> np.ndarray:
-  """float32 [N, D] embeddings of the raw problems, computed once per (data set, backbone)."""
+  """float32 [N, D] embeddings of the raw problems, computed once per (data set, backbone, dtype):
+  the backbone's weights and activations in stage.embed_dtype, sharded over stage.mesh."""
   path = stage.backbone_dir
 
   def compute() -> np.ndarray:
-    log(f"DOTS: embedding {len(problems)} questions with {path}")
-    _, model = load_policy(path, dtype="float32", param_dtype="float32")
+    log(f"DOTS: embedding {len(problems)} questions with {path} ({stage.embed_dtype})")
+    _, model = load_policy(path, mesh=stage.mesh, dtype=stage.embed_dtype,
+                           param_dtype=stage.embed_dtype)
     return embed.embed_texts(model, load_tokenizer(path), problems, batch=stage.embed_batch,
-                             max_len=stage.embed_max_len)
+                             max_len=stage.embed_max_len, mesh=stage.mesh)
 
   return embed.cached_embeddings(stage.embed_path, dataset or stage.data.train,
-                                 embed.backbone_fingerprint(path), problems, stage.embed_max_len,
-                                 compute, log)
+                                 embedding_id(stage), problems, stage.embed_max_len, compute, log)
+
+
+def embedding_id(stage: StageSettings) -> str:
+  """What the embeddings depend on besides the texts: the backbone's fingerprint, and the pass's
+  dtype when it is not float32 (float32 caches keep their names)."""
+  fingerprint = embed.backbone_fingerprint(stage.backbone_dir)
+  return fingerprint if stage.embed_dtype == "float32" else f"{fingerprint}/{stage.embed_dtype}"
 
 
 # ----- the pool's labels --------------------------------------------------------------------------
@@ -131,7 +144,7 @@ def default_out_dir(stage: StageSettings) -> str:
   # Everything that changes which questions the pool holds or their labels.
   key = json.dumps([d.train, dataclasses.asdict(d.synthetic) if d.train == "synthetic"
                     else d.manual_dir, d.max_prompt_tokens, d.prompt_overflow, d.system_prompt,
-                    d.chat_template, embed.backbone_fingerprint(stage.backbone_dir),
+                    d.chat_template, embedding_id(stage),
                     embed.backbone_fingerprint(stage.policy_dir), f.pool, f.heldout, f.group,
                     dec.temperature, dec.top_p, dec.max_new_tokens, stage.reward.kind, stage.seed],
                    default=list)
@@ -147,11 +160,12 @@ def _rollout_pass_rates(stage: StageSettings, problems: list[str], golds: list[s
   """(kept positions, pass rates) of `problems` under the checkpoint `path` (default: the initial
   policy), with the training sampling settings."""
   path = path or stage.policy_dir
-  qcfg, model = load_policy(path, **stage.runtime)
+  qcfg, model = load_policy(path, mesh=stage.mesh, **stage.runtime)
   tokenizer = load_tokenizer(path)
   graphdef, params = nnx.split(model)
   generator = Generator(graphdef, qcfg, tokenizer, prompt_buckets=stage.data.prompt_buckets,
-                        max_new_tokens=stage.decoding.max_new_tokens, engine=stage.engine)
+                        max_new_tokens=stage.decoding.max_new_tokens, mesh=stage.mesh,
+                        engine=stage.engine)
   generate = generator.text_fn(params, stage.decoding)
   built = build_prompts(tokenizer, problems, stage.data)
   kept = np.asarray(built.kept, np.int64)

@@ -137,6 +137,7 @@ class OptimizerSettings:
   b2: float
   adam_eps: float
   grad_clip: float
+  mu_dtype: str  # AdamW's first moment (config.rl.mu_dtype); the second stays float32
 
 
 def lr_schedule(rl: OptimizerSettings, total_steps: int,
@@ -158,8 +159,10 @@ def lr_schedule(rl: OptimizerSettings, total_steps: int,
 def make_optimizer(rl: OptimizerSettings, total_steps: int,
                    updates_per_step: int = 1) -> optax.GradientTransformation:
   """Global-norm clipping (rl.grad_clip <= 0 disables it) followed by AdamW on all parameters."""
+  if rl.mu_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.rl.mu_dtype={rl.mu_dtype!r}: expected 'float32' or 'bfloat16'")
   adamw = optax.adamw(lr_schedule(rl, total_steps, updates_per_step), b1=rl.b1, b2=rl.b2,
-                      eps=rl.adam_eps, weight_decay=rl.weight_decay)
+                      eps=rl.adam_eps, weight_decay=rl.weight_decay, mu_dtype=jnp.dtype(rl.mu_dtype))
   if rl.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(rl.grad_clip), adamw)
   return adamw

@@ -32,9 +32,10 @@ from flax import nnx
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dots_jax.model.qwen2 import KVCache, Qwen2Config, init_cache, positions_from_mask
+from dots_jax.model.qwen2 import (KVCache, Qwen2Config, abstract_model, init_cache,
+                                  positions_from_mask)
 from dots_jax.model.sharding import (BATCH_AXES, cache_sharding, data_parallel_size,
-                                     to_host)
+                                     forward_shardings, param_shardings, to_host)
 from dots_jax.rollout.filtering import choose_tokens
 from dots_jax.rollout.sampler import FINISH_LENGTH, FINISH_STOP, SampleOutput
 
@@ -89,9 +90,9 @@ class Engine:
       raise ValueError(f"config.sampling.slots={slots} is not a multiple of the {shards} "
                        "data-parallel shards")
     self.graphdef, self.cfg = graphdef, cfg
-    self.slots = slots
-    # Prompts one prefill call takes at most (0: as many as the free slots need). Every chip
-    # prefills the whole block, so it bounds the prefill's memory (docs/MEMORY.md).
+    self.slots, self.shards = slots, shards
+    # Prompts one prefill call takes at most (0: as many as the free slots need): it bounds the
+    # prefill's memory (docs/MEMORY.md). The block is split over the data axes like the slots.
     self.prefill_prompts = int(prefill_prompts)
     self.max_prompt_len, self.max_new_tokens = max_prompt_len, max_new_tokens
     self.eos_ids = tuple(int(e) for e in eos_ids)
@@ -104,6 +105,8 @@ class Engine:
     self.last_stats: EngineStats | None = None
     self.mesh = mesh
     self._state_sh = self._state_shardings()
+    self._forward_sh = (None if mesh is None else
+                        forward_shardings(param_shardings(abstract_model(cfg)[1], mesh), mesh))
     jit = lambda f, **kw: jax.jit(f, donate_argnums=(1,), out_shardings=self._state_sh, **kw)
     self._insert = jit(self._insert_device)
     self._decode = jit(self._decode_device, static_argnames=("window",))
@@ -149,7 +152,15 @@ class Engine:
     u, p = prompt_UxP.shape
     off = self.max_prompt_len - p
     cache = init_cache(self.cfg, u, p)
-    h_UxPxD, cache = model.hidden(prompt_UxP, positions_from_mask(pmask_UxP), pmask_UxP, cache, 0)
+    if self.mesh is not None:  # each device prefills its share of the block's prompts
+      rows = NamedSharding(self.mesh, PartitionSpec(BATCH_AXES, None))
+      prompt_UxP = jax.lax.with_sharding_constraint(prompt_UxP, rows)
+      pmask_UxP = jax.lax.with_sharding_constraint(pmask_UxP, rows)
+      layer = self._state_sh["k"][0]
+      pin = lambda kv: tuple(jax.lax.with_sharding_constraint(c, layer) for c in kv)
+      cache = KVCache(pin(cache.ks), pin(cache.vs))
+    h_UxPxD, cache = model.hidden(prompt_UxP, positions_from_mask(pmask_UxP), pmask_UxP, cache, 0,
+                                  shardings=self._forward_sh)
     logits_UxV = model.logits_from_hidden(h_UxPxD[:, -1:])[:, 0]
     cols = off + jnp.arange(p)
     put = lambda buf, rows: buf.at[slot_M[:, None], cols[None, :]].set(rows, mode="drop")
@@ -212,11 +223,13 @@ class Engine:
 
   def prefill_sizes(self, num_samples: int) -> tuple[int, ...]:
     """Prompt-block sizes of the insert program: powers of two up to what the slots can take
-    (a block of consecutive completions spans at most slots / G + 1 prompts)."""
+    (a block of consecutive completions spans at most slots / G + 1 prompts), each rounded up to
+    a multiple of the data-parallel shards (every device prefills as many prompts)."""
     most = -(-self.slots // num_samples) + 1
     if self.prefill_prompts:
       most = min(most, self.prefill_prompts)
-    sizes = {min(2 ** i, most) for i in range(most.bit_length() + 1)}
+    sizes = {-(-min(2 ** i, most) // self.shards) * self.shards
+             for i in range(most.bit_length() + 1)}
     return tuple(sorted(sizes))
 
   def warmup(self, params: nnx.State, prompt_len: int, num_samples: int) -> None:

@@ -21,15 +21,14 @@ from dots_jax.config_common import ConfigError
 from dots_jax.model import qwen2, sharding
 from dots_jax.rl import update
 
-_ADAM_BYTES = 2 * 4  # AdamW keeps mu and nu in float32 for every parameter element.
-
-
 def plan(cfg: qwen2.Qwen2Config, mesh: Mapping[str, int] | str, *, batch: int, seq: int,
-         kv_dtype: str | None = None) -> dict[str, int]:
+         kv_dtype: str | None = None, mu_dtype: str = "float32") -> dict[str, int]:
   """Bytes per device; `mesh` is axis sizes (no -1) or a spec like 'data:1,fsdp:8,tensor:1'.
 
-  Keys: params, adam, grads, kv_cache, total, devices, param_count. Grads are in the param dtype;
-  the KV cache (k and v, `batch` sequences of `seq` slots) is in `kv_dtype` (default: compute).
+  Keys: params, adam, grads, kv_cache, total, devices, param_count. AdamW keeps mu in `mu_dtype`
+  (config.rl.mu_dtype) and nu in float32 for every parameter element; grads are in the param
+  dtype; the KV cache (k and v, `batch` sequences of `seq` slots) is in `kv_dtype` (default:
+  compute).
   """
   sizes = sharding.parse_mesh_spec(mesh) if isinstance(mesh, str) else dict(mesh)
   if any(sizes[a] < 1 for a in sharding.AXES):
@@ -46,7 +45,8 @@ def plan(cfg: qwen2.Qwen2Config, mesh: Mapping[str, int] | str, *, batch: int, s
   cache_shape = (cfg.num_hidden_layers, batch, seq, cfg.num_key_value_heads, cfg.head_dim)
   cache_block = sharding.shard_shape(cache_shape, sharding.cache_spec(cache_shape, sizes), sizes)
   kv_bytes = 2 * math.prod(cache_block) * np.dtype(kv_dtype or cfg.dtype).itemsize
-  out = {"params": param_bytes, "adam": param_elems * _ADAM_BYTES, "grads": param_bytes,
+  adam_bytes = np.dtype(mu_dtype).itemsize + 4
+  out = {"params": param_bytes, "adam": param_elems * adam_bytes, "grads": param_bytes,
          "kv_cache": kv_bytes}
   out["total"] = sum(out.values())
   out["devices"] = math.prod(sizes.values())
@@ -55,7 +55,8 @@ def plan(cfg: qwen2.Qwen2Config, mesh: Mapping[str, int] | str, *, batch: int, s
 
 
 def update_estimate(ucfg: update.UpdateConfig, cfg: qwen2.Qwen2Config, sizes: Mapping[str, int],
-                    seq: int, rows: int, *, grad: bool, micro_batch: int | None = None) -> int:
+                    seq: int, rows: int, *, grad: bool, micro_batch: int | None = None,
+                    mu_dtype: str = "float32") -> int:
   """Per-device bytes of one update (grad=True) or pi_old (grad=False) program over a step of
   `rows` sequences (`update_rows`).
 
@@ -69,8 +70,8 @@ def update_estimate(ucfg: update.UpdateConfig, cfg: qwen2.Qwen2Config, sizes: Ma
   projection of one logits chunk (float32 logits, their log-softmax and its gradient; one copy
   without a backward pass); with scanned layers, their weights stacked in the compute dtype (and
   the stacked gradient). `micro_batch` overrides `ucfg`'s (the budget search below tries
-  candidates)."""
-  mem = plan(cfg, sizes, batch=1, seq=1)
+  candidates); `mu_dtype`: AdamW's first moment (`plan`)."""
+  mem = plan(cfg, sizes, batch=1, seq=1, mu_dtype=mu_dtype)
   weights = mem["params"] + (mem["adam"] + mem["grads"] if grad else 0)
   dp = sharding.data_parallel_size(sizes)
   micro = micro_batch or ucfg.split(rows)[1]
@@ -118,7 +119,8 @@ def update_rows(batch_questions: int, group_size: int, dp: int) -> int:
 
 
 def fit_micro_batch(ucfg: update.UpdateConfig, cfg: qwen2.Qwen2Config, sizes: Mapping[str, int],
-                    seq: int, rows: int, budget_gib: float) -> update.UpdateConfig:
+                    seq: int, rows: int, budget_gib: float, mu_dtype: str = "float32"
+                    ) -> update.UpdateConfig:
   """`ucfg`, with micro_batch 0 and a budget > 0 given the largest micro-batch that splits the
   mini-batch over the data shards and whose estimated per-device bytes (`update_estimate`) fit
   `budget_gib` (config.rl.memory_budget_gib)."""
@@ -128,9 +130,11 @@ def fit_micro_batch(ucfg: update.UpdateConfig, cfg: qwen2.Qwen2Config, sizes: Ma
   dp = sharding.data_parallel_size(sizes)
   mb, _, _ = ucfg.split(rows)
   fits = [m for m in range(mb, 0, -1) if mb % m == 0 and m % dp == 0
-          and update_estimate(ucfg, cfg, sizes, seq, rows, grad=True, micro_batch=m) <= budget]
+          and update_estimate(ucfg, cfg, sizes, seq, rows, grad=True, micro_batch=m,
+                              mu_dtype=mu_dtype) <= budget]
   if not fits:
-    smallest = update_estimate(ucfg, cfg, sizes, seq, rows, grad=True, micro_batch=dp)
+    smallest = update_estimate(ucfg, cfg, sizes, seq, rows, grad=True, micro_batch=dp,
+                               mu_dtype=mu_dtype)
     raise ConfigError(
         f"config.rl.memory_budget_gib={budget_gib}: even a micro-batch of {dp} rows (one per data "
         f"shard) needs an estimated {smallest / 2**30:.2f} GiB per device; raise the budget, shard "

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import ml_collections
+from jax.sharding import Mesh
 
 from dots_jax import fs
 from dots_jax.config_common import policy_runtime, section
@@ -102,11 +103,12 @@ class JobSettings:
     return max(self.data.prompt_buckets) + self.decoding.max_new_tokens
 
 
-def dots_stage(s: JobSettings, policy_dir: str) -> StageSettings:
-  """The DOTS stage's settings for a run whose initial policy is `policy_dir`: the backbone is
-  selection.dots.backbone (a gs:// URL copied once into the local cache), else that policy."""
+def dots_stage(s: JobSettings, policy_dir: str, mesh: Mesh | None = None) -> StageSettings:
+  """The DOTS stage's settings for a run whose initial policy is `policy_dir`, its passes laid out
+  on `mesh`: the backbone is selection.dots.backbone (a gs:// URL copied once into the local
+  cache), else that policy."""
   backbone = fs.localize(s.stage.backbone_dir) if s.stage.backbone_dir else policy_dir
-  return dataclasses.replace(s.stage, policy_dir=policy_dir, backbone_dir=backbone)
+  return dataclasses.replace(s.stage, policy_dir=policy_dir, backbone_dir=backbone, mesh=mesh)
 
 
 def data_settings(data: ml_collections.ConfigDict) -> DataSettings:
@@ -149,7 +151,7 @@ def read(config: ml_collections.ConfigDict) -> JobSettings:
   stage = StageSettings(
       policy_dir="", backbone_dir=d.backbone, estimator_path=d.estimator_path,
       embed_path=d.embed_path, embed_batch=d.embed_batch, embed_max_len=d.embed_max_len,
-      width=d.width, layers=d.layers, dropout=d.dropout, score_tau=d.score_tau,
+      embed_dtype=d.embed_dtype, width=d.width, layers=d.layers, dropout=d.dropout, score_tau=d.score_tau,
       fit=section(FitSettings, d.fit), seed=config.seed, data=data, decoding=decoding,
       engine=engine, reward=reward, runtime=runtime)
   update = UpdateConfig(

@@ -53,6 +53,9 @@ def validate_config(config: ml_collections.ConfigDict,
   if config.model.activation_dtype not in ("float32", "bfloat16", "float16"):
     raise ConfigError(f"config.model.activation_dtype={config.model.activation_dtype!r}: expected "
                       "'float32', 'bfloat16' or 'float16'")
+  if config.rl.mu_dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.rl.mu_dtype={config.rl.mu_dtype!r}: expected 'float32' or "
+                      "'bfloat16'")
   if config.model.attn_chunk < 0:
     raise ConfigError(f"config.model.attn_chunk={config.model.attn_chunk} must be >= 0 (0 = off)")
   if config.model.path:

@@ -1,6 +1,7 @@
-"""The DOTS stage's programs alone (`tools.plan_dots`), compiled for one chip of a topology: the
-backbone's embedding pass and the estimator's step and prediction, each with fits / does NOT fit,
-and a last line that says whether the stage fits (or the embed_batch that does). The full dry run
+"""The DOTS stage's programs alone (`tools.plan_dots`), compiled for a topology: the backbone's
+embedding pass over the configured mesh and the estimator's step and prediction on one chip, each
+with fits / does NOT fit, and a last line that says whether the stage fits (or the embed_batch
+that does). The full dry run
 (`python -m dots_jax.tools.plan --topology=...`) compiles them with the policy's programs.
 
   python -m dots_jax.tools.dots_stage --config=configs/qwen7b.py:method=dots_rr --topology=v6e-8
@@ -25,14 +26,15 @@ def main(argv: Any) -> None:
   cfg, _ = plan.policy_shape(config)
   sizes = plan.planned_mesh(config, len(topo.devices))
   backbone, where = plan_dots.backbone_shape(config, cfg)
-  print(f"backbone   {where}: {backbone.num_params() / 1e9:.3f}B params in float32, on one "
-        f"{topo.devices[0].device_kind} of {topo.hbm_bytes / 2**30:.2f} GiB", flush=True)
+  print(f"backbone   {where}: {backbone.num_params() / 1e9:.3f}B params in {backbone.dtype}, "
+        f"over {dict(sizes)} of {topo.devices[0].device_kind} ({topo.hbm_bytes / 2**30:.2f} GiB "
+        "each)", flush=True)
   seq = max(config.data.prompt_buckets) + config.sampling.max_new_tokens
   got = plan.compiled_programs(config, cfg, sizes, seq, devices=topo.devices,
                                hbm_bytes=topo.hbm_bytes, only=tuple(sorted(plan.DOTS_PROGRAMS)))
   if not got:
     raise SystemExit(f"config.method={config.method!r} does not select with DOTS: no DOTS stage")
-  verdict = plan_dots.dots_verdict(config, cfg, got, topo, _MARGIN.value)
+  verdict = plan_dots.dots_verdict(config, cfg, got, topo, sizes, _MARGIN.value)
   print(f"dots stage {_TOPOLOGY.value}: {verdict}", flush=True)
 
 

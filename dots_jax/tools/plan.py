@@ -59,7 +59,8 @@ def _update_settings(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   rl.memory_budget_gib as the job fits it) and the rows of one step's update."""
   s = settings.read(config)
   rows = update_rows(s.batch_questions, s.group_size, sharding.data_parallel_size(sizes))
-  return fit_micro_batch(s.update, cfg, sizes, seq, rows, s.memory_budget_gib), rows
+  return fit_micro_batch(s.update, cfg, sizes, seq, rows, s.memory_budget_gib,
+                         s.optimizer.mu_dtype), rows
 
 
 def _log(text: str) -> None:
@@ -111,7 +112,8 @@ def dry_run(config: ml_collections.ConfigDict, plan_settings: PlanSettings) -> d
   g = config.sampling.group_size
   seq = max(config.data.prompt_buckets) + config.sampling.max_new_tokens
   rows = config.rl.batch_questions * g
-  mem = plan(cfg, sizes, batch=-(-rows // dp) * dp, seq=seq)
+  mu_dtype = config.rl.mu_dtype
+  mem = plan(cfg, sizes, batch=-(-rows // dp) * dp, seq=seq, mu_dtype=mu_dtype)
   gib = lambda n: f"{n / 2**30:.2f} GiB"
   _log("== dry run: plan only (no weights, no data)")
   _log(f"model      {source}: {cfg.num_params() / 1e9:.3f}B params, {cfg.num_hidden_layers} "
@@ -141,7 +143,8 @@ def dry_run(config: ml_collections.ConfigDict, plan_settings: PlanSettings) -> d
     _log(f"step       {line}")
   ucfg, update_rows_ = _update_settings(config, cfg, sizes, seq)
   mb, micro, n_micro = ucfg.split(update_rows_)
-  update_bytes = update_estimate(ucfg, cfg, sizes, seq, update_rows_, grad=True)
+  update_bytes = update_estimate(ucfg, cfg, sizes, seq, update_rows_, grad=True,
+                                 mu_dtype=mu_dtype)
   _log(f"update     mini-batch {mb} rows = {n_micro} micro-batches of {micro} rows"
        f"{' (from rl.memory_budget_gib=' + str(config.rl.memory_budget_gib) + ')' if config.rl.memory_budget_gib and not config.rl.micro_batch else ''}"
        f"; attention blocks of {cfg.attn_chunk or seq} queries; logits chunks of "
@@ -236,10 +239,11 @@ def topology_plan(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
     line += (f"; fits with {' '.join(f'--config.{k}={v}' for k, v in found['overrides'].items())}"
              f" (compiled peak {peak / 2**30:.2f} GiB, {100 * peak / hbm:.0f}%)")
   elif searched:
-    line += "; no micro-batch, mesh or remat setting found that fits: more chips or tensor sharding"
+    line += ("; no mesh (fsdp x tensor), remat, micro-batch or dtype setting found that fits: more "
+             "chips")
   dots = {n: p for n, p in programs.items() if n in DOTS_PROGRAMS}
   if dots:
-    line += f"; {plan_dots.dots_verdict(config, cfg, dots, topo, p.fit_margin)}"
+    line += f"; {plan_dots.dots_verdict(config, cfg, dots, topo, sizes, p.fit_margin)}"
   _log(line)
   return out
 
@@ -285,18 +289,17 @@ def rollout_estimate(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], engine: E
 
 def prefill_block_bytes(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], prompts: int,
                         engine: Engine) -> int:
-  """What a prefill of `prompts` prompts adds to the decode state on each device: their KV cache in
-  every layer (compute dtype) and one layer's float32 activations (residual, attention, MLP).
-  The insert program takes its prompt block whole on every device (the block is not split over
-  the data axes), so this does not shrink with more chips; fewer slots shrink the block."""
-  tokens = prompts * engine.max_prompt_len
+  """What a prefill of `prompts` prompts adds to the decode state on each device: its share of the
+  block (the block is split over the data axes), their KV cache in every layer (compute dtype)
+  and one layer's float32 activations (residual, attention, MLP)."""
+  tokens = -(-prompts // sharding.data_parallel_size(sizes)) * engine.max_prompt_len
   w = np.dtype(cfg.dtype).itemsize
   cache = 2 * cfg.num_hidden_layers * tokens * cfg.num_key_value_heads * cfg.head_dim * w
   layer = tokens * (4 * cfg.hidden_size + 2 * cfg.intermediate_size // sizes["tensor"]) * 4
   return int(cache + layer)
 
 
-# The DOTS stage's programs (`plan_dots`): one chip each, compiled when the method selects with DOTS.
+# The DOTS stage's programs (`plan_dots`), compiled when the method selects with DOTS.
 DOTS_PROGRAMS = {"embed", "estimator_fit", "estimator_predict"}
 
 
@@ -305,8 +308,8 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                       hbm_bytes: int = 0, only: tuple[str, ...] | None = None,
                       quiet: bool = False) -> dict[str, dict[str, Any]]:
   """Lowers and compiles pi_old, the update step, (with the slot engine) the rollout's decode and
-  prefill programs and (for DOTS methods) the DOTS stage's embedding and estimator programs on the
-  first chip (`plan_dots`), or those named in `only`, with shapes only on a mesh of `sizes`, and
+  prefill programs and (for DOTS methods) the DOTS stage's embedding pass over the mesh and the
+  estimator's programs on the first chip (`plan_dots`), or those named in `only`, with shapes only on a mesh of `sizes`, and
   returns, per program, the per-device bytes of `memory_analysis()` (arguments + outputs - aliased +
   temporaries) beside `update_estimate`. `devices`: compile-only devices of a real topology
   (`dots_jax.tools.topology`), else this process's (`dots_jax.main` gives a CPU dry run
@@ -335,7 +338,8 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   batch = update.DeviceBatch.abstract(rows, seq, mesh)
   lowered = {"pi_old": lambda: fns.old_logp_fn.lower(params, batch.tokens_NxT, batch.mask_NxT),
              "update": lambda: fns.update_fn.lower(state, batch, None)}
-  estimates = {name: update_estimate(ucfg, cfg, sizes, seq, rows, grad=name == "update")
+  estimates = {name: update_estimate(ucfg, cfg, sizes, seq, rows, grad=name == "update",
+                                     mu_dtype=config.rl.mu_dtype)
                for name in lowered}
   engine = (rollout_engine(config, cfg, graphdef, mesh)
             if not only or {"rollout", "prefill"} & set(only) else None)
@@ -354,7 +358,7 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
         ints(engine.slots), ints(engine.slots), ints(engine.slots), ints(engine.slots))
     estimates["prefill"] = estimates["rollout"] + prefill_block_bytes(cfg, sizes, u, engine)
   if get_method(config.method).source == "dots" and (not only or set(only) & DOTS_PROGRAMS):
-    for name, (lower, est) in plan_dots.dots_programs(config, cfg, devices[0]).items():
+    for name, (lower, est) in plan_dots.dots_programs(config, cfg, devices[:n], sizes).items():
       lowered[name], estimates[name] = lower, est
   out = {}
   for name, lower in lowered.items():
@@ -379,74 +383,150 @@ def remat_candidates(config: ml_collections.ConfigDict) -> list[tuple[bool, str]
   return [current] + [r for r in REMAT_LADDER[rank + 1:] if r != current]
 
 
+# What the fit search may change beyond the mesh, remat and micro-batch, least intrusive first
+# (each step keeps the ones before): bfloat16 activations (the training-inference gap grows:
+# docs/GAP.md, `python -m dots_jax.bench.logp_gap --activation_dtype=bfloat16`), then AdamW's
+# first moment in bfloat16 (config.rl.mu_dtype).
+DTYPE_STEPS = (("model.activation_dtype", "bfloat16"), ("rl.mu_dtype", "bfloat16"))
+
+
+def mesh_candidates(sizes: Mapping[str, int], cfg: qwen2.Qwen2Config) -> list[dict[str, int]]:
+  """The configured mesh, then the same chips with the data axis turned into fsdp (parameters and
+  AdamW sharded over all of them), then fsdp x tensor for every tensor size that divides the
+  chips, the attention and KV heads and the MLP width (a smaller tensor axis first)."""
+  n = math.prod(sizes.values())
+  out = [dict(sizes)]
+  add = lambda m: out.append(m) if m not in out else None
+  if sizes["data"] > 1:
+    add({"data": 1, "fsdp": n // sizes["tensor"], "tensor": sizes["tensor"]})
+  for t in (2, 4, 8, 16):
+    if t <= n and not (n % t or cfg.num_attention_heads % t or cfg.num_key_value_heads % t
+                       or cfg.intermediate_size % t):
+      add({"data": 1, "fsdp": n // t, "tensor": t})
+  return out
+
+
+def dtype_candidates(config: ml_collections.ConfigDict) -> list[dict[str, str]]:
+  """Overrides to try, in order: none, then each of DTYPE_STEPS added to the ones before (steps the
+  config already takes are skipped)."""
+  out, acc = [{}], {}
+  for key, value in DTYPE_STEPS:
+    section, name = key.split(".")
+    if config[section][name] != value:
+      acc = {**acc, key: value}
+      out.append(dict(acc))
+  return out
+
+
+def _with(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+          ) -> ml_collections.ConfigDict:
+  trial = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    trial[section][name] = value
+  return trial
+
+
+def _update_at(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+               sizes: Mapping[str, int], seq: int, chips: list[Any], hbm: int,
+               remat: tuple[bool, str], micro: int) -> dict[str, Any]:
+  """The update compiled for `config` on `sizes` under `remat` with micro-batches of `micro` rows."""
+  trial = _with(config, {"model.remat": remat[0], "model.remat_policy": remat[1],
+                         "rl.micro_batch": micro})
+  trial_cfg = dataclasses.replace(cfg, **policy_runtime(trial))
+  return compiled_programs(trial, trial_cfg, sizes, seq, devices=chips, hbm_bytes=hbm,
+                           only=("update",), quiet=True)["update"]
+
+
+def fit_update(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
+               sizes: Mapping[str, int], seq: int, chips: list[Any], hbm: int, margin: float
+               ) -> dict[str, Any] | None:
+  """The update settings that fit under `margin` x HBM on the mesh `sizes`, found by compiling:
+  first the least memory the update can take (one row per data shard, full remat); if that does
+  not fit, None (one compile). Else the configured remat, then each policy that recomputes more,
+  at that micro-batch, and the micro-batch doubled while it fits, up to the configured one.
+  {"remat", "micro_batch", "compiled", "tried": [(remat policy or "off", micro, GiB)]}."""
+  dp = sharding.data_parallel_size(sizes)
+  ucfg, rows = _update_settings(config, cfg, sizes, seq)
+  mini, configured, _ = ucfg.split(rows)
+  least = REMAT_LADDER[-1]
+  tried = []
+
+  def at(remat: tuple[bool, str], micro: int) -> dict[str, Any]:
+    got = _update_at(config, cfg, sizes, seq, chips, hbm, remat, micro)
+    tried.append((remat[1] if remat[0] else "off", micro,
+                  round((got.get("compiled") or got.get("wanted")) / 2**30, 2)))
+    return got
+
+  got = at(least, dp)
+  if not compiled.within(got, margin * hbm):
+    return None
+  remat, best = least, got
+  for candidate in remat_candidates(config):
+    if candidate == least:
+      break
+    trial = at(candidate, dp)
+    if compiled.within(trial, margin * hbm):
+      remat, best = candidate, trial
+      break
+  micro = dp
+  while 2 * micro <= configured and mini % (2 * micro) == 0:
+    trial = at(remat, 2 * micro)
+    if not compiled.within(trial, margin * hbm):
+      break
+    micro, best = 2 * micro, trial
+  return {"remat": remat, "micro_batch": micro, "compiled": best["compiled"], "tried": tried}
+
+
 def fit_search(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
                sizes: Mapping[str, int], seq: int, chips: list[Any], hbm: int, p: PlanSettings
                ) -> dict[str, Any] | None:
-  """Settings under p.fit_margin x HBM, found by compiling: on the configured mesh, then
-  with the data axis turned into fsdp (parameters and AdamW sharded over the same chips), the
-  update's largest micro-batch under the configured remat, else under each remat policy that
-  recomputes more (`REMAT_LADDER`); then the rollout's KV-cache budget (its slots) on that mesh.
-  Prints the overrides to pass."""
+  """Settings under p.fit_margin x HBM, found by compiling: for each set of dtype overrides
+  (`dtype_candidates`: none first) and each mesh of the same chips (`mesh_candidates`), the
+  update's remat and micro-batch (`fit_update`); the first that fits is kept, then the rollout's
+  KV-cache budget on that mesh (`fit_rollout`). Prints the overrides to pass."""
   margin, name = p.fit_margin, p.topology
-  meshes = [(dict(sizes), {})]
-  if sizes["data"] > 1:
-    fsdp = {**sizes, "data": 1, "fsdp": sizes["fsdp"] * sizes["data"]}
-    meshes.append((fsdp, {"mesh.data": 1, "mesh.fsdp": fsdp["fsdp"]}))
   update_fit = None
-  for mesh_sizes, mesh_overrides in meshes:
-    for remat, policy in remat_candidates(config):
-      trial = config.copy_and_resolve_references()
-      trial.mesh.update({k.split(".")[1]: v for k, v in mesh_overrides.items()})
-      trial.model.update(remat=remat, remat_policy=policy)
+  for dtypes in dtype_candidates(config):
+    for mesh in mesh_candidates(sizes, cfg):
+      changed = {f"mesh.{a}": v for a, v in mesh.items()} if mesh != dict(sizes) else {}
+      trial = _with(config, {**changed, **dtypes})
       trial_cfg = dataclasses.replace(cfg, **policy_runtime(trial))
-      update_fit = fit_update(trial, trial_cfg, mesh_sizes, seq, chips, hbm, margin)
-      if update_fit is not None:
-        break
+      update_fit = fit_update(trial, trial_cfg, mesh, seq, chips, hbm, margin)
+      label = f"mesh {mesh}{''.join(f', {k}={v}' for k, v in dtypes.items())}"
+      if update_fit is None:
+        _log(f"fit search {name}: {label}: the update does not fit even at one row per data "
+             "shard under full remat")
+        continue
+      break
     if update_fit is not None:
       break
   if update_fit is None:
-    _log(f"fit search {name}: no micro-batch down to one row per data shard, under any remat "
-         f"policy, keeps the update under {margin:.0%} of HBM, on {[m for m, _ in meshes]}; shard "
-         "further (tensor) or shorten sequences")
+    _log(f"fit search {name}: no mesh, remat, micro-batch or dtype tried keeps the update under "
+         f"{margin:.0%} of HBM: more chips, or shorter sequences")
     return None
-  overrides: dict[str, Any] = dict(mesh_overrides)
+  overrides: dict[str, Any] = {**changed, **dtypes}
+  remat, policy = update_fit["remat"]
   if (remat, policy) != remat_candidates(config)[0]:
     overrides["model.remat"] = remat
     if remat:
       overrides["model.remat_policy"] = policy
   overrides["rl.micro_batch"] = update_fit["micro_batch"]
-  trial.rl.micro_batch = update_fit["micro_batch"]
-  rollout_fit = fit_rollout(trial, trial_cfg, mesh_sizes, seq, chips, hbm, margin)
+  trial = _with(config, overrides)
+  trial_cfg = dataclasses.replace(cfg, **policy_runtime(trial))
+  rollout_fit = fit_rollout(trial, trial_cfg, mesh, seq, chips, hbm, margin)
   if rollout_fit is not None:
     key = next(k for k in rollout_fit if k != "compiled")
     overrides[f"sampling.{key}"] = rollout_fit[key]
-  flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+  flags_ = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
   rollout = (f", rollout {rollout_fit['compiled'] / 2**30:.2f} GiB" if rollout_fit else
              ", no rollout budget fits")
-  _log(f"fit search {name}: {flags} -> update {update_fit['compiled'] / 2**30:.2f} GiB{rollout} "
-       f"compiled of {hbm / 2**30:.2f} GiB per chip (margin {margin:.0%})")
+  gap = (" (bfloat16 activations widen the training-inference gap: `python -m "
+         "dots_jax.bench.logp_gap --activation_dtype=bfloat16`, docs/GAP.md)"
+         if "model.activation_dtype" in overrides else "")
+  _log(f"fit search {name}: {flags_} -> update {update_fit['compiled'] / 2**30:.2f} GiB{rollout} "
+       f"compiled of {hbm / 2**30:.2f} GiB per chip (margin {margin:.0%}){gap}")
   return {"overrides": overrides, "update": update_fit, "rollout": rollout_fit}
-
-
-def fit_update(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
-               sizes: Mapping[str, int], seq: int, devices: list[Any], hbm_bytes: int,
-               margin: float) -> dict[str, Any] | None:
-  """The largest update micro-batch (halving from the config's, a multiple of the data shards)
-  whose compiled update stays under `margin` x HBM, or None; each candidate is one compile."""
-  dp = sharding.data_parallel_size(sizes)
-  ucfg, rows = _update_settings(config, cfg, sizes, seq)
-  micro = ucfg.split(rows)[1]
-  tried = []
-  while micro >= dp and micro % dp == 0:
-    trial = config.copy_and_resolve_references()
-    trial.rl.micro_batch = micro
-    got = compiled_programs(trial, cfg, sizes, seq, devices=devices, hbm_bytes=hbm_bytes,
-                            only=("update",), quiet=True)["update"]
-    tried.append((micro, got.get("compiled") or got.get("wanted")))
-    if compiled.within(got, margin * hbm_bytes):
-      return {"micro_batch": micro, "compiled": got["compiled"], "tried": tried}
-    micro //= 2
-  return None
 
 
 def fit_rollout(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
