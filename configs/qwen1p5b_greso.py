@@ -3,7 +3,7 @@
   python -m dots_jax.main --config=configs/qwen1p5b_greso.py \
       --config.model.path=/models/Qwen2.5-Math-1.5B --workdir=/mnt/bucket/runs/q1p5b_greso
   python -m dots_jax.main --config=configs/qwen1p5b_greso.py:method=ds   # its dynamic-sampling baseline
-  python -m dots_jax.main --config=configs/qwen1p5b_greso.py --config.dry_run=True
+  python -m dots_jax.tools.plan --config=configs/qwen1p5b_greso.py:v6e_8 --topology=v6e-8   # from a CPU
 
 Settings (`dots_jax.config_common.greso_reference`; sources in docs/REPRODUCTION.md): 1000 steps, 256
 questions trained of a first rollout round of 384 (later rounds adaptive, at least 64), 4 mini-batches
@@ -12,7 +12,15 @@ entropy bonus 0.001, reward 1 correct / 0.1 boxed but wrong / 0 otherwise, GRESO
 (easy 1/3, hard 2/3), p from 0.5 in steps of 0.01 within [0.05, 0.95].
 """
 
-from dots_jax.config_common import apply_config_arg, greso_reference
+from dots_jax.config_common import apply_config_arg, greso_reference, slice_preset
+
+# Rented TPU slices, parameters and AdamW sharded over the 8 chips; each checked by
+#   python -m dots_jax.tools.plan --config=configs/qwen1p5b_greso.py:<preset> --topology=<slice>
+# (v6e_8 on v6e-8, v5e_8 on v5e-8; figures in docs/MEMORY.md).
+PRESETS = {
+    "v6e_8": slice_preset(mesh=dict(data=1, fsdp=8, tensor=1), micro_batch=64, kv_budget_gib=6.0),
+    "v5e_8": slice_preset(mesh=dict(data=1, fsdp=8, tensor=1), micro_batch=16, kv_budget_gib=6.0),
+}
 
 
 def get_config(arg: str = ""):
@@ -22,4 +30,4 @@ def get_config(arg: str = ""):
   # Rollouts stream through as many KV-cache slots as 24 GiB per device hold (the slot
   # engine), so the rollout phase fits 80 GB devices beside params and AdamW (dry run).
   c.sampling.kv_budget_gib = 24.0
-  return apply_config_arg(c, arg)
+  return apply_config_arg(c, arg, PRESETS)

@@ -173,6 +173,26 @@ def _verl_run(variant: str) -> ml_collections.ConfigDict:
   return c
 
 
+def slice_preset(*, mesh: dict[str, int], micro_batch: int, kv_budget_gib: float,
+                 bfloat16_activations: bool = False, bfloat16_mu: bool = False
+                 ) -> Callable[[ml_collections.ConfigDict], None]:
+  """A config-file preset for a rented TPU slice (`configs/qwen7b.py:v6e_8`): the mesh over its
+  chips, the update's micro-batch, the rollout's per-chip KV-cache budget and, where the slice
+  needs them, bfloat16 activations and AdamW first moment; each preset's compiled figures and the
+  command that checks it are in docs/MEMORY.md."""
+
+  def apply(c: ml_collections.ConfigDict) -> None:
+    c.mesh.update(mesh)
+    c.rl.micro_batch = micro_batch
+    c.sampling.kv_budget_gib = kv_budget_gib
+    if bfloat16_activations:
+      c.model.activation_dtype = "bfloat16"
+    if bfloat16_mu:
+      c.rl.mu_dtype = "bfloat16"
+
+  return apply
+
+
 def dots_reference(variant: str) -> ml_collections.ConfigDict:
   """The DOTS reference script (`final_ds_teacher_replay.sh` + its ray_trainer.py; values and line
   numbers in docs/REPRODUCTION.md). `variant` gives the shapes for dry runs; real runs set

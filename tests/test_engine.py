@@ -190,3 +190,26 @@ def test_the_prefill_block_is_split_over_the_data_axes():
   one, split = temporaries({"data": 1, "fsdp": 1, "tensor": 1}), temporaries(
       {"data": 8, "fsdp": 1, "tensor": 1})
   assert split < one / 3, (split, one)
+
+
+def test_a_tensor_axis_splits_the_cache_heads_and_the_budget_holds_more_slots():
+  """KV heads over the tensor axis (`CACHE_AXES`): a device holds 1 / tensor of each slot's cache,
+  so the same per-device budget holds tensor x the slots; the engine's cache arrays say the same."""
+  from dots_jax.model import sharding
+  from dots_jax.rollout.generator import EngineSettings
+  per_slot = slot_cache_bytes(CFG, 1, 8, R)
+  assert slot_cache_bytes(CFG, 1, 8, R, kv_shards=2) * 2 == per_slot
+  settings = EngineSettings(slots=0, kv_budget_gib=8 * per_slot / 2**30, steps_per_call=2,
+                            windows=1, prefill_prompts=0)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  shards = sharding.kv_head_shards(mesh, CFG.num_key_value_heads)
+  assert shards == 2 and sharding.kv_head_shards({"data": 1, "fsdp": 1, "tensor": 3}, 2) == 1
+  slots = settings.slots_for(CFG, 8, R, 4, shards)
+  assert slots == 4 * 16 and settings.slots_for(CFG, 8, R, 4) == 4 * 8
+  graphdef, _ = nnx.split(qwen2.init_model(CFG, 0))
+  engine = Engine(graphdef, CFG, slots=slots, max_prompt_len=8, max_new_tokens=R, eos_ids=[EOS],
+                  pad_id=0, mesh=mesh)
+  k0 = engine._empty_state()["k"][0]
+  block = k0.sharding.shard_shape(k0.shape)
+  k_and_v = 2 * CFG.num_hidden_layers * np.prod(block) * k0.dtype.itemsize
+  assert k_and_v == slot_cache_bytes(CFG, slots // 4, 8, R, kv_shards=2)

@@ -244,6 +244,27 @@ def test_sharded_update_matches_single_device():
   np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-4, atol=1e-7)
 
 
+def test_sequence_parallel_residual_gives_the_same_update():
+  """With a tensor axis and a sequence length it divides, the residual stream between blocks is
+  split along the sequence (`ForwardShardings.seq_rows`): the same update as on one device."""
+  from dots_jax.model import sharding
+  b = random_batch(3, rows=ROWS, prompt_len=6, completion_len=R, vocab_size=CFG.vocab_size,
+                   replay_fraction=0.5)
+  assert (b.tokens_NxT.shape[1]) % 2 == 0
+  config = rl_config(micro_batch=4)
+  expected, m_ref = run(config, b, steps=2)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+  graphdef, params, opt, ucfg = setup(config)
+  st_sh = update.train_state_shardings(opt, params, mesh)
+  assert sharding.forward_shardings(st_sh.params, mesh).seq_rows.spec[1] == "tensor"
+  state = jax.device_put(update.init_train_state(params, opt, seed=0), st_sh)
+  fn = update.make_update_fn(graphdef, opt, ucfg, mesh=mesh, state_shardings=st_sh)
+  for _ in range(2):
+    state, m = fn(state, fn.device_batch(state.params, b))
+  assert_trees_close(state.params, expected.params, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-4, atol=1e-7)
+
+
 def test_clipping_acts_from_the_second_mini_batch():
   """With one mini-batch the only update sees pi == pi_old, so no fresh token can be clipped; with
   the reference scripts' several mini-batches the later ones move away from pi_old and clip."""

@@ -442,8 +442,15 @@ class ForwardShardings:
 
   rows: NamedSharding  # [B, T, D] activations: rows over the data-parallel axes
   layer: Any  # one decoder layer's parameter shardings (an nnx.State of NamedSharding)
+  # With a tensor axis: the residual stream between blocks also split along the sequence over it
+  # (sequence parallelism), so what a block keeps for the backward pass is not repeated on every
+  # tensor shard; the blocks gather the sequence where their matmuls need it. Used when T divides.
+  seq_rows: NamedSharding | None = None
 
   def pin_rows(self, x_BxTxD: jax.Array) -> jax.Array:
+    seq = self.seq_rows
+    if seq is not None and x_BxTxD.shape[1] % seq.mesh.shape["tensor"] == 0:
+      return jax.lax.with_sharding_constraint(x_BxTxD, seq)
     return jax.lax.with_sharding_constraint(x_BxTxD, self.rows)
 
 

@@ -131,6 +131,15 @@ def shard_shape(shape: tuple[int, ...], spec: P, axis_sizes: Mapping[str, int]) 
   return tuple(out)
 
 
+def kv_head_shards(mesh: Mesh | Mapping[str, int] | None, num_kv_heads: int) -> int:
+  """How many ways a KV cache's heads are split (`CACHE_AXES`: the tensor axis, when it divides
+  them); 1 without a mesh."""
+  if mesh is None:
+    return 1
+  tensor = (mesh_axis_sizes(mesh) if isinstance(mesh, Mesh) else mesh)["tensor"]
+  return tensor if num_kv_heads % tensor == 0 else 1
+
+
 def mesh_axis_sizes(mesh: Mesh) -> dict[str, int]:
   return dict(zip(mesh.axis_names, mesh.devices.shape))
 
@@ -167,7 +176,10 @@ def forward_shardings(params_shardings: Any, mesh: Mesh) -> qwen2.ForwardShardin
   data-parallel axes, and one decoder layer's parameter shardings out of the model's
   (`param_shardings`; the rules name parameters without their layer index, so every layer's are
   these)."""
-  return qwen2.ForwardShardings(rows=batch_sharding(mesh, 3), layer=params_shardings["layers"][0])
+  seq = (NamedSharding(mesh, P(BATCH_AXES, "tensor", None))
+         if mesh_axis_sizes(mesh)["tensor"] > 1 else None)
+  return qwen2.ForwardShardings(rows=batch_sharding(mesh, 3), layer=params_shardings["layers"][0],
+                                seq_rows=seq)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -51,17 +51,20 @@ class EngineStats:
 
 
 def slot_cache_bytes(cfg: Qwen2Config, slots: int, max_prompt_len: int, max_new_tokens: int,
-                     kv_dtype: str | None = None) -> int:
-  """Bytes of the engine's KV cache (k and v, every layer) for `slots` rows, on one device."""
+                     kv_dtype: str | None = None, kv_shards: int = 1) -> int:
+  """Bytes of the engine's KV cache (k and v, every layer) for `slots` rows on one device, whose
+  KV heads are split `kv_shards` ways (`sharding.kv_head_shards`)."""
   per_slot = (2 * cfg.num_hidden_layers * (max_prompt_len + max_new_tokens)
-              * cfg.num_key_value_heads * cfg.head_dim * np.dtype(kv_dtype or cfg.dtype).itemsize)
+              * cfg.num_key_value_heads // kv_shards * cfg.head_dim
+              * np.dtype(kv_dtype or cfg.dtype).itemsize)
   return slots * per_slot
 
 
 def slots_for_budget(cfg: Qwen2Config, budget_gib: float, max_prompt_len: int,
-                     max_new_tokens: int, multiple: int = 1) -> int:
-  """The most slots (a multiple of `multiple`) whose KV cache fits `budget_gib` GiB."""
-  per_slot = slot_cache_bytes(cfg, 1, max_prompt_len, max_new_tokens)
+                     max_new_tokens: int, multiple: int = 1, kv_shards: int = 1) -> int:
+  """The most slots (a multiple of `multiple`) whose KV cache fits `budget_gib` GiB on a device
+  holding 1 / kv_shards of the KV heads."""
+  per_slot = slot_cache_bytes(cfg, 1, max_prompt_len, max_new_tokens, kv_shards=kv_shards)
   n = int(budget_gib * 2**30 // per_slot) // multiple * multiple
   if n < multiple:
     raise ValueError(f"config.sampling.kv_budget_gib={budget_gib}: one slot needs "

@@ -13,7 +13,7 @@ from flax import nnx
 from dots_jax.data.prompts import pad_prompts
 from dots_jax.model.hf_io import pad_token_id, stop_token_ids
 from dots_jax.model.qwen2 import Qwen2Config
-from dots_jax.model.sharding import data_parallel_size, pad_to_multiple
+from dots_jax.model.sharding import data_parallel_size, kv_head_shards, pad_to_multiple
 from dots_jax.rollout.engine import Engine, slots_for_budget
 from dots_jax.rollout.sampler import Sampler, SampleOutput
 
@@ -49,15 +49,16 @@ class EngineSettings:
   prefill_prompts: int = 0
 
   def slots_for(self, cfg: Qwen2Config, max_prompt_len: int, max_new_tokens: int,
-                shards: int = 1) -> int:
+                shards: int = 1, kv_shards: int = 1) -> int:
     """Slots in all (`shards` data-parallel shards hold slots / shards each); 0 = static batch.
-    The budget is per device."""
+    The budget is per device, whose cache holds 1 / kv_shards of the KV heads."""
     if self.slots < 0 or self.kv_budget_gib < 0:
       raise ValueError(f"config.sampling.slots={self.slots} and kv_budget_gib="
                        f"{self.kv_budget_gib} must be >= 0")
     if self.slots or self.kv_budget_gib <= 0:
       return self.slots
-    return shards * slots_for_budget(cfg, self.kv_budget_gib, max_prompt_len, max_new_tokens)
+    return shards * slots_for_budget(cfg, self.kv_budget_gib, max_prompt_len, max_new_tokens,
+                                     kv_shards=kv_shards)
 
 
 class Generator:
@@ -78,8 +79,8 @@ class Generator:
     self.stop_ids = stop_token_ids(cfg, tokenizer)
     self.pad_id = pad_token_id(tokenizer, self.stop_ids)
     self.shards = data_parallel_size(mesh)
-    slots = (engine.slots_for(cfg, self.buckets[-1], max_new_tokens, self.shards)
-             if engine else 0)
+    slots = (engine.slots_for(cfg, self.buckets[-1], max_new_tokens, self.shards,
+                              kv_head_shards(mesh, cfg.num_key_value_heads)) if engine else 0)
     if slots:
       self.sampler = Engine(graphdef, cfg, slots=slots, max_prompt_len=self.buckets[-1],
                             max_new_tokens=max_new_tokens, eos_ids=self.stop_ids,

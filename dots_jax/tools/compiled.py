@@ -9,11 +9,14 @@ import time
 from typing import Any
 
 
-def measure_program(lower: Any, estimate: int, hbm_bytes: int = 0) -> dict[str, Any]:
+def measure_program(lower: Any, estimate: int, hbm_bytes: int = 0, resident: int = 0
+                    ) -> dict[str, Any]:
   """Compiles `lower()` and returns its per-device bytes from `memory_analysis()` (arguments +
-  outputs - aliased + temporaries) beside `estimate`; with `hbm_bytes`, whether it fits. A compiler
-  that refuses the program for want of memory gives `fits: False` with the bytes it wanted and
-  had; any other error propagates."""
+  outputs - aliased + temporaries, + `resident`: bytes that stay on the device beside the program
+  without being its argument) beside `estimate` (which counts `resident` too); with `hbm_bytes`,
+  whether it fits. A compiler that refuses the program for want of memory gives `fits: False`
+  with the bytes it wanted and had; any other error propagates."""
+  estimate += resident
   t0 = time.perf_counter()
   try:
     ma = lower().compile().memory_analysis()
@@ -24,10 +27,11 @@ def measure_program(lower: Any, estimate: int, hbm_bytes: int = 0) -> dict[str, 
     return {"fits": False, "compiled": None, "estimated": int(estimate), **refusal,
             "compile_s": round(time.perf_counter() - t0, 1)}
   compiled = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
-              + ma.temp_size_in_bytes)
+              + ma.temp_size_in_bytes + resident)
   out = {"compiled": int(compiled), "estimated": int(estimate),
          "temp": int(ma.temp_size_in_bytes), "arguments": int(ma.argument_size_in_bytes),
          "outputs": int(ma.output_size_in_bytes), "aliased": int(ma.alias_size_in_bytes),
+         "resident": int(resident),
          "generated_code": int(getattr(ma, "generated_code_size_in_bytes", 0)),
          "compile_s": round(time.perf_counter() - t0, 1)}
   if hbm_bytes:
@@ -49,8 +53,10 @@ def program_line(name: str, p: dict[str, Any], hbm_bytes: int) -> str:
             f"temporaries, the chip has {g(p['available'])} GiB; {g(p['estimated'])} GiB estimated")
   verdict = (f"; {'fits' if p['fits'] else 'does NOT fit'} ({100 * p['compiled'] / hbm_bytes:.0f}% "
              f"of {g(hbm_bytes)} GiB)" if hbm_bytes else "")
+  beside = f", resident {g(p['resident'])}" if p.get("resident") else ""
   return (f"program    {name}: {g(p['compiled'])} GiB compiled (arguments {g(p['arguments'])}, "
-          f"outputs {g(p['outputs'])}, aliased {g(p['aliased'])}, temporaries {g(p['temp'])}, "
+          f"outputs {g(p['outputs'])}, aliased {g(p['aliased'])}, temporaries {g(p['temp'])}"
+          f"{beside}, "
           f"code {p['generated_code'] / 2**20:.1f} MiB), {g(p['estimated'])} GiB estimated; "
           f"compiled in {p['compile_s']:.0f} s{verdict}")
 

@@ -122,11 +122,12 @@ def dry_run(config: ml_collections.ConfigDict, plan_settings: PlanSettings) -> d
   _log(f"per device params {gib(mem['params'])} + AdamW {gib(mem['adam'])} + grads "
        f"{gib(mem['grads'])} = {gib(mem['params'] + mem['adam'] + mem['grads'])} (the rollout's "
        "KV cache and the update's activations: below)")
+  kv_shards = sharding.kv_head_shards(sizes, cfg.num_key_value_heads)
   slots = settings.read(config).engine.slots_for(cfg, max(config.data.prompt_buckets),
-                                                 config.sampling.max_new_tokens, dp)
+                                                 config.sampling.max_new_tokens, dp, kv_shards)
   if slots:
     kv = slot_cache_bytes(cfg, slots // dp, max(config.data.prompt_buckets),
-                          config.sampling.max_new_tokens)
+                          config.sampling.max_new_tokens, kv_shards=kv_shards)
     resident = mem["params"] + mem["adam"]
     mem["rollout_kv_cache"] = kv
     _log(f"rollout    slot engine: {slots} slots ({slots // dp} per device) x {seq} cache slots = "
@@ -264,7 +265,8 @@ def rollout_engine(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config, gr
   dp = sharding.data_parallel_size(mesh)
   prompt, new = max(config.data.prompt_buckets), config.sampling.max_new_tokens
   engine = settings.read(config).engine
-  slots = engine.slots_for(cfg, prompt, new, dp)
+  slots = engine.slots_for(cfg, prompt, new, dp,
+                           sharding.kv_head_shards(mesh, cfg.num_key_value_heads))
   if not slots:
     return None
   return Engine(graphdef, cfg, slots=slots, max_prompt_len=prompt, max_new_tokens=new,
@@ -278,7 +280,8 @@ def rollout_estimate(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], engine: E
   (the state's, the step's and the sampling pass's)."""
   dp = sharding.data_parallel_size(sizes)
   rows = engine.slots // dp
-  kv = slot_cache_bytes(cfg, rows, engine.max_prompt_len, engine.max_new_tokens)
+  kv = slot_cache_bytes(cfg, rows, engine.max_prompt_len, engine.max_new_tokens,
+                        kv_shards=sharding.kv_head_shards(sizes, cfg.num_key_value_heads))
   logits = 3 * rows * (cfg.vocab_size // sizes["tensor"]) * 4
   outputs = 2 * rows * engine.max_new_tokens * 4  # tokens and log-probs
   params = plan(cfg, sizes, batch=1, seq=1)["params"]
@@ -294,7 +297,8 @@ def prefill_block_bytes(cfg: qwen2.Qwen2Config, sizes: Mapping[str, int], prompt
   and one layer's float32 activations (residual, attention, MLP)."""
   tokens = -(-prompts // sharding.data_parallel_size(sizes)) * engine.max_prompt_len
   w = np.dtype(cfg.dtype).itemsize
-  cache = 2 * cfg.num_hidden_layers * tokens * cfg.num_key_value_heads * cfg.head_dim * w
+  kv_heads = cfg.num_key_value_heads // sharding.kv_head_shards(sizes, cfg.num_key_value_heads)
+  cache = 2 * cfg.num_hidden_layers * tokens * kv_heads * cfg.head_dim * w
   layer = tokens * (4 * cfg.hidden_size + 2 * cfg.intermediate_size // sizes["tensor"]) * 4
   return int(cache + layer)
 
@@ -311,7 +315,8 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   prefill programs and (for DOTS methods) the DOTS stage's embedding pass over the mesh and the
   estimator's programs on the first chip (`plan_dots`), or those named in `only`, with shapes only on a mesh of `sizes`, and
   returns, per program, the per-device bytes of `memory_analysis()` (arguments + outputs - aliased +
-  temporaries) beside `update_estimate`. `devices`: compile-only devices of a real topology
+  temporaries, plus what stays resident beside it: AdamW's moments beside pi_old and the rollout,
+  the policy beside the embedding pass) beside `update_estimate`. `devices`: compile-only devices of a real topology
   (`dots_jax.tools.topology`), else this process's (`dots_jax.main` gives a CPU dry run
   host-platform devices when plan_compile is set). With `hbm_bytes`, each program says whether it
   fits; a compiler that refuses a program for want of memory is that program's `fits: False`
@@ -360,11 +365,18 @@ def compiled_programs(config: ml_collections.ConfigDict, cfg: qwen2.Qwen2Config,
   if get_method(config.method).source == "dots" and (not only or set(only) & DOTS_PROGRAMS):
     for name, (lower, est) in plan_dots.dots_programs(config, cfg, devices[:n], sizes).items():
       lowered[name], estimates[name] = lower, est
+  # What stays on each chip while a program runs without being its argument: AdamW's moments beside
+  # pi_old and the rollout (the train state lives across the step), the policy's parameters
+  # beside the DOTS stage's embedding pass.
+  mem = plan(cfg, sizes, batch=1, seq=1, mu_dtype=config.rl.mu_dtype)
+  resident = {"pi_old": mem["adam"], "rollout": mem["adam"], "prefill": mem["adam"],
+              "embed": mem["params"]}
   out = {}
   for name, lower in lowered.items():
     if only and name not in only:
       continue
-    out[name] = compiled.measure_program(lower, estimates[name], hbm_bytes)
+    out[name] = compiled.measure_program(lower, estimates[name], hbm_bytes,
+                                         resident=resident.get(name, 0))
     if not quiet:
       _log(compiled.program_line(name, out[name], hbm_bytes))
   return out
