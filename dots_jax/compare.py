@@ -108,14 +108,18 @@ def seed_se(finals: list[float]) -> float:
 def undrawn_pearson_min(curve: dict[str, np.ndarray]) -> float:
   """The lowest Pearson r, at the run's evaluations, of the predictions with the exact pass rates
   over the questions the draw has not rolled out in the last rounds; NaN where none was taken."""
+  if "pred_pearson_undrawn_exact" not in curve:  # a simulated run: no such diagnostic
+    return float("nan")
   r = curve["pred_pearson_undrawn_exact"]
   at = np.isin(curve["train_step"], curve["step"]) & np.isfinite(r)
   return float(r[at].min()) if at.any() else float("nan")
 
 
 def families_at(curve: dict[str, np.ndarray], step: float) -> dict[str, float]:
-  """Held-out accuracy per family at `step` (interpolated between evaluations)."""
-  return {f: float(np.interp(step, curve["step"], a)) for f, a in curve["families"].items()}
+  """Held-out accuracy per family at `step` (interpolated between evaluations); none where the
+  run has no families (a simulated run)."""
+  return {f: float(np.interp(step, curve["step"], a))
+          for f, a in curve.get("families", {}).items()}
 
 
 def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int = 8,

@@ -194,7 +194,7 @@ def base_config() -> ml_collections.ConfigDict:
   # floor: the share of the round drawn evenly from every cluster (by the same rule within it).
   c.selection.track = ml_collections.ConfigDict(dict(
       half_life=8.0, drift=0.02, max_labels=2048, clusters=16, shrink=8.0, content_floor=0.1,
-      ref_size=32, ref_mode="uniform", train_refs=False, draw="variance", tau=0.05, floor=0.0))
+      ref_size=16, ref_mode="stratified", train_refs=True, draw="variance", tau=0.05, floor=0.0))
 
   # Evaluation (dots_jax.evaluate).
   c.eval = ml_collections.ConfigDict(dict(every=25, k=1, temperature=0.0, top_p=1.0,

@@ -68,6 +68,15 @@ def _layer(module: str) -> int:
   raise AssertionError(f"{module}: dots_jax.{top} is in no layer of test_structure.LAYERS")
 
 
+def test_every_package_directory_is_a_package():
+  """Every directory of dots_jax with modules has an __init__.py: find_packages (setup.py) and
+  this file's module walk skip a directory without one, so a non-editable install would lack it."""
+  missing = [os.path.relpath(d, ROOT) for d, _, files in os.walk(PKG)
+             if "__pycache__" not in d and any(f.endswith(".py") for f in files)
+             and "__init__.py" not in files]
+  assert not missing, missing
+
+
 def test_every_module_imports():
   for name in _modules():
     importlib.import_module(name)

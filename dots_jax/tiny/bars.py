@@ -104,6 +104,16 @@ GOALS = (
 )
 
 
+# The same methods in the selection simulator at the papers' scale (`python -m dots_jax.sim`; time
+# is modelled there, in rollout-equivalents), each on the worst seed.
+SIM_GOALS = (
+    Bar("dots_track_rr_time_ratio", 0.55, False,
+        "dots_track_rr modelled time to reach GRPO's final accuracy / GRPO's (DOTS scale)"),
+    Bar("greso_track_rollouts_vs_ds", 0.35, False,
+        "greso_track rollouts to reach DS's final accuracy / DS's (GRESO scale)"),
+)
+
+
 def base_figures(pool_p_N: np.ndarray, group_size: int, overlap: int) -> dict[str, float]:
   """The base bars' values from the exact pass rates of the pool questions: a group of G samples of
   a question with pass rate p is all-correct with probability p^G and all-wrong with (1 - p)^G."""
