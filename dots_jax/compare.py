@@ -123,7 +123,8 @@ def families_at(curve: dict[str, np.ndarray], step: float) -> dict[str, float]:
 
 
 def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int = 8,
-            overlap: float = float("nan"), *, testbed: bool = True) -> dict[str, Any]:
+            overlap: float = float("nan"), *, testbed: bool = True,
+            seeds_share_a_pool: bool = True) -> dict[str, Any]:
   """curves[method][seed] -> per-run and per-method results against the same seed's GRPO run, and
   the goals block, and with `testbed` the tiny testbed's bars (`group_size` G of the runs;
   `overlap` the number of questions in both the pool and the held-out split, NaN where unknown).
@@ -132,11 +133,15 @@ def analyze(curves: dict[str, dict[int, dict[str, np.ndarray]]], group_size: int
   the baseline's final accuracy on the same seed less one seed-to-seed standard error of that final
   (noise between seeds cannot flip it); ratios are against the baseline's own steps, rollouts and
   seconds to that target. Final accuracies are taken at the baseline's last step (equal steps); a
-  run extended to spend the baseline's rollouts (`compare`) also reports its end."""
+  run extended to spend the baseline's rollouts (`compare`) also reports its end. Without
+  `seeds_share_a_pool` (the simulator: each seed is a world of its own) the spread between seeds
+  is the worlds', not noise a method could flip, and the target is the baseline's final itself."""
   if BASELINE not in curves:
     raise ValueError(f"the comparison needs the uniform baseline {BASELINE!r} among --methods")
-  base_se = seed_se([float(c["accuracy"][-1]) for c in curves[BASELINE].values()])
-  ds_se = seed_se([float(c["accuracy"][-1]) for c in curves[DS].values()]) if DS in curves else 0.0
+  finals_se = (lambda m: seed_se([float(c["accuracy"][-1]) for c in curves[m].values()])
+               if seeds_share_a_pool else 0.0)
+  base_se = finals_se(BASELINE)
+  ds_se = finals_se(DS) if DS in curves else 0.0
   runs: dict[str, dict[str, Any]] = {}
   for method, by_seed in curves.items():
     runs[method] = {}

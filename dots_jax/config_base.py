@@ -119,9 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.behavior_is_cap = 0.0
 
   # Divergence guard (dots_jax.rl.update.raise_if_diverged), checked after every update and before
-  # anything is saved: a step whose update moved the weights by more than max_update_ratio of their
-  # norm, or whose mean token entropy rose more than max_entropy_rise of the way from the first
-  # step's towards ln(vocab) (collapse to a uniform policy), stops the run. 0 turns a check off.
+  # anything is saved: a step whose optimizer steps moved the weights by more than max_update_ratio
+  # of their norm (the sum of the steps' norms), or whose mean token entropy rose more than
+  # max_entropy_rise of the way from the first step's towards ln(vocab) (collapse to a uniform
+  # policy), stops the run. 0 turns a check off.
   c.guard = ml_collections.ConfigDict()
   c.guard.max_update_ratio = 0.1
   c.guard.max_entropy_rise = 0.5

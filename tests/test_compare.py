@@ -53,6 +53,23 @@ def test_analysis_against_same_seed_grpo(tmp_path):
   assert os.path.getsize(tmp_path / "c.png") > 1000
 
 
+def test_seeds_of_their_own_worlds_target_the_baseline_final_itself(tmp_path):
+  """The simulator's seeds are worlds of their own: their spread is not noise a method could flip,
+  so the target is the same seed's GRPO final, not less one seed-to-seed standard error."""
+  curves = {"grpo": {}, "dots_rr": {}}
+  for s, top in enumerate((0.5, 0.7)):
+    curves["grpo"][s] = compare.read_curve(write_run(
+        tmp_path, f"g{s}", [0.1, top - 0.05, top], [0, 10, 20], [0, 100, 200]))
+    curves["dots_rr"][s] = compare.read_curve(write_run(
+        tmp_path, f"d{s}", [0.1, top - 0.01, top], [0, 10, 20], [0, 50, 100]))
+  shared = compare.analyze(curves, testbed=False)
+  own = compare.analyze(curves, testbed=False, seeds_share_a_pool=False)
+  assert shared["runs"]["grpo"]["0"]["target"] == pytest.approx(0.5 - 0.1)  # se of 0.5, 0.7
+  assert own["runs"]["grpo"]["0"]["target"] == 0.5
+  assert own["runs"]["dots_rr"]["1"]["rollouts_to_target"] == 100
+  assert shared["runs"]["dots_rr"]["1"]["rollouts_to_target"] < 100
+
+
 def test_main_analyze_only_writes_outputs(tmp_path):
   for seed in (0, 1):
     write_run(tmp_path, f"grpo_s{seed}", [0.1, 0.4], [0, 10], [0, 100])

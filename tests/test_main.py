@@ -193,7 +193,7 @@ def test_dry_run_plans_real_models_on_cpu(name, capsys):
     ("qwen1p5b_math", dict(data=8, fsdp=1), 80), ("qwen7b", dict(data=1, fsdp=8), 141),
     ("qwen7b", dict(data=1, fsdp=32), 95)])
 def test_reference_configs_fit_their_devices(name, mesh, device_gib, capsys):
-  """The shipped slot and micro-batch settings fit the devices the README names (the planner's
+  """The shipped slot and micro-batch settings fit the devices docs/MEMORY.md names (the planner's
   estimate per device); a device too small for the rollout's KV cache is refused in the verdict."""
   c = load_config(name, "method=dots_rr")
   c.mesh.update(tensor=1, **mesh)
@@ -205,6 +205,23 @@ def test_reference_configs_fit_their_devices(name, mesh, device_gib, capsys):
   assert plan["memory"]["rollout_kv_cache"] <= c.sampling.kv_budget_gib * 2**30
   dry_run(c, device_gib=plan["estimated_peak"] / 2**30 * 0.9)
   assert "does NOT fit" in capsys.readouterr().out
+
+
+# The TPU slice presets: (config, preset, chips, HBM GiB per chip as the TPU compiler reports it).
+SLICE_PRESETS = [("qwen7b", "v6e_8", 8, 31.25), ("qwen7b", "v5e_16", 16, 15.75),
+                 ("qwen1p5b_math", "v6e_8", 8, 31.25), ("qwen1p5b_math", "v5e_8", 8, 15.75),
+                 ("qwen1p5b_greso", "v6e_8", 8, 31.25), ("qwen1p5b_greso", "v5e_8", 8, 15.75)]
+
+
+@pytest.mark.parametrize("name,preset,chips,hbm_gib", SLICE_PRESETS)
+def test_slice_presets_use_the_slice_and_fit_by_the_estimate(name, preset, chips, hbm_gib, capsys):
+  """Each preset's mesh is the slice's chips exactly and its plan fits one chip by the planner's
+  estimate (the TPU compiler's figures, slower to get, are docs/MEMORY.md's rows)."""
+  c = load_config(name, f"{preset},method=dots_rr" if name != "qwen1p5b_greso" else preset)
+  assert c.mesh.data * c.mesh.fsdp * c.mesh.tensor == chips
+  plan = dry_run(c, device_gib=hbm_gib)
+  assert f"fits a {hbm_gib} GiB device" in capsys.readouterr().out
+  assert plan["estimated_peak"] <= 0.9 * hbm_gib * 2**30
 
 
 def test_reference_settings_match_dots_script():

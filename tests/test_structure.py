@@ -201,3 +201,47 @@ def test_every_entry_point_parses_flags_with_absl_and_lists_them_on_help():
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode in (0, 1) and "Traceback" not in out, (m, out[-2000:])
     assert re.search(r"^\s+--\w+: ", out, re.M), (m, out[-2000:])
+
+
+# Modules that may read a whole config: the job and its assembly, the config modules and the tools
+# that are jobs of their own (planner, benchmarks, simulator, testbed tools).
+_CONFIG_EDGE_FILES = {"train.py", "main.py", "compare.py", "config_base.py", "config_common.py"}
+_CONFIG_EDGE_DIRS = {"tools", "bench", "sim", "tiny"}
+
+
+def test_the_whole_config_stays_at_the_edge():
+  """Settings at the boundaries: outside the job, the config modules, tools and entry points (a
+  module with a __main__ guard), at most the run's own config readers take a `config` parameter;
+  everything else takes typed settings of its own section."""
+  takers = []
+  for name, path in _modules().items():
+    rel = os.path.relpath(path, PKG).split(os.sep)
+    if rel[0] in _CONFIG_EDGE_DIRS or (len(rel) == 1 and rel[0] in _CONFIG_EDGE_FILES):
+      continue
+    src = open(path).read()
+    if re.search(r"""__name__ == ["']__main__["']""", src):
+      continue
+    for node in ast.walk(ast.parse(src, path)):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+        if any(a.arg == "config" for a in args):
+          takers.append(f"{name}.{node.name}")
+  assert all(t.startswith("dots_jax.run.") for t in takers), takers
+  assert len(takers) <= 6, takers
+
+
+def test_docs_read_by_purpose():
+  """A README a newcomer reads to the end, docs without development-history labels, and reference
+  configs that set only what a training run reads (no simulator keys)."""
+  with open(os.path.join(ROOT, "README.md")) as f:
+    assert len(f.read().splitlines()) <= 250
+  docs = [os.path.join(ROOT, "README.md")] + [
+      os.path.join(ROOT, "docs", n) for n in os.listdir(os.path.join(ROOT, "docs"))
+      if n.endswith(".md")]
+  for path in docs:
+    with open(path) as f:
+      labels = re.findall(r"\b(?:stop|issue)[ -]\d+\b", f.read(), re.I)
+    assert not labels, (path, labels[:5])
+  for name in ("qwen1p5b_math.py", "qwen1p5b_greso.py", "qwen3b.py", "qwen7b.py"):
+    with open(os.path.join(ROOT, "configs", name)) as f:
+      assert not re.search(r"\bc\.sim\b|\bsim\.", f.read()), name

@@ -120,7 +120,8 @@ def report(config: Any, sim: Any, methods: list[str], seeds: list[int], out: str
     seconds[method] = time.perf_counter() - t0
     print(f"{method}: {len(seeds)} seeds in {seconds[method]:.1f} s", flush=True)
   curves = {m: {s: r.curve for s, r in by_seed.items()} for m, by_seed in results.items()}
-  result = compare.analyze(curves, config.sampling.group_size, testbed=False)
+  result = compare.analyze(curves, config.sampling.group_size, testbed=False,
+                           seeds_share_a_pool=False)
   result["goals"] = sim_goals(result)
   cal = calibration(results, seeds, fitted)
   result.update(calibration=cal, seconds=seconds, methods=methods, seeds=seeds,
