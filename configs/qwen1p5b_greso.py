@@ -14,12 +14,13 @@ entropy bonus 0.001, reward 1 correct / 0.1 boxed but wrong / 0 otherwise, GRESO
 
 from dots_jax.config_common import apply_config_arg, greso_reference, slice_preset
 
-# Rented TPU slices, parameters and AdamW sharded over the 8 chips; each checked by
+# Rented TPU slices, parameters and AdamW sharded over the 8 chips (on v5e-8 also over a tensor
+# axis: on fsdp 8 alone the TPU compiler refuses the prefill, docs/MEMORY.md); each checked by
 #   python -m dots_jax.tools.plan --config=configs/qwen1p5b_greso.py:<preset> --topology=<slice>
 # (v6e_8 on v6e-8, v5e_8 on v5e-8; figures in docs/MEMORY.md).
 PRESETS = {
     "v6e_8": slice_preset(mesh=dict(data=1, fsdp=8, tensor=1), micro_batch=64, kv_budget_gib=6.0),
-    "v5e_8": slice_preset(mesh=dict(data=1, fsdp=8, tensor=1), micro_batch=16, kv_budget_gib=6.0),
+    "v5e_8": slice_preset(mesh=dict(data=1, fsdp=4, tensor=2), micro_batch=16, kv_budget_gib=3.0),
 }
 
 
