@@ -42,6 +42,12 @@ def _bucket(length: int, max_len: int) -> int:
   return min(b, max_len)
 
 
+def pass_batch(batch: int, shards: int) -> int:
+  """The embedding pass's batch over `shards` data-parallel shards: `batch` rounded up to a
+  multiple of them (the planner compiles the pass at this size)."""
+  return -(-batch // shards) * shards
+
+
 def embed_token_lists(model: Qwen2ForCausalLM, token_lists: Sequence[Sequence[int]], *, batch: int,
                       max_len: int, pad_id: int = 0, mesh: Mesh | None = None) -> np.ndarray:
   """float32 [N, D]: mean final hidden state of each token list (truncated to `max_len`; 0 = the
@@ -49,8 +55,7 @@ def embed_token_lists(model: Qwen2ForCausalLM, token_lists: Sequence[Sequence[in
   (the model's parameters laid out on it) each batch is split over its data axes: `batch` is
   rounded up to a multiple of them."""
   max_len = max_len if max_len > 0 else model.cfg.max_position_embeddings
-  shards = data_parallel_size(mesh)
-  batch = -(-batch // shards) * shards
+  batch = pass_batch(batch, data_parallel_size(mesh))
   place = (lambda x: x) if mesh is None else (
       lambda x: jax.device_put(x, batch_sharding(mesh)))
   for i, toks in enumerate(token_lists):

@@ -72,7 +72,7 @@ def embed_program(config: ml_collections.ConfigDict, backbone: qwen2.Qwen2Config
   attach = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
   params = jax.tree.map(attach, abstract, sharding.param_shardings(abstract, mesh))
   shards = sharding.data_parallel_size(sizes)
-  batch = -(-d.embed_batch // shards) * shards
+  batch = embed.pass_batch(d.embed_batch, shards)
   tokens = mask = attach(jax.ShapeDtypeStruct((batch, width), np.int32),
                          sharding.batch_sharding(mesh))
   # the chip's share of the weights, then one layer's activations (residual stream, attention,
